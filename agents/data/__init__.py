@@ -1,0 +1,1 @@
+"""Bundled sample data (OHLCV) for tests and the offline demo."""

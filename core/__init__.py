@@ -1,0 +1,90 @@
+"""modelherd: a plugin kernel that manages the LLM models behind AI agents.
+
+    from modelherd import Herd
+    herd = Herd()
+    print(herd.chat_sync("local", "Say hi").content)
+
+Importing this package loads no SDK, no llama.cpp and no NVML: plugins import
+those inside the methods that need them.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .agent import Agent, AgentSettings
+from .cache import CacheTier
+from .errors import (
+    AllModelsFailedError,
+    AuthenticationError,
+    BadRequestError,
+    BadResponseError,
+    CacheMissError,
+    CallTimeoutError,
+    CircuitOpenError,
+    ConfigError,
+    ConnectionFailedError,
+    HerdError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    OverloadedError,
+    PluginLoadError,
+    ProviderError,
+    ProviderUnavailableError,
+    QuotaExceededError,
+    RateLimitError,
+    UnknownModelError,
+)
+from .kernel import Herd, hookimpl
+from .provider import Model, ProviderSettings
+from .types import (
+    Availability,
+    ChatRequest,
+    ChatResponse,
+    Health,
+    Message,
+    Metric,
+    ModelSpec,
+    Usage,
+)
+
+try:
+    __version__ = version("modelherd")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Agent",
+    "AgentSettings",
+    "AllModelsFailedError",
+    "AuthenticationError",
+    "Availability",
+    "BadRequestError",
+    "BadResponseError",
+    "CacheMissError",
+    "CacheTier",
+    "CallTimeoutError",
+    "ChatRequest",
+    "ChatResponse",
+    "CircuitOpenError",
+    "ConfigError",
+    "ConnectionFailedError",
+    "Health",
+    "Herd",
+    "HerdError",
+    "Message",
+    "Metric",
+    "MissingDependencyError",
+    "Model",
+    "ModelNotFoundError",
+    "ModelSpec",
+    "OverloadedError",
+    "PluginLoadError",
+    "ProviderError",
+    "ProviderSettings",
+    "ProviderUnavailableError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "Usage",
+    "UnknownModelError",
+    "__version__",
+    "hookimpl",
+]

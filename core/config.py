@@ -1,0 +1,221 @@
+"""plugins.toml: schema, lookup order, profiles, and one-line errors.
+
+Lookup order (first found wins, then merged over the built-in defaults):
+`--config PATH`, `$HERD_CONFIG`, `./plugins.toml`, the user config dir
+(`platformdirs.user_config_dir("modelherd")/plugins.toml`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .types import ModelSpec
+
+#: keys of a [models.<alias>] table that are not provider settings
+_SPEC_KEYS = {"provider", "model", "options", "fallbacks", "timeout", "retries"}
+
+
+class HerdSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_model: str = "local"
+    #: per-call timeout in seconds unless the alias or the call says otherwise
+    timeout: float = 120.0
+    #: attempts after the first for retryable errors
+    retries: int = 2
+    #: backoff base and cap, seconds (exponential with full jitter)
+    backoff_base: float = 0.25
+    backoff_max: float = 8.0
+    profile: str | None = None
+    #: load only these plugins (same as HERD_PLUGINS); None = all installed
+    allow_plugins: list[str] | None = None
+
+
+class ProfileSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_model: str | None = None
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class HerdConfig(BaseModel):
+    """The validated configuration. `plugins` holds `disable` and per-plugin tables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    herd: HerdSection = Field(default_factory=HerdSection)
+    plugins: dict[str, Any] = Field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tiers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    profiles: dict[str, ProfileSection] = Field(default_factory=dict)
+
+    #: where it came from (not part of the file)
+    source: str = "built-in defaults"
+    active_profile: str | None = None
+
+    @property
+    def disabled_plugins(self) -> set[str]:
+        disabled = self.plugins.get("disable", [])
+        return set(disabled) if isinstance(disabled, list) else set()
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        table = self.plugins.get(name, {})
+        return table if isinstance(table, dict) else {}
+
+    def spec(self, alias: str) -> ModelSpec:
+        """The ModelSpec for `alias` (KeyError when the alias is not configured)."""
+        table = self.models[alias]
+        return _spec_from_table(alias, table, self.source)
+
+
+def _spec_from_table(alias: str, table: dict[str, Any], source: str) -> ModelSpec:
+    if "provider" not in table:
+        raise ConfigError(
+            f"{source}: [models.{alias}] has no 'provider' — add e.g. provider = \"ollama\""
+        )
+    known = {k: v for k, v in table.items() if k in _SPEC_KEYS}
+    settings = {k: v for k, v in table.items() if k not in _SPEC_KEYS}
+    try:
+        return ModelSpec(alias=alias, settings=settings, **known)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{source}: [models.{alias}] {key}: {first['msg']}") from None
+
+
+def user_config_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("modelherd")) / "plugins.toml"
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist — check the --config path")
+        return path
+    env = os.environ.get("HERD_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"HERD_CONFIG points to {path}, which does not exist — fix or unset it")
+        return path
+    local = Path("plugins.toml")
+    if local.is_file():
+        return local
+    user = user_config_path()
+    return user if user.is_file() else None
+
+
+def _read_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML — {exc}") from None
+
+
+def builtin_defaults() -> dict[str, Any]:
+    text = resources.files("modelherd").joinpath("defaults.toml").read_text(encoding="utf-8")
+    return _read_toml(text, "built-in defaults.toml")
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge tables; a [models.x] table in the user file replaces the default's."""
+    out = dict(base)
+    for key, value in override.items():
+        if key == "models" and isinstance(value, dict):
+            out[key] = {**base.get(key, {}), **value}
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _unknown_key_message(exc: ValidationError, data: dict[str, Any], source: str) -> str:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    dotted = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        section_fields: list[str]
+        if len(loc) == 1:
+            section_fields = list(HerdConfig.model_fields)
+            section_fields.remove("source")
+            section_fields.remove("active_profile")
+        elif loc[0] == "herd":
+            section_fields = list(HerdSection.model_fields)
+        else:
+            section_fields = list(ProfileSection.model_fields)
+        close = difflib.get_close_matches(loc[-1], section_fields, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(section_fields)}"
+        return f"{source}: unknown key '{dotted}' — {hint}"
+    return f"{source}: {dotted}: {first['msg']} — fix that value"
+
+
+def load_config(
+    explicit: str | os.PathLike[str] | None = None, profile: str | None = None
+) -> HerdConfig:
+    """Find, read, merge and validate the configuration; apply the active profile."""
+    data = builtin_defaults()
+    source = "built-in defaults"
+    path = find_config_file(explicit)
+    if path is not None:
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror} — check its permissions") from None
+        data = _merge(data, _read_toml(text, source))
+    try:
+        config = HerdConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_unknown_key_message(exc, data, source)) from None
+    config.source = source
+    for alias, table in config.models.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [models.{alias}] must be a table")
+        _spec_from_table(alias, table, source)
+    chosen = profile or os.environ.get("HERD_PROFILE") or config.herd.profile
+    if chosen:
+        apply_profile(config, chosen)
+    return config
+
+
+def apply_profile(config: HerdConfig, name: str) -> None:
+    if name not in config.profiles:
+        known = ", ".join(sorted(config.profiles)) or "none defined"
+        close = difflib.get_close_matches(name, list(config.profiles), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            f"{config.source}: unknown profile '{name}' — {hint}profiles: {known}"
+        )
+    prof = config.profiles[name]
+    for alias, table in prof.models.items():
+        merged = {**config.models.get(alias, {}), **table}
+        _spec_from_table(alias, merged, f"{config.source} [profiles.{name}]")
+        config.models[alias] = merged
+    if prof.default_model:
+        config.herd.default_model = prof.default_model
+    config.active_profile = name
+
+
+def load_env(dotenv_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The environment as modelherd sees it: `.env` values under the real environment."""
+    from dotenv import dotenv_values
+
+    path = Path(dotenv_path) if dotenv_path else Path(".env")
+    values: dict[str, str] = {}
+    if path.is_file():
+        values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    return {**values, **os.environ}

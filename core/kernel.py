@@ -1,0 +1,664 @@
+"""Herd: the plugin manager and configuration turned into one call pipeline.
+
+Every call takes the same road (docs/architecture.md):
+resolve alias -> admission -> cache lookup -> coalesce -> before_call -> provider
+(timeout, retries, fallbacks) -> validate -> cache store -> after_call / on_error
+-> on_metric.
+Hooks that no plugin implements are skipped without a call: the kernel's own cost
+per call is a product feature (bench/overhead.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import pluggy
+
+from . import loader
+from .agent import Agent
+from .cache import CacheTier, TieredCache, is_deterministic, request_key
+from .coalesce import Coalescer
+from .config import HerdConfig, load_config, load_env
+from .errors import (
+    AllModelsFailedError,
+    CacheMissError,
+    CallTimeoutError,
+    ConfigError,
+    HerdError,
+    ProviderError,
+    UnknownModelError,
+)
+from .provider import Model
+from .retry import retry_delay
+from .types import ChatRequest, ChatResponse, Message, Metric, ModelSpec
+
+hookimpl = pluggy.HookimplMarker("modelherd")
+
+MessagesIn = str | Sequence[Message | dict[str, Any]]
+Validator = Callable[[ChatResponse], bool]
+
+
+class _CoreDefaults:
+    """The kernel's own default implementations, last in every band."""
+
+    @hookimpl(trylast=True)
+    def provide_model(self, spec: ModelSpec, herd: Herd) -> Model | None:
+        cls = herd.providers.get(spec.provider)
+        return cls(spec, herd) if cls is not None else None
+
+
+class Herd:
+    """The kernel. `await herd.chat("local", "hi")`, or `herd.chat_sync(...)` in scripts."""
+
+    def __init__(
+        self,
+        config: HerdConfig | None = None,
+        *,
+        config_path: str | None = None,
+        profile: str | None = None,
+        env: dict[str, str] | None = None,
+        strict: bool = False,
+        load_entry_points: bool = True,
+        plugins: Sequence[Any] = (),
+    ) -> None:
+        self.config = config if config is not None else load_config(config_path, profile)
+        if config is not None and profile:
+            from .config import apply_profile
+
+            apply_profile(self.config, profile)
+        self.env = env if env is not None else load_env()
+        self.strict = strict
+        self._load_entry_points = load_entry_points
+        self._extra_plugins = list(plugins)
+        self._pm: pluggy.PluginManager | None = None
+        self.plugin_records: list[loader.PluginRecord] = []
+        self._providers: dict[str, type[Model]] | None = None
+        self._agents: dict[str, type[Agent]] | None = None
+        self._models: dict[str, Model] = {}
+        self._cache: TieredCache | None = None
+        self._coalescer = Coalescer()
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._runner: asyncio.Runner | None = None
+        self._has: dict[str, bool] = {}
+
+    # ---- plugins -------------------------------------------------------------
+
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        """The plugin manager, loaded lazily on first use."""
+        if self._pm is None:
+            pm = loader.new_plugin_manager()
+            pm.register(_CoreDefaults(), name="core")
+            self._pm = pm
+            if self._load_entry_points:
+                self.plugin_records = loader.load_entry_point_plugins(
+                    pm,
+                    self.config.disabled_plugins,
+                    self.config.herd.allow_plugins,
+                    self.strict,
+                )
+            for index, plugin in enumerate(self._extra_plugins):
+                name = getattr(plugin, "__name__", f"{type(plugin).__name__}-{index}")
+                self.plugin_records.append(loader.register_object(pm, plugin, name))
+            self._refresh_hook_flags()
+        return self._pm
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def register_plugin(self, plugin: Any, name: str | None = None) -> None:
+        """Register a plugin object at run time (tests, scripts)."""
+        name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin)}"
+        self.plugin_records.append(loader.register_object(self.pm, plugin, name))
+        self._providers = None
+        self._agents = None
+        self._refresh_hook_flags()
+
+    def unregister_plugin(self, plugin: Any) -> None:
+        self.pm.unregister(plugin)
+        self._refresh_hook_flags()
+
+    def _refresh_hook_flags(self) -> None:
+        assert self._pm is not None
+        self._has = {
+            name: bool(getattr(self._pm.hook, name).get_hookimpls())
+            for name in ("acquire_admission", "before_call", "after_call", "on_error", "on_metric")
+        }
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """The `[plugins.<name>]` table (validate it with the plugin's own model)."""
+        return self.config.plugin_settings(name)
+
+    @property
+    def providers(self) -> dict[str, type[Model]]:
+        if self._providers is None:
+            found: dict[str, type[Model]] = {}
+
+            def register(cls: type[Model]) -> None:
+                found[cls.provider] = cls
+
+            self.hook.register_providers(register=register)
+            self._providers = found
+        return self._providers
+
+    @property
+    def agents(self) -> dict[str, type[Agent]]:
+        if self._agents is None:
+            found: dict[str, type[Agent]] = {}
+
+            def register(cls: type[Agent]) -> None:
+                found[cls.name] = cls
+
+            self.hook.register_agents(register=register)
+            self._agents = found
+        return self._agents
+
+    def agent(self, name: str, **settings: Any) -> Agent:
+        """Build the agent registered as `name` with its `[agents.<name>]` settings."""
+        cls = self.agents.get(name)
+        if cls is None:
+            close = difflib.get_close_matches(name, list(self.agents), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(
+                f"no agent named '{name}' — {hint}installed agents: "
+                f"{', '.join(sorted(self.agents)) or 'none'} (see `herd plugins`)"
+            )
+        return cls(self, settings)
+
+    # ---- models --------------------------------------------------------------
+
+    def resolve(self, alias: str | None) -> ModelSpec:
+        """The ModelSpec for an alias, or for a `provider/model` pair."""
+        name = alias or self.config.herd.default_model
+        if name in self.config.models:
+            return self.config.spec(name)
+        provider, sep, model = name.partition("/")
+        if sep and provider in self.providers:
+            return ModelSpec(alias=name, provider=provider, model=model)
+        choices = list(self.config.models)
+        close = difflib.get_close_matches(name, choices, n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise UnknownModelError(
+            f"unknown model '{name}' — {hint}use an alias from `herd models` or "
+            f"provider/model (e.g. ollama/llama3.2), or add [models.{name}] to plugins.toml"
+        )
+
+    def get_model(self, alias: str | None) -> Model:
+        """The Model serving `alias`, built once per process."""
+        name = alias or self.config.herd.default_model
+        model = self._models.get(name)
+        if model is None:
+            spec = self.resolve(name)
+            model = self.hook.provide_model(spec=spec, herd=self)
+            if model is None:
+                raise ConfigError(self._unknown_provider_message(spec))
+            self._models[name] = model
+        return model
+
+    def loaded_models(self) -> dict[str, Model]:
+        return dict(self._models)
+
+    async def unload_model(self, alias: str) -> bool:
+        """Close and forget a built model (residency eviction). True if it was loaded."""
+        model = self._models.pop(alias, None)
+        if model is None:
+            return False
+        await model.aclose()
+        return True
+
+    def _unknown_provider_message(self, spec: ModelSpec) -> str:
+        failed = [r for r in self.plugin_records if r.name == spec.provider and r.status != "loaded"]
+        if failed:
+            rec = failed[0]
+            why = rec.error or "it is disabled in plugins.toml or HERD_PLUGINS"
+            return (
+                f"[models.{spec.alias}] provider '{spec.provider}' is not available: {why} — "
+                f"run `herd doctor`"
+            )
+        close = difflib.get_close_matches(spec.provider, list(self.providers), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return (
+            f"{self.config.source}: [models.{spec.alias}] unknown provider '{spec.provider}' — "
+            f"{hint}installed providers: {', '.join(sorted(self.providers)) or 'none'}"
+        )
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open async resources (startup hooks, cache tiers). Runs once; idempotent."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            for result in self.hook.startup(herd=self):
+                if result is not None:
+                    await result
+            tiers: list[CacheTier] = []
+            self.hook.register_cache_tiers(register=tiers.append, herd=self)
+            self._cache = TieredCache(tiers, self) if tiers else None
+            self._started = True
+
+    async def aclose(self) -> None:
+        """Close models, cache tiers and whatever startup hooks opened."""
+        for alias in list(self._models):
+            await self.unload_model(alias)
+        if self._cache is not None:
+            await self._cache.aclose()
+            self._cache = None
+        if self._pm is not None and self._started:
+            for result in self.hook.shutdown(herd=self):
+                if result is not None:
+                    await result
+        self._started = False
+        self._start_lock = None
+
+    async def __aenter__(self) -> Herd:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def close(self) -> None:
+        """Close the sync facade's event loop and everything opened in it."""
+        if self._runner is not None:
+            self._runner.run(self.aclose())
+            self._runner.close()
+            self._runner = None
+
+    # ---- metrics -------------------------------------------------------------
+
+    def emit(self, metric: Metric) -> None:
+        """Send one measurement to `on_metric` (free when nobody listens)."""
+        if self._has.get("on_metric"):
+            self.hook.on_metric(metric=metric, herd=self)
+
+    @property
+    def wants_metrics(self) -> bool:
+        return bool(self._has.get("on_metric"))
+
+    # ---- the call pipeline ---------------------------------------------------
+
+    def build_request(
+        self,
+        model: str | None,
+        messages: MessagesIn,
+        *,
+        tenant: str | None = None,
+        agent: str | None = None,
+        cache: str = "default",
+        cache_ttl: float | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        stream: bool = False,
+        **options: Any,
+    ) -> ChatRequest:
+        spec = self.resolve(model)
+        if isinstance(messages, str):
+            msgs = [Message(role="user", content=messages)]
+        else:
+            msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
+        if not msgs:
+            raise ConfigError("messages is empty — pass a prompt string or a list of messages")
+        merged = {**spec.options, **options} if spec.options else options
+        return ChatRequest(
+            alias=spec.alias,
+            provider=spec.provider,
+            model=spec.model,
+            messages=msgs,
+            options=merged,
+            tenant=tenant,
+            agent=agent,
+            stream=stream,
+            cache=cache,  # type: ignore[arg-type]
+            cache_ttl=cache_ttl,
+            timeout=timeout if timeout is not None else spec.timeout,
+            priority=priority,
+        )
+
+    async def chat(
+        self,
+        model: str | None = None,
+        messages: MessagesIn = "",
+        *,
+        validate: Validator | None = None,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """Call a model through the whole pipeline; return its ChatResponse.
+
+        Keyword arguments: tenant, agent, cache ("default" | "no-store" | "no-cache" |
+        "only"), cache_ttl, timeout (seconds per attempt), priority, and any model
+        option (temperature, max_tokens, seed, stop, response_format …).
+        `validate(response) -> bool`: an answer that fails it is returned but never
+        cached, and counts against the model's quality KPI.
+        """
+        request = self.build_request(model, messages, **kwargs)
+        return await self.run_request(request, validate)
+
+    def chat_sync(self, model: str | None = None, messages: MessagesIn = "", **kwargs: Any) -> ChatResponse:
+        """`chat` for scripts without an event loop (one loop kept across calls)."""
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner.run(self.chat(model, messages, **kwargs))
+
+    async def run_request(self, request: ChatRequest, validate: Validator | None = None) -> ChatResponse:
+        if not self._started:
+            await self.start()
+        started = time.perf_counter()
+        if self._has.get("acquire_admission"):
+            async with AsyncExitStack() as stack:
+                for gate in self.hook.acquire_admission(request=request, herd=self):
+                    if gate is not None:
+                        await stack.enter_async_context(gate)
+                return await self._admitted(request, validate, started)
+        return await self._admitted(request, validate, started)
+
+    async def _admitted(
+        self, request: ChatRequest, validate: Validator | None, started: float
+    ) -> ChatResponse:
+        cache = self._cache
+        deterministic = is_deterministic(request)
+        key = request_key(request) if deterministic else None
+        try:
+            if cache is not None and key is not None and request.cache in ("default", "no-store", "only"):
+                hit = await cache.lookup(key)
+                if hit is not None:
+                    hit.latency_s = time.perf_counter() - started
+                    hit.alias = request.alias
+                    self._finish(request, hit)
+                    return hit
+            if request.cache == "only":
+                raise CacheMissError(
+                    f"no cache tier holds an answer for this '{request.alias}' request — "
+                    f"call again without cache=\"only\""
+                )
+            if key is not None:
+                response = await self._coalescer.run(key, lambda: self._call_chain(request))
+            else:
+                response = await self._call_chain(request)
+        except BaseException as exc:
+            request.context["final"] = True
+            if self._has.get("on_error"):
+                self.hook.on_error(request=request, error=exc, herd=self)
+            if self._has.get("on_metric"):
+                self.emit(Metric("herd.errors", 1, attributes=_attrs(request, type(exc).__name__)))
+            raise
+        response.latency_s = time.perf_counter() - started
+        valid = True
+        if validate is not None:
+            try:
+                valid = bool(validate(response))
+            except Exception:
+                valid = False
+            request.context["valid"] = valid
+            self.emit(Metric("herd.validation", 1.0 if valid else 0.0, attributes=_attrs(request)))
+        if cache is not None and key is not None and valid and request.cache in ("default", "no-cache"):
+            if response.content and response.finish_reason != "length":
+                await cache.store(key, response, request.cache_ttl)
+        self._finish(request, response)
+        return response
+
+    def _finish(self, request: ChatRequest, response: ChatResponse) -> None:
+        if self._has.get("after_call"):
+            self.hook.after_call(request=request, response=response, herd=self)
+        if self._has.get("on_metric"):
+            attrs = _attrs(request)
+            self.emit(
+                Metric("gen_ai.client.operation.duration", response.latency_s, "s", "histogram", attrs)
+            )
+            self.emit(
+                Metric(
+                    "herd.cache.lookups",
+                    1,
+                    attributes={**attrs, "tier": response.cache_tier or "miss"},
+                )
+            )
+            if response.cache_tier is None:
+                usage = response.usage
+                self.emit(
+                    Metric("gen_ai.client.token.usage", usage.input_tokens, "{token}", "histogram",
+                           {**attrs, "gen_ai.token.type": "input"})
+                )
+                self.emit(
+                    Metric("gen_ai.client.token.usage", usage.output_tokens, "{token}", "histogram",
+                           {**attrs, "gen_ai.token.type": "output"})
+                )
+                for name, value in response.provider_metrics.items():
+                    self.emit(Metric(name, value, "s", "histogram", attrs))
+
+    def _candidates(self, request: ChatRequest) -> list[str]:
+        spec = self.resolve(request.alias)
+        seen = [request.alias]
+        for name in spec.fallbacks:
+            if name not in seen:
+                seen.append(name)
+        return seen
+
+    def _request_for(self, request: ChatRequest, alias: str) -> ChatRequest:
+        if alias == request.alias:
+            return request
+        spec = self.resolve(alias)
+        caller_options = {k: v for k, v in request.options.items()}
+        return request.model_copy(
+            update={
+                "alias": alias,
+                "provider": spec.provider,
+                "model": spec.model,
+                "options": {**spec.options, **caller_options},
+                "timeout": request.timeout if request.timeout is not None else spec.timeout,
+                "context": {},
+            }
+        )
+
+    async def _call_chain(self, request: ChatRequest) -> ChatResponse:
+        """The primary model, then each fallback, each with its own retries."""
+        candidates = self._candidates(request)
+        errors: list[tuple[str, BaseException]] = []
+        for index, alias in enumerate(candidates):
+            attempt_request = self._request_for(request, alias)
+            try:
+                response = await self._with_retries(attempt_request)
+            except HerdError as exc:
+                errors.append((alias, exc))
+                if not exc.fallback_ok or index == len(candidates) - 1:
+                    break
+                self.emit(Metric("herd.fallbacks", 1, attributes=_attrs(request, type(exc).__name__)))
+                continue
+            if index > 0:
+                response.fallback_from = request.alias
+            return response
+        if len(errors) == 1:
+            raise errors[0][1]
+        raise AllModelsFailedError(request.alias, errors)
+
+    async def _with_retries(self, request: ChatRequest) -> ChatResponse:
+        herd_cfg = self.config.herd
+        model = self.get_model(request.alias)
+        retries = model.spec.retries if model.spec.retries is not None else herd_cfg.retries
+        timeout = request.timeout if request.timeout is not None else herd_cfg.timeout
+        attempt = 0
+        while True:
+            if self._has.get("before_call"):
+                answered = self.hook.before_call(request=request, herd=self)
+                if answered is not None:
+                    return answered  # type: ignore[no-any-return]
+            try:
+                with anyio.fail_after(timeout):
+                    response = await model.chat(request)
+                response.attempts = attempt + 1
+                if not response.alias:
+                    response.alias = request.alias
+                return response
+            except TimeoutError:
+                error: HerdError = CallTimeoutError(
+                    f"'{request.alias}' ({request.provider}) gave no answer within {timeout:g}s — "
+                    f"pass a larger timeout= or set [models.{request.alias}] timeout"
+                )
+            except HerdError as exc:
+                error = exc
+            except Exception as exc:  # a provider bug: report it typed, never retry it
+                error = ProviderError(
+                    f"provider '{request.provider}' raised {type(exc).__name__}: {exc} — "
+                    f"this is a bug in its plugin; please report it"
+                )
+                error.retryable = False
+            if self._has.get("on_error"):
+                self.hook.on_error(request=request, error=error, herd=self)
+            delay = (
+                retry_delay(error, attempt, herd_cfg.backoff_base, herd_cfg.backoff_max)
+                if attempt < retries
+                else None
+            )
+            if delay is None:
+                raise error
+            self.emit(Metric("herd.retries", 1, attributes=_attrs(request, type(error).__name__)))
+            attempt += 1
+            await anyio.sleep(delay)
+
+    # ---- streaming -----------------------------------------------------------
+
+    async def stream(
+        self, model: str | None = None, messages: MessagesIn = "", **kwargs: Any
+    ) -> AsyncIterator[str | ChatResponse]:
+        """Yield text chunks as they arrive, then the final ChatResponse.
+
+        Retries and fallbacks apply until the first chunk has been yielded; after
+        that an error reaches the caller. A cached answer is replayed as one chunk.
+        """
+        request = self.build_request(model, messages, stream=True, **kwargs)
+        if not self._started:
+            await self.start()
+        started = time.perf_counter()
+        async with AsyncExitStack() as stack:
+            if self._has.get("acquire_admission"):
+                for gate in self.hook.acquire_admission(request=request, herd=self):
+                    if gate is not None:
+                        await stack.enter_async_context(gate)
+            async for item in self._stream_admitted(request, started):
+                yield item
+
+    async def _stream_admitted(
+        self, request: ChatRequest, started: float
+    ) -> AsyncIterator[str | ChatResponse]:
+        cache = self._cache
+        key = request_key(request) if is_deterministic(request) else None
+        if cache is not None and key is not None and request.cache in ("default", "no-store", "only"):
+            hit = await cache.lookup(key)
+            if hit is not None:
+                hit.latency_s = time.perf_counter() - started
+                hit.alias = request.alias
+                self._finish(request, hit)
+                if hit.content:
+                    yield hit.content
+                yield hit
+                return
+        if request.cache == "only":
+            raise CacheMissError(
+                f"no cache tier holds an answer for this '{request.alias}' request — "
+                f"call again without cache=\"only\""
+            )
+        final: ChatResponse | None = None
+        errors: list[tuple[str, BaseException]] = []
+        candidates = self._candidates(request)
+        for index, alias in enumerate(candidates):
+            attempt_request = self._request_for(request, alias)
+            emitted = False
+            try:
+                async for item in self._stream_one(attempt_request):
+                    if isinstance(item, ChatResponse):
+                        final = item
+                    else:
+                        emitted = True
+                        yield item
+                break
+            except HerdError as exc:
+                errors.append((alias, exc))
+                if emitted or not exc.fallback_ok or index == len(candidates) - 1:
+                    request.context["final"] = True
+                    if self._has.get("on_error"):
+                        self.hook.on_error(request=request, error=exc, herd=self)
+                    if len(errors) == 1 or emitted:
+                        raise
+                    raise AllModelsFailedError(request.alias, errors) from exc
+        assert final is not None
+        if candidates[0] != final.alias and final.alias:
+            final.fallback_from = request.alias
+        final.latency_s = time.perf_counter() - started
+        if cache is not None and key is not None and request.cache in ("default", "no-cache"):
+            if final.content and final.finish_reason != "length":
+                await cache.store(key, final, request.cache_ttl)
+        self._finish(request, final)
+        yield final
+
+    async def _stream_one(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+        herd_cfg = self.config.herd
+        model = self.get_model(request.alias)
+        retries = model.spec.retries if model.spec.retries is not None else herd_cfg.retries
+        timeout = request.timeout if request.timeout is not None else herd_cfg.timeout
+        attempt = 0
+        while True:
+            if self._has.get("before_call"):
+                answered = self.hook.before_call(request=request, herd=self)
+                if answered is not None:
+                    yield answered.content
+                    yield answered
+                    return
+            emitted = False
+            try:
+                # the timeout bounds the wait for each chunk, not the whole stream
+                iterator = model.stream(request).__aiter__()
+                while True:
+                    with anyio.fail_after(timeout):
+                        try:
+                            item = await iterator.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    if isinstance(item, ChatResponse):
+                        item.attempts = attempt + 1
+                        if not item.alias:
+                            item.alias = request.alias
+                    else:
+                        emitted = True
+                    yield item
+                return
+            except TimeoutError:
+                error: HerdError = CallTimeoutError(
+                    f"'{request.alias}' ({request.provider}) sent nothing for {timeout:g}s — "
+                    f"pass a larger timeout= or set [models.{request.alias}] timeout"
+                )
+            except HerdError as exc:
+                error = exc
+            if self._has.get("on_error"):
+                self.hook.on_error(request=request, error=error, herd=self)
+            delay = None
+            if not emitted and attempt < retries:
+                delay = retry_delay(error, attempt, herd_cfg.backoff_base, herd_cfg.backoff_max)
+            if delay is None:
+                raise error
+            self.emit(Metric("herd.retries", 1, attributes=_attrs(request, type(error).__name__)))
+            attempt += 1
+            await anyio.sleep(delay)
+
+
+def _attrs(request: ChatRequest, error_type: str | None = None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "gen_ai.provider.name": request.provider,
+        "gen_ai.request.model": request.model,
+        "herd.alias": request.alias,
+    }
+    if request.tenant:
+        attrs["herd.tenant"] = request.tenant
+    if error_type:
+        attrs["error.type"] = error_type
+    return attrs

@@ -1,0 +1,95 @@
+"""The one base class every model provider implements.
+
+A provider implements one async method, `chat`. Streaming providers also implement
+`stream` (an async generator yielding text chunks and, last, the ChatResponse).
+Capabilities are class attributes; per-model settings are a pydantic model with
+extra="forbid" so a typo in plugins.toml is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+from .types import Availability, ChatRequest, ChatResponse, Health, ModelSpec
+
+if TYPE_CHECKING:
+    from .kernel import Herd
+
+
+class ProviderSettings(BaseModel):
+    """Base for a provider's `[models.<alias>]` extra fields; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Model:
+    """A model a provider can call. Subclass it and implement `chat`."""
+
+    #: the name used in plugins.toml: `provider = "<this>"`
+    provider: ClassVar[str] = ""
+    #: one line shown by `herd models` / `herd plugins`
+    description: ClassVar[str] = ""
+    can_stream: ClassVar[bool] = False
+    supports_schema: ClassVar[bool] = False
+    #: env vars that hold the key, first is the standard one; empty = no key needed
+    key_env_vars: ClassVar[tuple[str, ...]] = ()
+    #: older names still accepted, mapped to the standard one with a rename hint
+    legacy_key_env_vars: ClassVar[tuple[str, ...]] = ()
+    #: pydantic model validating `ModelSpec.settings`
+    Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
+    #: True for models that live in this process or on this host (residency applies)
+    is_local: ClassVar[bool] = False
+
+    def __init__(self, spec: ModelSpec, herd: Herd) -> None:
+        self.spec = spec
+        self.herd = herd
+        self.settings = self.parse_settings(spec)
+
+    @classmethod
+    def parse_settings(cls, spec: ModelSpec) -> ProviderSettings:
+        try:
+            return cls.Settings.model_validate(spec.settings)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"]) or "?"
+            raise ConfigError(
+                f"[models.{spec.alias}] {key}: {first['msg']} — "
+                f"check the {cls.provider} settings in docs/providers.md"
+            ) from None
+
+    @classmethod
+    def availability(cls, spec: ModelSpec, env: Mapping[str, str]) -> Availability:
+        """Can this model be called, judged without network? Default: its key is set."""
+        if not cls.key_env_vars:
+            return Availability(ok=True)
+        for name in (*cls.key_env_vars, *cls.legacy_key_env_vars):
+            if env.get(name):
+                return Availability(ok=True)
+        var = cls.key_env_vars[0]
+        return Availability(
+            ok=False, reason=f"{var} is not set", fix=f"set {var} in the environment or .env"
+        )
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        raise NotImplementedError(f"{type(self).__name__} must implement chat()")
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+        """Yield text chunks, then the final ChatResponse. Default: one chunk from chat()."""
+        response = await self.chat(request)
+        if response.content:
+            yield response.content
+        yield response
+
+    async def health(self) -> Health:
+        """A live check, bounded by the caller's timeout. Default: availability only."""
+        import os
+
+        avail = self.availability(self.spec, os.environ)
+        return Health(ok=avail.ok, detail=avail.reason, fix=avail.fix)
+
+    async def aclose(self) -> None:
+        """Release clients, pools or loaded weights. Called at shutdown or eviction."""

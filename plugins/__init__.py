@@ -1,0 +1,1 @@
+"""Built-in plugins. Each module is registered through the `modelherd` entry-point group."""
