@@ -22,7 +22,12 @@ import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from modelherd import hookimpl
-from modelherd.errors import BadRequestError, MissingDependencyError, ProviderUnavailableError
+from modelherd.errors import (
+    BadRequestError,
+    CallTimeoutError,
+    MissingDependencyError,
+    ProviderUnavailableError,
+)
 from modelherd.provider import Model, ProviderSettings
 from modelherd.types import Availability, ChatRequest, ChatResponse, Health, ModelSpec, Usage
 
@@ -262,9 +267,15 @@ class LlamaCppModel(Model):
         kwargs = self._completion_kwargs(request, opts)
         started = time.perf_counter()
         with loaded.lock:
-            out = loaded.llama.create_chat_completion(
-                **kwargs, stopping_criteria=_cancel_criteria(cancel)
-            )
+            try:
+                out = loaded.llama.create_chat_completion(
+                    **kwargs, logits_processor=_cancel_processor(cancel)
+                )
+            except _Cancelled:
+                raise CallTimeoutError(
+                    f"'{request.alias}' (llamacpp) generation was cancelled — the call timed out "
+                    f"or its caller went away"
+                ) from None
         elapsed = time.perf_counter() - started
         choice = out["choices"][0]
         usage = out.get("usage") or {}
@@ -296,7 +307,7 @@ class LlamaCppModel(Model):
         chunks: Iterator[dict[str, Any]] | None = None
         try:
             chunks = loaded.llama.create_chat_completion(
-                **kwargs, stream=True, stopping_criteria=_cancel_criteria(cancel)
+                **kwargs, stream=True, logits_processor=_cancel_processor(cancel)
             )
             parts: list[str] = []
             finish: str | None = None
@@ -343,11 +354,21 @@ def _next_or_none(iterator: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
     return next(iterator, None)
 
 
-def _cancel_criteria(cancel: threading.Event) -> Any:
-    from llama_cpp import StoppingCriteriaList
+class _Cancelled(Exception):
+    """Raised inside llama.cpp's sampling loop to stop a generation nobody awaits."""
 
-    stop: Callable[[Any, Any], bool] = lambda _ids, _logits: cancel.is_set()  # noqa: E731
-    return StoppingCriteriaList([stop])
+
+def _cancel_processor(cancel: threading.Event) -> Any:
+    # create_chat_completion takes no stopping criteria, but it runs a logits processor
+    # before sampling each token: raising there is the one way to stop between tokens.
+    from llama_cpp import LogitsProcessorList
+
+    def check(_input_ids: Any, scores: Any) -> Any:
+        if cancel.is_set():
+            raise _Cancelled
+        return scores
+
+    return LogitsProcessorList([check])
 
 
 @hookimpl
