@@ -1,3 +1,476 @@
-"""`herd` — placeholder replaced below."""
-def main() -> None:
-    raise SystemExit(0)
+"""`herd`, the command line. Plugins add commands through `register_commands`.
+
+Every command takes `--json` for scripts. Errors a user can cause print one line
+(`error: …` with what to do) and exit 2 for configuration problems, 1 otherwise;
+no traceback unless HERD_DEBUG=1. A plugin that breaks while adding its commands is
+reported by `herd plugins` / `herd doctor` and the CLI goes on without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .errors import ConfigError, HerdError
+
+DEMO_NOTE = (
+    "SmolLM2-135M (the embedded 'local' model) proves the pipeline offline; it has no "
+    "judgment worth trusting."
+)
+
+
+class CliState:
+    """What the group options chose; builds the Herd only when a command needs it."""
+
+    def __init__(self, config_path: str | None, profile: str | None, strict: bool) -> None:
+        self.config_path = config_path
+        self.profile = profile
+        self.strict = strict
+        self._herd: Any = None
+        self.config_error: ConfigError | None = None
+
+    def herd(self) -> Any:
+        if self._herd is None:
+            from .kernel import Herd
+
+            self._herd = Herd(config_path=self.config_path, profile=self.profile, strict=self.strict)
+        return self._herd
+
+    def herd_for_commands(self) -> Any:
+        """A Herd for registering plugin commands, even when the config is broken."""
+        try:
+            return self.herd()
+        except ConfigError as exc:
+            from .config import HerdConfig
+            from .kernel import Herd
+
+            self.config_error = exc
+            return Herd(HerdConfig(), strict=self.strict)
+
+
+class HerdGroup(click.Group):
+    """Adds plugin commands lazily, after the group's own options are parsed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plugins_added = False
+
+    def _add_plugin_commands(self, ctx: click.Context) -> None:
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        state = _state(ctx)
+        herd = state.herd_for_commands()
+        herd.call_each("register_commands", cli=self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands(ctx)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._add_plugin_commands(ctx)
+        return super().get_command(ctx, cmd_name)
+
+
+def _state(ctx: click.Context) -> CliState:
+    root = ctx.find_root()
+    if root.obj is None:
+        params = root.params
+        root.obj = CliState(params.get("config_path"), params.get("profile"), bool(params.get("strict")))
+    state: CliState = root.obj
+    return state
+
+
+def _herd(ctx: click.Context) -> Any:
+    return _state(ctx).herd()
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def make_cli() -> HerdGroup:
+    """A fresh `herd` group: core commands now, plugin commands once options are parsed."""
+
+    @click.group(cls=HerdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(package_name="modelherd", prog_name="herd")
+    @click.option("--config", "config_path", metavar="PATH", help="plugins.toml to use.")
+    @click.option("--profile", metavar="NAME", help="Profile from [profiles.NAME] (or HERD_PROFILE).")
+    @click.option("--strict", is_flag=True, help="Treat a plugin that fails to load as fatal.")
+    @click.pass_context
+    def group(ctx: click.Context, config_path: str | None, profile: str | None, strict: bool) -> None:
+        """modelherd: one layer for every model behind your agents."""
+        ctx.obj = CliState(config_path, profile, strict)
+
+    assert isinstance(group, HerdGroup)
+    for command in (plugins_cmd, models_cmd, chat_cmd, doctor_cmd):
+        group.add_command(command)
+    group.add_command(RunGroup("run", help=RUN_HELP))
+    return group
+
+
+# ---- herd plugins --------------------------------------------------------------
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Installed plugins: name, version, hooks, load errors."""
+    herd = _state(ctx).herd_for_commands()
+    herd.pm  # noqa: B018 - load plugins
+    herd.providers  # noqa: B018 - registration failures are recorded too
+    herd.agents  # noqa: B018
+    records = sorted(herd.plugin_records, key=lambda r: r.name)
+    if as_json:
+        _print_json([vars(r) for r in records])
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="modelherd plugins")
+    for column in ("name", "status", "version", "hooks / error"):
+        table.add_column(column)
+    for r in records:
+        status = {"loaded": "[green]loaded", "disabled": "[dim]disabled", "failed": "[red]failed"}[r.status]
+        detail = f"[red]{escape(r.error)}" if r.error else ", ".join(r.hooks)
+        table.add_row(r.name, status, r.version or "-", detail)
+    _console().print(table)
+
+
+# ---- herd models ---------------------------------------------------------------
+
+
+def _model_rows(herd: Any) -> list[dict[str, Any]]:
+    rows = []
+    for alias in sorted(herd.config.models):
+        spec = herd.resolve(alias)
+        cls = herd.providers.get(spec.provider)
+        row: dict[str, Any] = {
+            "alias": alias,
+            "provider": spec.provider,
+            "model": spec.model,
+            "default": alias == herd.config.herd.default_model,
+            "fallbacks": spec.fallbacks,
+        }
+        if cls is None:
+            row.update(available=False, reason=f"provider '{spec.provider}' is not installed or failed to load",
+                       fix="run `herd doctor`")
+        else:
+            try:
+                avail = cls.availability(spec, herd.env)
+                row.update(available=avail.ok, reason=avail.reason, fix=avail.fix)
+            except HerdError as exc:
+                row.update(available=False, reason=exc.message, fix="")
+        rows.append(row)
+    return rows
+
+
+async def _check_all(herd: Any, aliases: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    import anyio
+
+    results: dict[str, dict[str, Any]] = {}
+
+    async def check(alias: str) -> None:
+        try:
+            with anyio.fail_after(timeout):
+                health = await herd.get_model(alias).health()
+            results[alias] = health.model_dump()
+        except TimeoutError:
+            results[alias] = {"ok": False, "detail": f"no answer within {timeout:g}s", "fix": ""}
+        except HerdError as exc:
+            results[alias] = {"ok": False, "detail": exc.message, "fix": ""}
+
+    async with anyio.create_task_group() as tg:
+        for alias in aliases:
+            tg.start_soon(check, alias)
+    await herd.aclose()
+    return results
+
+
+@click.command("models")
+@click.option("--check", is_flag=True, help="Also run live health checks (network), concurrently.")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds per health check.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def models_cmd(ctx: click.Context, check: bool, timeout: float, as_json: bool) -> None:
+    """Configured model aliases: provider, availability and why not."""
+    import anyio
+
+    herd = _herd(ctx)
+    rows = _model_rows(herd)
+    if check:
+        live = anyio.run(_check_all, herd, [r["alias"] for r in rows if r["available"]], timeout)
+        for row in rows:
+            row["health"] = live.get(row["alias"])
+    if as_json:
+        _print_json({"profile": herd.config.active_profile, "config": herd.config.source, "models": rows})
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    profile = herd.config.active_profile or "none"
+    table = Table(title=f"models — config: {herd.config.source}, profile: {profile}")
+    for column in ("alias", "provider", "model", "available", "why not / fix"):
+        table.add_column(column)
+    if check:
+        table.add_column("live check")
+    for row in rows:
+        name = row["alias"] + (" (default)" if row["default"] else "")
+        ok = "[green]yes" if row["available"] else "[red]no"
+        why = escape(" — ".join(x for x in (row.get("reason"), row.get("fix")) if x))
+        cells = [name, row["provider"], row["model"], ok, why]
+        if check:
+            h = row.get("health")
+            cells.append("-" if h is None else ("[green]ok" if h["ok"] else f"[red]{escape(h['detail'])}"))
+        table.add_row(*cells)
+    _console().print(table)
+
+
+# ---- herd chat -----------------------------------------------------------------
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{pair}' is not KEY=VALUE — e.g. -o temperature=0.2", param_hint="-o")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+@click.command("chat")
+@click.argument("prompt", required=False)
+@click.option("-m", "--model", "alias", help="Model alias or provider/model (default: [herd] default_model).")
+@click.option("-s", "--system", help="System prompt.")
+@click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Model option (repeatable).")
+@click.option("--temperature", type=float)
+@click.option("--max-tokens", type=int)
+@click.option("--seed", type=int)
+@click.option("--tenant", help="Tenant the call is made for.")
+@click.option("--no-stream", is_flag=True, help="Wait for the whole answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full response as JSON.")
+@click.pass_context
+def chat_cmd(
+    ctx: click.Context,
+    prompt: str | None,
+    alias: str | None,
+    system: str | None,
+    option_pairs: tuple[str, ...],
+    temperature: float | None,
+    max_tokens: int | None,
+    seed: int | None,
+    tenant: str | None,
+    no_stream: bool,
+    as_json: bool,
+) -> None:
+    """Ask a model; the answer streams to stdout. PROMPT may also come on stdin."""
+    import anyio
+
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise click.UsageError('give a prompt: herd chat "your question" (or pipe it on stdin)')
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise click.UsageError('the prompt is empty — herd chat "your question"')
+    options = _parse_options(option_pairs)
+    for key, value in (("temperature", temperature), ("max_tokens", max_tokens), ("seed", seed)):
+        if value is not None:
+            options[key] = value
+    messages: list[dict[str, str]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    herd = _herd(ctx)
+
+    async def run() -> Any:
+        try:
+            if as_json or no_stream:
+                return await herd.chat(alias, messages, tenant=tenant, **options)
+            final = None
+            async for item in herd.stream(alias, messages, tenant=tenant, **options):
+                if isinstance(item, str):
+                    sys.stdout.write(item)
+                    sys.stdout.flush()
+                else:
+                    final = item
+            sys.stdout.write("\n")
+            return final
+        finally:
+            await herd.aclose()
+
+    response = anyio.run(run)
+    if as_json:
+        _print_json(response.model_dump())
+        return
+    if no_stream:
+        click.echo(response.content)
+    if sys.stderr.isatty():
+        tier = f", cache {response.cache_tier}" if response.cache_tier else ""
+        click.echo(
+            click.style(
+                f"[{response.alias} · {response.provider}/{response.model} · "
+                f"{response.usage.input_tokens}+{response.usage.output_tokens} tokens · "
+                f"{response.latency_s:.2f}s{tier}]",
+                dim=True,
+            ),
+            err=True,
+        )
+
+
+# ---- herd doctor ---------------------------------------------------------------
+
+
+@click.command("doctor")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds per live check.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def doctor_cmd(ctx: click.Context, timeout: float, as_json: bool) -> None:
+    """Check config, plugins, keys, the local model and each provider; say how to fix."""
+    from .doctor import run_doctor
+
+    state = _state(ctx)
+    findings = run_doctor(state, timeout)
+    problems = [f for f in findings if f["level"] == "error"]
+    if as_json:
+        _print_json(findings)
+    else:
+        console = _console()
+        from rich.markup import escape
+
+        marks = {"ok": "[green]✓", "warning": "[yellow]![/yellow]", "error": "[red]✗"}
+        for f in findings:
+            line = f"{marks[f['level']]} [bold]{escape(f['area'])}[/bold]: {escape(f['message'])}"
+            if f.get("fix"):
+                line += f"\n    [dim]fix:[/dim] {escape(f['fix'])}"
+            console.print(line, highlight=False)
+        console.print(
+            f"\n{len(problems)} problem(s)" if problems else "\n[green]all checks passed",
+            highlight=False,
+        )
+    if problems:
+        ctx.exit(1)
+
+
+# ---- herd run ------------------------------------------------------------------
+
+
+class RunGroup(click.Group):
+    """`herd run AGENT`: agents add their own subcommand; any other registered agent
+    gets a generic one (`--set key=value`, extra arguments passed through)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        try:
+            names |= set(_herd(ctx).agents)
+        except HerdError:
+            pass
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        if cmd_name in _herd(ctx).agents:
+            return _generic_agent_command(cmd_name)
+        return None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and self.get_command(ctx, name) is None:
+            agents = sorted(_herd(ctx).agents)
+            import difflib
+
+            close = difflib.get_close_matches(name, agents, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise click.UsageError(
+                f"no agent named '{name}' — {hint}installed agents: {', '.join(agents) or 'none'}"
+            )
+        return super().resolve_command(ctx, args)
+
+
+def _generic_agent_command(name: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    @click.option("--set", "pairs", multiple=True, metavar="KEY=VALUE", help="Agent setting.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def run_agent(ctx: click.Context, args: tuple[str, ...], pairs: tuple[str, ...], as_json: bool) -> None:
+        import anyio
+
+        herd = _herd(ctx)
+        agent = herd.agent(name, **_parse_options(pairs))
+
+        async def go() -> Any:
+            try:
+                return await agent.run(args=list(args))
+            finally:
+                await herd.aclose()
+
+        result = anyio.run(go)
+        if hasattr(result, "model_dump"):
+            result = result.model_dump()
+        if as_json or not isinstance(result, str):
+            _print_json(result)
+        else:
+            click.echo(result)
+
+    run_agent.help = f"Run the '{name}' agent."
+    return run_agent
+
+
+RUN_HELP = "Run an agent: `herd run AGENT …` (see `herd run --help` for the installed ones)."
+
+
+# ---- entry point ---------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: one line per user error, exit 2 for config, 1 otherwise."""
+    debug = os.environ.get("HERD_DEBUG") == "1"
+    run: Callable[..., Any] = make_cli().main
+    try:
+        run(args=argv, prog_name="herd", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except HerdError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.message}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except ExceptionGroup as group:
+        first = group.exceptions[0]
+        if isinstance(first, HerdError) and not debug:
+            click.echo(f"error: {first.message}", err=True)
+            raise SystemExit(first.exit_code) from None
+        raise
+
+
+#: the `herd` group (a fresh one per `main()` call; this one is for imports and docs)
+cli = make_cli()

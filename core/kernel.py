@@ -31,6 +31,7 @@ from .errors import (
     CallTimeoutError,
     ConfigError,
     HerdError,
+    PluginLoadError,
     ProviderError,
     UnknownModelError,
 )
@@ -122,6 +123,42 @@ class Herd:
         self._agents = None
         self._refresh_hook_flags()
 
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """Call every implementation of a registration/lifecycle hook on its own.
+
+        pluggy aborts a hook call at the first raising implementation; for these
+        hooks one broken plugin must not take the others down, so each is called
+        separately and a failure is recorded (shown by `herd plugins` / `herd doctor`)
+        or, with strict=True, raised.
+        """
+        results: list[Any] = []
+        caller = getattr(self.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # pluggy's order: last registered first
+            try:
+                result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            except Exception as exc:
+                if self.strict:
+                    raise PluginLoadError(
+                        f"plugin '{impl.plugin_name}' failed in {hook_name}: "
+                        f"{type(exc).__name__}: {exc} — fix or disable it"
+                    ) from exc
+                self._record_hook_failure(hook_name, impl.plugin_name, exc)
+                continue
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _record_hook_failure(self, hook_name: str, plugin_name: str, exc: BaseException) -> None:
+        message = f"{hook_name} raised {type(exc).__name__}: {exc}"
+        for record in self.plugin_records:
+            if record.name == plugin_name:
+                record.status = "failed"
+                record.error = message
+                return
+        self.plugin_records.append(
+            loader.PluginRecord(name=plugin_name, module="?", status="failed", error=message)
+        )
+
     def unregister_plugin(self, plugin: Any) -> None:
         self.pm.unregister(plugin)
         self._refresh_hook_flags()
@@ -145,7 +182,7 @@ class Herd:
             def register(cls: type[Model]) -> None:
                 found[cls.provider] = cls
 
-            self.hook.register_providers(register=register)
+            self.call_each("register_providers", register=register)
             self._providers = found
         return self._providers
 
@@ -157,7 +194,7 @@ class Herd:
             def register(cls: type[Agent]) -> None:
                 found[cls.name] = cls
 
-            self.hook.register_agents(register=register)
+            self.call_each("register_agents", register=register)
             self._agents = found
         return self._agents
 
@@ -241,11 +278,11 @@ class Herd:
         async with self._start_lock:
             if self._started:
                 return
-            for result in self.hook.startup(herd=self):
+            for result in self.call_each("startup", herd=self):
                 if result is not None:
                     await result
             tiers: list[CacheTier] = []
-            self.hook.register_cache_tiers(register=tiers.append, herd=self)
+            self.call_each("register_cache_tiers", register=tiers.append, herd=self)
             self._cache = TieredCache(tiers, self) if tiers else None
             self._started = True
 
@@ -257,9 +294,12 @@ class Herd:
             await self._cache.aclose()
             self._cache = None
         if self._pm is not None and self._started:
-            for result in self.hook.shutdown(herd=self):
+            for result in self.call_each("shutdown", herd=self):
                 if result is not None:
-                    await result
+                    try:
+                        await result
+                    except Exception as exc:  # closing must go on for the others
+                        self._record_hook_failure("shutdown", "?", exc)
         self._started = False
         self._start_lock = None
 

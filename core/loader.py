@@ -56,7 +56,9 @@ def _allowlist(config_allow: list[str] | None) -> set[str] | None:
 
 
 def _short_error(exc: BaseException) -> str:
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    # the innermost frame of the plugin's own code, not importlib's machinery
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "<frozen" not in f.filename]
+    frame = frames[-1] if frames else None
     where = f" ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
     return f"{type(exc).__name__}: {exc}{where}"
 
