@@ -1,0 +1,274 @@
+"""Traces and metrics exported to a real OTLP/HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from modelherd import ConfigError, ProviderError
+from modelherd.plugins import otel
+from modelherd.plugins.otel_settings import parse_settings, resolve
+from modelherd.testing import MockModel, make_herd
+from otlp_receiver import OtlpReceiver, attributes
+
+pytest.importorskip("opentelemetry.sdk")
+pytest.importorskip("opentelemetry.proto")
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as rec:
+        yield rec
+
+
+def _herd(receiver: OtlpReceiver, models: dict[str, MockModel] | None = None,
+          **settings: Any) -> Any:
+    table = {"enabled": True, "endpoint": receiver.endpoint, "export_interval_s": 60,
+             **settings}
+    return make_herd(models or {"mock": MockModel()}, config={"plugins": {"otel": table}},
+                     plugins=(otel,), fallbacks={"flaky": ["mock"]})
+
+
+def _by_name(spans: list[Any]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for span in spans:
+        out.setdefault(span.name, []).append(span)
+    return out
+
+
+def test_chat_span_has_genai_attributes_and_no_content(receiver: OtlpReceiver) -> None:
+    herd = _herd(receiver)
+
+    async def main() -> None:
+        async with herd:
+            await herd.chat("mock", "what is the secret plan", temperature=0.3, max_tokens=64,
+                            tenant="acme")
+            assert otel.force_flush(herd)
+
+    anyio.run(main)
+    spans = receiver.wait_spans(1)
+    assert [s.name for s in spans] == ["chat mock-1"]
+    attrs = attributes(spans[0])
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == "mock"
+    assert attrs["gen_ai.request.model"] == "mock-1"
+    assert attrs["gen_ai.request.temperature"] == pytest.approx(0.3)
+    assert attrs["gen_ai.request.max_tokens"] == 64
+    assert attrs["gen_ai.response.model"] == "mock-1"
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attrs["gen_ai.usage.input_tokens"] == 5
+    assert attrs["gen_ai.usage.output_tokens"] == 1
+    assert attrs["herd.tenant"] == "acme"
+    assert attrs["herd.cache.hit"] is False
+    assert spans[0].kind == 3  # SPAN_KIND_CLIENT
+    # content is opt-in: neither the prompt nor the answer travel by default
+    raw = spans[0].SerializeToString()
+    assert b"secret plan" not in raw
+    assert "gen_ai.input.messages" not in attrs
+
+
+def test_content_only_when_opted_in(receiver: OtlpReceiver) -> None:
+    herd = _herd(receiver, capture_content=True)
+
+    async def main() -> None:
+        async with herd:
+            await herd.chat("mock", "what is the secret plan")
+            otel.force_flush(herd)
+
+    anyio.run(main)
+    attrs = attributes(receiver.wait_spans(1)[0])
+    assert "secret plan" in attrs["gen_ai.input.messages"]
+    assert '"ok"' in attrs["gen_ai.output.messages"]
+
+
+def test_retries_fallback_and_error_type(receiver: OtlpReceiver) -> None:
+    flaky = MockModel()
+    flaky.spec = flaky.spec.model_copy(update={"model": "flaky-1"})
+    flaky.enqueue(ProviderError("boom 1"), ProviderError("boom 2"), ProviderError("boom 3"))
+    broken = MockModel()
+    broken.enqueue(*[ProviderError("down")] * 3)
+    herd = _herd(receiver, {"flaky": flaky, "mock": MockModel(), "broken": broken})
+
+    async def main() -> None:
+        async with herd:
+            response = await herd.chat("flaky", "hi")
+            assert response.fallback_from == "flaky"
+            with pytest.raises(ProviderError):
+                await herd.chat("broken", "hi")
+            otel.force_flush(herd)
+
+    anyio.run(main)
+    spans = _by_name(receiver.wait_spans(2))
+    ok = spans["chat flaky-1"][0]
+    events = [e.name for e in ok.events]
+    assert events.count("herd.attempt_failed") == 3
+    assert events.count("herd.retry") == 2
+    assert "herd.fallback" in events
+    attrs = attributes(ok)
+    assert attrs["herd.fallback_from"] == "flaky"
+    assert attrs["herd.attempts"] == 4
+    failed = spans["chat mock-1"][0]
+    assert attributes(failed)["error.type"] == "ProviderError"
+    assert failed.status.code == 2  # STATUS_CODE_ERROR
+
+
+def test_cache_hit_is_a_span_attribute(receiver: OtlpReceiver) -> None:
+    from modelherd.cache import CacheTier
+    from modelherd.kernel import hookimpl
+
+    class DictTier(CacheTier):
+        name = "memory"
+        order = 0
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.data: dict[str, Any] = {}
+
+        async def get(self, key: str) -> Any:
+            return self.data.get(key)
+
+        async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+            self.data[key] = value
+
+        async def clear(self) -> None:
+            self.data.clear()
+
+        async def stats(self) -> dict[str, Any]:
+            return {}
+
+        async def aclose(self) -> None:
+            pass
+
+    class TierPlugin:
+        @hookimpl
+        def register_cache_tiers(self, register: Any, herd: Any) -> None:
+            register(DictTier())
+
+    herd = _herd(receiver)
+    herd.register_plugin(TierPlugin(), name="tier")
+
+    async def main() -> None:
+        async with herd:
+            await herd.chat("mock", "same", temperature=0)
+            second = await herd.chat("mock", "same", temperature=0)
+            assert second.cache_tier is not None
+            otel.force_flush(herd)
+
+    anyio.run(main)
+    spans = receiver.wait_spans(2)
+    hits = [attributes(s) for s in spans if attributes(s)["herd.cache.hit"]]
+    assert len(hits) == 1 and hits[0]["herd.cache.tier"] == "memory"
+
+
+def test_swarm_tree_through_a_task_group(receiver: OtlpReceiver) -> None:
+    members = {name: MockModel(latency=0.01) for name in ("m1", "m2", "m3")}
+    for name, model in members.items():
+        model.spec = model.spec.model_copy(update={"model": f"{name}-model"})
+    herd = _herd(receiver, members)
+
+    async def main() -> None:
+        async with otel.agent_span(herd, "swarm", **{"herd.members": 3}) as span:
+            assert span is not None
+            async with anyio.create_task_group() as tg:
+                for alias in members:
+                    tg.start_soon(herd.chat, alias, "vote")
+        # a call outside the agent span is a root span
+        await herd.chat("m1", "alone")
+        otel.force_flush(herd)
+        await herd.aclose()
+
+    anyio.run(main)
+    spans = receiver.wait_spans(5)
+    names = _by_name(spans)
+    root = names["invoke_agent swarm"][0]
+    assert attributes(root)["gen_ai.operation.name"] == "invoke_agent"
+    assert attributes(root)["gen_ai.agent.name"] == "swarm"
+    assert root.parent_span_id == b""
+    children = [s for s in spans if s.parent_span_id == root.span_id]
+    assert sorted(s.name for s in children) == ["chat m1-model", "chat m2-model", "chat m3-model"]
+    assert all(s.trace_id == root.trace_id for s in children)
+    alone = [s for s in names["chat m1-model"] if s.parent_span_id == b""]
+    assert len(alone) == 1 and alone[0].trace_id != root.trace_id
+
+
+def test_agent_span_is_a_noop_when_tracing_is_off() -> None:
+    herd = make_herd(plugins=(otel,))
+
+    async def main() -> None:
+        async with otel.agent_span(herd, "swarm") as span:
+            assert span is None
+            await herd.chat("mock", "hi")
+        assert herd.pm.get_plugin(otel.HOOKS_NAME) is None
+        assert not herd.wants_metrics
+        assert not otel.force_flush(herd)
+        await herd.aclose()
+
+    anyio.run(main)
+
+
+def test_metrics_reach_the_receiver(receiver: OtlpReceiver) -> None:
+    herd = _herd(receiver)
+
+    async def main() -> None:
+        async with herd:
+            for _ in range(3):
+                await herd.chat("mock", "count me")
+            otel.force_flush(herd)
+
+    anyio.run(main)
+    metrics = receiver.metrics()
+    duration = metrics["gen_ai.client.operation.duration"][-1]
+    assert duration.unit == "s"
+    point = duration.histogram.data_points[0]
+    assert point.count == 3
+    assert attributes(point)["gen_ai.request.model"] == "mock-1"
+    tokens = metrics["gen_ai.client.token.usage"][-1].histogram.data_points
+    assert {attributes(p)["gen_ai.token.type"] for p in tokens} == {"input", "output"}
+    lookups = metrics["herd.cache.lookups"][-1].sum.data_points
+    assert sum(p.as_int for p in lookups) == 3
+    requests = metrics["herd.requests"][-1].sum.data_points
+    assert sum(p.as_int for p in requests) == 3
+    assert "herd.inflight" in metrics
+
+
+def test_collector_down_is_a_warning_not_an_error(
+    receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.status = 503
+    herd = _herd(receiver, export_timeout_s=1)
+    caplog.set_level(logging.WARNING)
+
+    async def main() -> None:
+        async with herd:
+            response = await herd.chat("mock", "still answered")
+            assert response.content == "ok"
+            otel.force_flush(herd, timeout_s=2)
+
+    anyio.run(main)
+    ours = [r for r in caplog.records if r.name == "modelherd.otel"]
+    assert ours and "is the collector running?" in ours[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_env_enables_tracing() -> None:
+    cfg = resolve(parse_settings({}, "x"), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
+    assert cfg.enabled and cfg.traces_endpoint == "http://c:4318/v1/traces"
+    assert not resolve(parse_settings({}, "x"), {}).enabled
+    off = resolve(parse_settings({"enabled": True}, "x"), {"OTEL_SDK_DISABLED": "true"})
+    assert not off.enabled
+
+
+def test_bad_settings_say_what_to_fix() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"endpont": "x"}, "plugins.toml")
+    assert str(err.value).startswith("plugins.toml: [plugins.otel] endpont: unknown key")
+    assert "endpoint" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"export_interval_s": 0}, "plugins.toml")
+    assert "[plugins.otel] export_interval_s:" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        resolve(parse_settings({}, "x"), {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+    assert "use http/protobuf" in str(err.value)
