@@ -5,32 +5,188 @@ The kernel asks them fastest first; a hit in a slower tier fills the faster ones
 Keys hash the canonical request (everything that changes the output) and the
 tenant, so tenants never read each other's entries. API keys are never part of a
 request, so they can never reach a key.
+
+Cache-wide policy lives in `[plugins.cache]` (see docs/cache.md):
+`cache_sampled` (also cache temperature > 0 answers without a seed) and
+`store_truncated` (also store answers cut off by the token limit).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .types import ChatRequest, ChatResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+from .types import ChatRequest, ChatResponse, Metric
 
 if TYPE_CHECKING:
     from .kernel import Herd
 
-KEY_VERSION = "v1"
+log = logging.getLogger("modelherd.cache")
+
+#: bump when the key layout changes: old entries then simply stop matching
+KEY_VERSION = "v2"
 
 #: options that never change the answer and so stay out of the key
-_NON_OUTPUT_OPTIONS = frozenset({"keep_alive", "num_thread", "n_gpu_layers", "num_gpu", "use_mmap"})
+_NON_OUTPUT_OPTIONS = frozenset(
+    {"keep_alive", "num_thread", "n_gpu_layers", "num_gpu", "use_mmap", "use_mlock",
+     "n_threads", "n_batch", "flash_attn", "tensor_split"}
+)
+#: values whose repr() is exact and cheap; anything else goes through canonical JSON
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_default(value: Any) -> Any:
+    """Canonical form of the odd values people pass as options (schemas above all)."""
+    schema = getattr(value, "model_json_schema", None)
+    if isinstance(value, type) and callable(schema):
+        # a pydantic class as response_format: its schema, not its (ambiguous) name
+        return {"$pydantic": value.__qualname__, "schema": schema()}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    if isinstance(value, set | frozenset):
+        return sorted(repr(v) for v in value)
+    if isinstance(value, bytes):
+        return value.hex()
+    # last resort: type-qualified repr. An object whose repr hides its content would
+    # collide, so we refuse to guess and make the key unique instead (a miss, never
+    # a wrong answer).
+    return f"<{type(value).__module__}.{type(value).__qualname__} at {id(value):x}>"
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, _SCALARS):
+        return repr(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def is_deterministic(request: ChatRequest) -> bool:
+    """Sampling with temperature > 0 and no seed gives a new answer each time."""
+    opts = request.options
+    temperature = opts.get("temperature")
+    return temperature is None or temperature == 0 or opts.get("seed") is not None
+
+
+def request_key(request: ChatRequest) -> str:
+    """A stable hash of everything that changes the answer, namespaced by tenant.
+
+    Hot path (every cached call): repr() of scalars is exact and ~3x cheaper than
+    canonical JSON, so only nested options (tools, response_format, stop lists …)
+    pay for json.dumps. Messages carry role and content only (a test pins
+    Message's fields, so a new field cannot silently fall out of the key).
+    """
+    opts = request.options
+    items: list[tuple[str, str]] | tuple[()] = ()
+    if opts:
+        items = sorted(
+            (k, _canonical(v)) for k, v in opts.items() if k not in _NON_OUTPUT_OPTIONS
+        )
+    payload = repr(
+        (
+            KEY_VERSION,
+            request.provider,
+            request.model,
+            [(m.role, m.content) for m in request.messages],
+            items,
+        )
+    )
+    digest = hashlib.blake2b(payload.encode(), digest_size=20).hexdigest()
+    # the tenant is a readable prefix so a tier can clear one tenant's entries
+    return f"{request.tenant or 'default'}:{digest}"
+
+
+def coalesce_key(request: ChatRequest) -> str | None:
+    """The key identical in-flight calls share, or None when they must not share."""
+    return request_key(request) if is_deterministic(request) else None
+
+
+class CachePolicy(BaseModel):
+    """`[plugins.cache]`: what the response cache may keep, whichever tiers are on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: also cache (and coalesce) temperature > 0 answers that have no seed
+    cache_sampled: bool = False
+    #: also store answers cut off by the token limit (finish_reason "length")
+    store_truncated: bool = False
+
+
+def load_policy(herd: Herd) -> CachePolicy:
+    try:
+        return CachePolicy.model_validate(herd.plugin_settings("cache"))
+    except ValidationError as exc:
+        raise ConfigError(settings_error(herd, "cache", exc)) from None
+
+
+def settings_error(herd: Herd, table: str, exc: ValidationError) -> str:
+    """One line naming the file, the table, the key and the fix (shared by the tiers)."""
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "?"
+    if first["type"] == "extra_forbidden":
+        return (
+            f"{herd.config.source}: [plugins.{table}] {key}: unknown key — "
+            f"see docs/cache.md for the keys [plugins.{table}] accepts"
+        )
+    return f"{herd.config.source}: [plugins.{table}] {key}: {first['msg']} — fix that value"
+
+
+@dataclass(slots=True)
+class TierCounters:
+    """What a tier did since start; `herd cache stats` shows these."""
+
+    hits: int = 0
+    misses: int = 0
+    stores: int = 0
+    evictions: int = 0
+    errors: int = 0
+    #: bytes written by stores (serialised size; an estimate for the memory tier)
+    bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_EVENT_METRIC = {
+    "hits": "herd.cache.hits",
+    "misses": "herd.cache.misses",
+    "stores": "herd.cache.stores",
+    "evictions": "herd.cache.evictions",
+    "errors": "herd.cache.errors",
+    "bytes": "herd.cache.bytes",
+}
 
 
 class CacheTier:
     """One cache tier. Implementations must never raise from get/set: on trouble,
-    return None (a miss) or skip the store, and report through `herd.emit`."""
+    return None (a miss) or skip the store, and `count("errors")`.
+
+    Subclasses call `super().__init__()`; `count()` keeps the per-tier counters and
+    emits them as metrics (`herd.cache.<event>`, attribute `herd.cache.tier`).
+    """
 
     name: ClassVar[str] = ""
     #: lower is faster; tiers are asked in ascending order
     order: ClassVar[int] = 100
+
+    def __init__(self) -> None:
+        self.counters = TierCounters()
+        self.herd: Herd | None = None
+        self._metric_attrs = {"herd.cache.tier": self.name}
+
+    def count(self, event: str, value: int = 1) -> None:
+        """Add to a counter (hits, misses, stores, evictions, errors, bytes) and emit it."""
+        counters = self.counters
+        setattr(counters, event, getattr(counters, event) + value)
+        herd = self.herd
+        if herd is not None and herd.wants_metrics:
+            unit = "By" if event == "bytes" else "1"
+            herd.emit(Metric(_EVENT_METRIC[event], value, unit, "counter", self._metric_attrs))
 
     async def get(self, key: str) -> ChatResponse | None:
         raise NotImplementedError
@@ -43,36 +199,11 @@ class CacheTier:
         raise NotImplementedError
 
     def stats(self) -> dict[str, Any]:
-        return {}
+        """Counters plus what the tier knows about its contents (entries, bytes …)."""
+        return self.counters.as_dict()
 
     async def aclose(self) -> None:
         return None
-
-
-def is_deterministic(request: ChatRequest) -> bool:
-    """Sampling with temperature > 0 and no seed gives a new answer each time."""
-    opts = request.options
-    temperature = opts.get("temperature")
-    return temperature is None or temperature == 0 or opts.get("seed") is not None
-
-
-def request_key(request: ChatRequest) -> str:
-    """A stable hash of everything that changes the answer, namespaced by tenant."""
-    options = {k: v for k, v in request.options.items() if k not in _NON_OUTPUT_OPTIONS}
-    canonical = json.dumps(
-        [
-            KEY_VERSION,
-            request.provider,
-            request.model,
-            [(m.role, m.content) for m in request.messages],
-            options,
-        ],
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
-    digest = hashlib.blake2b(canonical.encode(), digest_size=20).hexdigest()
-    return f"{request.tenant or 'default'}:{digest}"
 
 
 class TieredCache:
@@ -81,20 +212,81 @@ class TieredCache:
     def __init__(self, tiers: list[CacheTier], herd: Herd) -> None:
         self.tiers = sorted(tiers, key=lambda t: t.order)
         self.herd = herd
+        self.policy = load_policy(herd)
+        self._warned: set[str] = set()
+        for tier in self.tiers:
+            # a third-party tier that skipped CacheTier.__init__ still gets counters
+            if not hasattr(tier, "counters"):
+                CacheTier.__init__(tier)
+            if getattr(tier, "herd", None) is None:
+                tier.herd = herd
+
+    # ---- what is cached --------------------------------------------------------
+
+    def key_for(self, request: ChatRequest) -> str | None:
+        """The request's key, or None when the policy says it must not be cached."""
+        if self.policy.cache_sampled or is_deterministic(request):
+            return request_key(request)
+        return None
+
+    def storable(self, response: ChatResponse) -> bool:
+        """Never empty answers; truncated ones only when `store_truncated` is on."""
+        if not response.content:
+            return False
+        return response.finish_reason != "length" or self.policy.store_truncated
+
+    # ---- lookup / store ----------------------------------------------------------
+
+    def _failed(self, tier: CacheTier, op: str, exc: BaseException) -> None:
+        tier.count("errors")
+        if tier.name not in self._warned:
+            self._warned.add(tier.name)
+            log.warning(
+                "cache tier '%s' raised %s in %s (%s); treating it as a miss — "
+                "this is a bug in that tier's plugin", tier.name, type(exc).__name__, op, exc,
+            )
 
     async def lookup(self, key: str) -> ChatResponse | None:
         for index, tier in enumerate(self.tiers):
-            hit = await tier.get(key)
-            if hit is not None:
-                for faster in self.tiers[:index]:
+            try:
+                hit = await tier.get(key)
+            except Exception as exc:
+                self._failed(tier, "get", exc)
+                hit = None
+            if hit is None:
+                tier.count("misses")
+                continue
+            tier.count("hits")
+            for faster in self.tiers[:index]:
+                try:
                     await faster.set(key, hit, None)
-                return hit.model_copy(update={"cache_tier": tier.name})
+                except Exception as exc:
+                    self._failed(faster, "set", exc)
+            # a fresh object per hit: the caller may mutate it (usage too) freely
+            return hit.model_copy(update={"cache_tier": tier.name, "usage": hit.usage.model_copy()})
         return None
 
     async def store(self, key: str, response: ChatResponse, ttl: float | None) -> None:
         for tier in self.tiers:
-            await tier.set(key, response, ttl)
+            try:
+                await tier.set(key, response, ttl)
+            except Exception as exc:
+                self._failed(tier, "set", exc)
+
+    async def clear(self, tier_name: str | None = None) -> dict[str, int]:
+        """Clear every tier, or the one named; {tier: entries removed (-1 unknown)}."""
+        out: dict[str, int] = {}
+        for tier in self.tiers:
+            if tier_name is None or tier.name == tier_name:
+                out[tier.name] = await tier.clear()
+        return out
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {tier.name: tier.stats() for tier in self.tiers}
 
     async def aclose(self) -> None:
         for tier in self.tiers:
-            await tier.aclose()
+            try:
+                await tier.aclose()
+            except Exception as exc:
+                self._failed(tier, "aclose", exc)

@@ -447,7 +447,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("HERD_DEBUG") == "1"
     run: Callable[..., Any] = make_cli().main
     try:
-        run(args=argv, prog_name="herd", standalone_mode=False)
+        # with standalone_mode=False click returns ctx.exit()'s code instead of exiting
+        code = run(args=argv, prog_name="herd", standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            raise SystemExit(code)
     except click.exceptions.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except click.ClickException as exc:
@@ -474,3 +477,5 @@ def main(argv: list[str] | None = None) -> None:
 
 #: the `herd` group (a fresh one per `main()` call; this one is for imports and docs)
 cli = make_cli()
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ import pluggy
 
 from . import loader
 from .agent import Agent
-from .cache import CacheTier, TieredCache, is_deterministic, request_key
+from .cache import CacheTier, TieredCache, coalesce_key
 from .coalesce import Coalescer
 from .config import HerdConfig, load_config, load_env
 from .errors import (
@@ -240,6 +240,11 @@ class Herd:
             self._models[name] = model
         return model
 
+    @property
+    def cache(self) -> TieredCache | None:
+        """The response cache (None before start() or when no tier is registered)."""
+        return self._cache
+
     def loaded_models(self) -> dict[str, Model]:
         return dict(self._models)
 
@@ -408,8 +413,8 @@ class Herd:
         self, request: ChatRequest, validate: Validator | None, started: float
     ) -> ChatResponse:
         cache = self._cache
-        deterministic = is_deterministic(request)
-        key = request_key(request) if deterministic else None
+        # the cache policy decides which requests get a key ([plugins.cache] cache_sampled)
+        key = cache.key_for(request) if cache is not None else coalesce_key(request)
         try:
             if cache is not None and key is not None and request.cache in ("default", "no-store", "only"):
                 hit = await cache.lookup(key)
@@ -444,7 +449,7 @@ class Herd:
             request.context["valid"] = valid
             self.emit(Metric("herd.validation", 1.0 if valid else 0.0, attributes=_attrs(request)))
         if cache is not None and key is not None and valid and request.cache in ("default", "no-cache"):
-            if response.content and response.finish_reason != "length":
+            if cache.storable(response):
                 await cache.store(key, response, request.cache_ttl)
         self._finish(request, response)
         return response
@@ -592,7 +597,7 @@ class Herd:
         self, request: ChatRequest, started: float
     ) -> AsyncIterator[str | ChatResponse]:
         cache = self._cache
-        key = request_key(request) if is_deterministic(request) else None
+        key = cache.key_for(request) if cache is not None else None
         if cache is not None and key is not None and request.cache in ("default", "no-store", "only"):
             hit = await cache.lookup(key)
             if hit is not None:
@@ -636,7 +641,7 @@ class Herd:
             final.fallback_from = request.alias
         final.latency_s = time.perf_counter() - started
         if cache is not None and key is not None and request.cache in ("default", "no-cache"):
-            if final.content and final.finish_reason != "length":
+            if cache.storable(final):
                 await cache.store(key, final, request.cache_ttl)
         self._finish(request, final)
         yield final

@@ -56,6 +56,11 @@ class LlamaCppSettings(ProviderSettings):
     flash_attn: bool | None = None
     #: override the GGUF's chat template with a named llama.cpp chat format
     chat_format: str | None = None
+    #: reuse the KV cache of a shared prompt prefix between calls. Faster for long
+    #: shared system prompts, but llama.cpp then evaluates the prompt in different
+    #: batches and greedy (temperature 0) answers can change from call to call, so it
+    #: is off by default: the same request gives the same answer.
+    prefix_cache: bool = False
 
 
 class LlamaCppOptions(BaseModel):
@@ -242,6 +247,11 @@ class LlamaCppModel(Model):
                 self._loaded = _load(path, params, settings.chat_format)
         return self._loaded
 
+    def _maybe_reset(self, loaded: _Loaded) -> None:
+        assert isinstance(self.settings, LlamaCppSettings)
+        if not self.settings.prefix_cache:
+            loaded.llama.reset()
+
     def _completion_kwargs(self, request: ChatRequest, opts: LlamaCppOptions) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
@@ -267,6 +277,7 @@ class LlamaCppModel(Model):
         kwargs = self._completion_kwargs(request, opts)
         started = time.perf_counter()
         with loaded.lock:
+            self._maybe_reset(loaded)
             try:
                 out = loaded.llama.create_chat_completion(
                     **kwargs, logits_processor=_cancel_processor(cancel)
@@ -306,6 +317,7 @@ class LlamaCppModel(Model):
         await anyio.to_thread.run_sync(loaded.lock.acquire)
         chunks: Iterator[dict[str, Any]] | None = None
         try:
+            self._maybe_reset(loaded)
             chunks = loaded.llama.create_chat_completion(
                 **kwargs, stream=True, logits_processor=_cancel_processor(cancel)
             )

@@ -1,0 +1,117 @@
+"""Plugin discovery: one entry-point path, blocked before import, fault tolerant."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+
+from modelherd import Herd, PluginLoadError
+from modelherd.config import HerdConfig
+from modelherd.loader import load_entry_point_plugins, new_plugin_manager
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "good_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            from modelherd import hookimpl
+            IMPORTED = True
+
+            @hookimpl
+            def on_metric(metric, herd):
+                pass
+            """
+        )
+    )
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "tracked_plugin.py").write_text(
+        "import builtins\nbuiltins.TRACKED_IMPORTED = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in ("good_plugin", "broken_plugin", "tracked_plugin"):
+        sys.modules.pop(name, None)
+
+
+def eps(*pairs: tuple[str, str]) -> list[EntryPoint]:
+    return [EntryPoint(name=n, value=v, group="modelherd") for n, v in pairs]
+
+
+def test_broken_plugin_is_reported_and_the_rest_load(plugin_dir: Path) -> None:
+    pm = new_plugin_manager()
+    records = load_entry_point_plugins(
+        pm, set(), eps=eps(("good", "good_plugin"), ("broken", "broken_plugin"))
+    )
+    by_name = {r.name: r for r in records}
+    assert by_name["good"].status == "loaded" and by_name["good"].hooks == ["on_metric"]
+    assert by_name["broken"].status == "failed"
+    assert "RuntimeError: boom at import (broken_plugin.py:1)" == by_name["broken"].error
+
+
+def test_strict_makes_a_broken_plugin_fatal_with_a_fix(plugin_dir: Path) -> None:
+    with pytest.raises(PluginLoadError, match=r"plugin 'broken' .*failed to load: RuntimeError: boom.*\[plugins\] disable"):
+        load_entry_point_plugins(new_plugin_manager(), set(), strict=True, eps=eps(("broken", "broken_plugin")))
+
+
+def test_disable_blocks_before_import(plugin_dir: Path) -> None:
+    import builtins
+
+    records = load_entry_point_plugins(new_plugin_manager(), {"tracked"}, eps=eps(("tracked", "tracked_plugin")))
+    assert records[0].status == "disabled"
+    assert not getattr(builtins, "TRACKED_IMPORTED", False)
+    assert "tracked_plugin" not in sys.modules
+
+
+def test_herd_plugins_env_is_an_allowlist(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERD_PLUGINS", "good")
+    records = load_entry_point_plugins(
+        new_plugin_manager(), set(), eps=eps(("good", "good_plugin"), ("tracked", "tracked_plugin"))
+    )
+    assert {r.name: r.status for r in records} == {"good": "loaded", "tracked": "disabled"}
+    assert "tracked_plugin" not in sys.modules
+
+
+def test_trace_hooks_prints_every_hook_call(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HERD_TRACE_HOOKS", "1")
+    pm = new_plugin_manager()
+    pm.hook.register_providers(register=lambda cls: None)
+    assert "register_providers" in capsys.readouterr().err
+
+
+def test_builtin_plugins_come_through_the_entry_point_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    herd = Herd(HerdConfig(), env={})
+    records = {r.name: r for r in (herd.pm and herd.plugin_records)}
+    assert records["llamacpp"].distribution == "modelherd"
+    assert records["llamacpp"].status == "loaded"
+    assert "llamacpp" in herd.providers
+
+
+def test_config_disable_list_reaches_the_loader(tmp_path: Path) -> None:
+    config = HerdConfig.model_validate({"plugins": {"disable": ["llamacpp"]}})
+    herd = Herd(config, env={})
+    records = {r.name: r for r in (herd.pm and herd.plugin_records)}
+    assert records["llamacpp"].status == "disabled"
+    assert "llamacpp" not in herd.providers
+
+
+def test_a_plugin_raising_in_a_registration_hook_is_isolated() -> None:
+    from modelherd import hookimpl
+    from modelherd.testing import MockModel, make_herd
+
+    class Exploding:
+        __name__ = "exploding"
+
+        @hookimpl
+        def register_providers(self, register):  # type: ignore[no-untyped-def]
+            raise ValueError("bad provider table")
+
+    herd = make_herd({"m": MockModel()}, plugins=(Exploding(),))
+    assert "mock" in herd.providers
+    failed = [r for r in herd.plugin_records if r.name == "exploding"][0]
+    assert failed.status == "failed" and "register_providers raised ValueError: bad provider table" in failed.error
