@@ -1,0 +1,228 @@
+"""The OpenAI Chat Completions wire format, as documented, on a loopback server.
+
+The `model` field picks the scenario, so one server serves every test:
+`err-401`, `missing-model` (404), `err-429` (Retry-After), `flaky-429` (429 once, then
+OK), `err-500`, `slow` (answers after 3 s), `malformed` (bad JSON, JSON content type),
+`html` (200 text/html), `truncated` (a stream that stops without finish_reason or
+[DONE]), `midstream-error` (an error object inside the stream), `reason` (a <think>
+block). Any other model answers "echo: <last user message>".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .loopback import Recorder, sample_for_schema
+
+API_KEY = "sk-test-key-0123456789abcdef"
+MODELS = ["gpt-5.4", "gpt-5.4-mini", "gpt-4o", "deepseek-chat", "echo-model"]
+
+
+def _error(
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.json_response(
+        body, status=status, headers={"x-request-id": "req_err", **(headers or {})}
+    )
+
+
+def _answer(body: dict[str, Any]) -> str:
+    model = body["model"]
+    if model == "reason":
+        return "<think>\nweigh the options\n</think>\n\nBUY"
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return json.dumps(sample_for_schema(fmt["json_schema"]["schema"]))
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        return json.dumps({"ok": True})
+    last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+    return f"echo: {last}"
+
+
+def make_app(recorder: Recorder) -> web.Application:
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        count = recorder.add(request, body)
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return _error(
+                401,
+                "Incorrect API key provided: sk-wron*****************cdef. You "
+                "can find your API key at https://platform.openai.com/account/api-keys.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+        model = body["model"]
+        if model == "err-401":
+            return _error(
+                401,
+                f"Incorrect API key provided: {API_KEY[:8]}***.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+        if model == "missing-model" or model.startswith("gpt-99"):
+            return _error(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        if model == "err-400":
+            return _error(
+                400,
+                "Invalid value for 'temperature': must be <= 2.",
+                "invalid_request_error",
+                "invalid_value",
+            )
+        if model == "err-429" or (model == "flaky-429" and count == 1):
+            after = "0.05" if model == "flaky-429" else "7"
+            return _error(
+                429,
+                "Rate limit reached for requests per min (RPM): Limit 3.",
+                "requests",
+                "rate_limit_exceeded",
+                {
+                    "retry-after": after,
+                    "x-ratelimit-limit-requests": "3",
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": "20s",
+                },
+            )
+        if model == "err-500" or (model == "flaky-500" and count == 1):
+            return _error(
+                500, "The server had an error while processing your request.", "server_error"
+            )
+        if model == "slow":
+            await asyncio.sleep(3)
+        if model == "malformed":
+            return web.Response(
+                text='{"id": "chatcmpl-1", "choices": [', content_type="application/json"
+            )
+        if model == "html":
+            return web.Response(
+                text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+            )
+        if model == "nofields":
+            return web.json_response({"id": "chatcmpl-x", "object": "chat.completion"})
+        if body.get("stream"):
+            return await _stream(request, body)
+        content = _answer(body)
+        finish = (
+            "length" if body.get("max_completion_tokens", body.get("max_tokens")) == 1 else "stop"
+        )
+        return web.json_response(
+            {
+                "id": "chatcmpl-123",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "fp_test",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 11,
+                    "completion_tokens": 5,
+                    "total_tokens": 16,
+                    "prompt_tokens_details": {"cached_tokens": 3},
+                },
+            },
+            headers={"x-request-id": "req_ok"},
+        )
+
+    async def _stream(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "x-request-id": "req_stream"}
+        )
+        await response.prepare(request)
+        model = body["model"]
+        base = {
+            "id": "chatcmpl-s1",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+        async def send(data: Any) -> None:
+            text = data if isinstance(data, str) else json.dumps(data)
+            await response.write(f"data: {text}\n\n".encode())
+
+        await send(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        answer = _answer(body)
+        for i in range(0, len(answer), 4):
+            await send(
+                {
+                    **base,
+                    "choices": [
+                        {"index": 0, "delta": {"content": answer[i : i + 4]}, "finish_reason": None}
+                    ],
+                }
+            )
+            if model == "midstream-error" and i >= 4:
+                await send(
+                    {
+                        "error": {
+                            "message": "The server had an error mid-stream.",
+                            "type": "server_error",
+                        }
+                    }
+                )
+                return response
+        if model == "truncated":
+            return response  # the connection ends: no finish_reason, no [DONE]
+        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send(
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+                }
+            )
+        await send("[DONE]")
+        return response
+
+    async def models(request: web.Request) -> web.Response:
+        recorder.add(request, {})
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 1, "owned_by": "system"} for m in MODELS
+                ],
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/v1/models", models)
+    return app
