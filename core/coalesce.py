@@ -1,47 +1,75 @@
 """Request coalescing: identical calls already in flight share one upstream call.
 
-The first caller for a key runs the call; later callers with the same key wait for
-its outcome and get the same answer or the same error. Only deterministic requests
-are coalesced (see `cache.is_deterministic`): sharing one sample between callers who
-asked for independent samples would be wrong.
+The first caller for a key (the leader) runs the call inline — no extra task, so
+the miss path stays as cheap as an uncoalesced call; later callers with the same
+key wait for its outcome and get the same answer (each its own copy) or the same
+error. Only requests with a key are coalesced (see `cache.coalesce_key` and
+`TieredCache.key_for`): sharing one sample between callers who asked for
+independent samples would be wrong.
+
+Cancellation: a follower being cancelled never cancels the shared call (shield).
+When the leader is cancelled, its followers were not: each of them runs the call
+afresh (the first becomes the new leader) instead of seeing a CancelledError it
+never asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
 
+def _own_copy(result: Any) -> Any:
+    """Followers get their own object: callers may mutate what they receive."""
+    copy = getattr(result, "model_copy", None)
+    return copy(deep=True) if callable(copy) else result
+
+
 class Coalescer:
-    def __init__(self) -> None:
-        self._inflight: dict[str, asyncio.Future[object]] = {}
+    def __init__(self, copy: Callable[[Any], Any] = _own_copy) -> None:
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._copy = copy
         #: how many calls joined an existing flight (a metric and a test hook)
         self.joined = 0
+        #: how many calls ran upstream as leaders
+        self.led = 0
 
     async def run(self, key: str, call: Callable[[], Awaitable[T]]) -> T:
-        existing = self._inflight.get(key)
-        if existing is not None:
+        while True:
+            existing = self._inflight.get(key)
+            if existing is None:
+                break
             self.joined += 1
-            # shield: one waiter being cancelled must not cancel the shared call
-            return await asyncio.shield(existing)  # type: ignore[return-value]
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            try:
+                # shield: one waiter being cancelled must not cancel the shared call
+                return cast(T, self._copy(await asyncio.shield(existing)))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if existing.cancelled() and task is not None and not task.cancelling():
+                    continue  # the leader was cancelled, not us: run (or join) afresh
+                raise
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        self.led += 1
         try:
             result = await call()
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
-            if not future.done():
-                future.set_exception(exc)
-                # mark retrieved: if nobody joined, asyncio must not warn
-                future.exception()
+            future.set_exception(exc)
+            # mark retrieved: if nobody joined, asyncio must not warn
+            future.exception()
             raise
         else:
             future.set_result(result)
             return result
         finally:
-            self._inflight.pop(key, None)
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
 
     def __len__(self) -> int:
         return len(self._inflight)

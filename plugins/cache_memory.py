@@ -1,0 +1,141 @@
+"""`cache_memory`: the L1 response cache, in this process's memory (cachetools).
+
+On by default (TTL 1 hour, 10 000 entries, 64 MB); `[plugins.cache_memory]
+enabled = false` turns it off. Entries expire by their TTL (the tier's, or the
+call's `cache_ttl=`) and are evicted least-recently-used first when either bound,
+entries or bytes, is reached. Responses are kept as objects (no serialisation), so
+a hit costs a dict lookup; the tiered cache hands each caller its own copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from modelherd import hookimpl
+from modelherd.cache import CacheTier, settings_error
+from modelherd.errors import ConfigError
+from modelherd.plugins.cache_codec import parse_size
+from modelherd.types import ChatResponse
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    import click
+    from modelherd.kernel import Herd
+
+#: bookkeeping per entry beyond its text (object headers, usage, key): an estimate
+_OVERHEAD_BYTES = 600
+
+
+class MemorySettings(BaseModel):
+    """`[plugins.cache_memory]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    #: seconds an entry lives unless the call passes cache_ttl=
+    ttl: float = 3600.0
+    max_entries: int = 10_000
+    max_bytes: int = 64 * 1000**2
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+    @field_validator("ttl", "max_entries", "max_bytes")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
+def entry_size(response: ChatResponse) -> int:
+    """Approximate bytes an entry holds (str length is a cheap stand-in for its size)."""
+    return len(response.content) + len(response.reasoning or "") + _OVERHEAD_BYTES
+
+
+class MemoryTier(CacheTier):
+    name = "memory"
+    order = 10
+
+    def __init__(self, settings: MemorySettings) -> None:
+        super().__init__()
+        from cachetools import TLRUCache
+
+        self.settings = settings
+        tier = self
+
+        class _Store(TLRUCache):
+            """TLRU bounded by bytes (maxsize + getsizeof); counts capacity evictions."""
+
+            def popitem(self) -> Any:
+                item = super().popitem()
+                tier.count("evictions")
+                return item
+
+        # value = (response, expires_in_seconds, size); ttu = "time to use" per entry
+        self._store = _Store(
+            maxsize=settings.max_bytes,
+            ttu=lambda _key, value, now: now + value[1],
+            getsizeof=lambda value: value[2],
+        )
+
+    async def get(self, key: str) -> ChatResponse | None:
+        value = self._store.get(key)
+        return value[0] if value is not None else None
+
+    async def set(self, key: str, response: ChatResponse, ttl: float | None) -> None:
+        ttl = self.settings.ttl if ttl is None else ttl
+        if ttl <= 0:
+            return
+        size = entry_size(response)
+        if size > self.settings.max_bytes:
+            return  # larger than the whole tier: not worth evicting everything for
+        # our own deep copy: the caller keeps (and may mutate) the object it got
+        stored = response.model_copy(deep=True, update={"cache_tier": None})
+        store = self._store
+        store[key] = (stored, ttl, size)
+        while len(store) > self.settings.max_entries:
+            store.popitem()
+        self.count("stores")
+        self.count("bytes", size)
+
+    async def clear(self) -> int:
+        removed = len(self._store)
+        self._store.clear()
+        return removed
+
+    def stats(self) -> dict[str, Any]:
+        store = self._store
+        store.expire()
+        return {
+            **self.counters.as_dict(),
+            "entries": len(store),
+            "size_bytes": int(store.currsize),
+            "max_entries": self.settings.max_entries,
+            "max_bytes": self.settings.max_bytes,
+            "ttl_s": self.settings.ttl,
+        }
+
+
+def load_settings(herd: Herd) -> MemorySettings:
+    try:
+        return MemorySettings.model_validate(herd.plugin_settings("cache_memory"))
+    except ValidationError as exc:
+        raise ConfigError(settings_error(herd, "cache_memory", exc)) from None
+
+
+@hookimpl
+def register_cache_tiers(register: Callable[..., None], herd: Herd) -> None:
+    settings = load_settings(herd)
+    if settings.enabled:
+        register(MemoryTier(settings))
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from modelherd.plugins.cache_cli import add_cache_commands
+
+    add_cache_commands(cli)
