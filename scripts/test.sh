@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install modelherd with every extra into ./.venv and run the whole test suite.
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh -m "not llama" tests/core   # any pytest arguments
+# The first run compiles llama-cpp-python (about 5 minutes on 2 cores); pip's wheel
+# cache makes later runs fast. Redis tests need `redis-server` (apt-get install
+# redis-server); without it they skip and say so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PYTHON" -m venv .venv; then
+    echo "error: '$PYTHON -m venv' failed — on Debian/Ubuntu run: apt-get install python3-venv" >&2
+    exit 1
+  fi
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
+
+set +e
+.venv/bin/python -m pytest "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then
+  echo "error: pytest collected no tests — treating that as a failure" >&2
+  exit 1
+fi
+exit "$code"
