@@ -256,7 +256,15 @@ def startup(herd: Herd) -> Awaitable[None] | None:
     residency = herd.pm.get_plugin("residency") is not None
     optimizer = Optimizer(herd, settings, own_eviction=not residency)
     herd.register_plugin(optimizer, name="optimizer-calls")
+    herd.__dict__["_optimizer_plugin"] = optimizer  # for shutdown
     return optimizer.warm()
+
+
+@hookimpl
+def shutdown(herd: Herd) -> None:
+    optimizer = herd.__dict__.pop("_optimizer_plugin", None)
+    if optimizer is not None:
+        herd.unregister_plugin(optimizer)
 
 
 @hookimpl
