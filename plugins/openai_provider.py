@@ -44,7 +44,7 @@ from pydantic import Field
 
 from .client_pool import ClientPool
 from .keys import find_key, key_fingerprint, redact
-from .provider_errors import status_error
+from .provider_errors import as_health, connect_failure, status_error
 from .think import ThinkSplitter, split_think
 
 _POOL = ClientPool()
@@ -426,10 +426,10 @@ class OpenAIModel(Model):
             page = await self.client().models.list()
             ids = [m.id for m in page.data]
         except Exception as exc:
-            return _as_health(await self.map_error(exc, request))
+            return as_health(await self.map_error(exc, request))
         latency = time.perf_counter() - started
         if self.spec.model and ids and self.spec.model not in ids:
-            return _as_health(
+            return as_health(
                 status_error(
                     404,
                     "",
@@ -444,29 +444,6 @@ class OpenAIModel(Model):
         return Health(
             ok=True, detail=f"{self.base_url} answers ({len(ids)} models listed)", latency_s=latency
         )
-
-
-def _as_health(error: HerdError, latency: float | None = None) -> Health:
-    """A typed error as a failed health check: what went wrong, then the fix."""
-    detail, _, fix = error.message.rpartition(" — ")
-    return Health(ok=False, detail=detail or fix, fix=fix if detail else "", latency_s=latency)
-
-
-def connect_failure(exc: BaseException) -> str | None:
-    """The name of a refused/reset connection in `exc`'s cause chain, else None.
-
-    The SDKs' vendored aiohttp transport reports a refused connection as a *timeout*
-    (ConnectTimeout: its exception map matches ClientConnectionError first), so we
-    look at the real cause instead of the wrapper's class.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ConnectionError) or type(current).__name__ == "ClientConnectorError":
-            return type(current).__name__
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def _detail(exc: Any) -> str:

@@ -21,6 +21,7 @@ from modelherd.errors import (
     ProviderError,
     RateLimitError,
 )
+from modelherd.types import Health
 
 from .keys import redact
 
@@ -118,3 +119,26 @@ def status_error(
     error = ProviderError(f"{where} refused the call — see the message above")
     error.retryable = False
     return error
+
+
+def connect_failure(exc: BaseException) -> str | None:
+    """The name of a refused/reset connection in `exc`'s cause chain, else None.
+
+    The SDKs' vendored aiohttp transport reports a refused connection as a *timeout*
+    (ConnectTimeout: its exception map matches ClientConnectionError first), so we
+    look at the real cause instead of the wrapper's class.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError) or type(current).__name__ == "ClientConnectorError":
+            return type(current).__name__
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def as_health(error: HerdError, latency: float | None = None) -> Health:
+    """A typed error as a failed health check: what went wrong, then the fix."""
+    detail, _, fix = error.message.rpartition(" — ")
+    return Health(ok=False, detail=detail or fix, fix=fix if detail else "", latency_s=latency)

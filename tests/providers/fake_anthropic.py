@@ -1,0 +1,198 @@
+"""The Anthropic Messages API wire format, as documented, on a loopback server.
+
+The `model` field picks the scenario: `err-401`, `claude-sonnet-9` (404, unknown
+model), `err-429` (retry-after 7), `flaky-529` (overloaded once, then OK), `err-500`,
+`slow` (3 s), `malformed`, `html`, `truncated` (stream without message_delta),
+`stream-error` (an `event: error` mid-stream), `drop` (the connection dies mid-stream),
+`thinker` (a thinking block before the text). Anything else echoes the last user turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .loopback import Recorder, sample_for_schema
+
+API_KEY = "sk-ant-test-0123456789abcdef"
+MODELS = ["claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5", "echo-claude"]
+
+
+def _error(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_e1"}
+    return web.json_response(
+        body, status=status, headers={"request-id": "req_e1", **(headers or {})}
+    )
+
+
+def _authorized(request: web.Request) -> bool:
+    """The key in x-api-key (the classic header) or as a bearer token (what SDK 2.x sends)."""
+    bearer = request.headers.get("Authorization", "")
+    return request.headers.get("x-api-key") == API_KEY or bearer == f"Bearer {API_KEY}"
+
+
+def _answer(body: dict[str, Any]) -> str:
+    fmt = (body.get("output_config") or {}).get("format")
+    if fmt:
+        return json.dumps(sample_for_schema(fmt["schema"]))
+    last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+    system = f"[{body['system']}] " if body.get("system") else ""
+    return f"{system}echo: {last}"
+
+
+def make_app(recorder: Recorder) -> web.Application:
+    async def messages(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        count = recorder.add(request, body)
+        if not _authorized(request) or not request.headers.get("anthropic-version"):
+            return _error(401, "authentication_error", "invalid x-api-key")
+        model = body["model"]
+        if model == "err-401":
+            return _error(401, "authentication_error", "invalid x-api-key")
+        if model == "claude-sonnet-9":
+            return _error(404, "not_found_error", f"model: {model}")
+        if model == "err-400":
+            return _error(400, "invalid_request_error", "max_tokens: Field required")
+        if model == "err-429":
+            return _error(
+                429,
+                "rate_limit_error",
+                "Number of request tokens has exceeded your per-minute rate limit",
+                {"retry-after": "7", "anthropic-ratelimit-requests-remaining": "0"},
+            )
+        if model == "flaky-529" and count == 1:
+            return _error(529, "overloaded_error", "Overloaded", {"retry-after": "0.05"})
+        if model == "err-500":
+            return _error(500, "api_error", "Internal server error")
+        if model == "slow":
+            await asyncio.sleep(3)
+        if model == "malformed":
+            return web.Response(
+                text='{"id": "msg_1", "content": [', content_type="application/json"
+            )
+        if model == "html":
+            return web.Response(text="<html>502 Bad Gateway</html>", content_type="text/html")
+        if body.get("stream"):
+            return await _stream(request, body)
+        content: list[dict[str, Any]] = []
+        if model == "thinker":
+            content.append({"type": "thinking", "thinking": "compare both", "signature": "sig"})
+        content.append({"type": "text", "text": _answer(body)})
+        stop = "max_tokens" if body["max_tokens"] == 1 else "end_turn"
+        return web.json_response(
+            {
+                "id": "msg_01",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": 12,
+                    "output_tokens": 6,
+                    "cache_creation_input_tokens": 2,
+                    "cache_read_input_tokens": 4,
+                },
+            },
+            headers={"request-id": "req_ok1"},
+        )
+
+    async def _stream(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "request-id": "req_s1"}
+        )
+        await response.prepare(request)
+        model = body["model"]
+
+        async def send(event: str, data: dict[str, Any]) -> None:
+            await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+
+        await send(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_s1",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": model,
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {
+                        "input_tokens": 12,
+                        "output_tokens": 1,
+                        "cache_read_input_tokens": 4,
+                        "cache_creation_input_tokens": 0,
+                    },
+                },
+            },
+        )
+        await send(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+        await send("ping", {"type": "ping"})
+        answer = _answer(body)
+        for i in range(0, len(answer), 4):
+            await send(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": answer[i : i + 4]},
+                },
+            )
+            if i >= 4 and model == "stream-error":
+                await send(
+                    "error",
+                    {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "Overloaded"},
+                    },
+                )
+                return response
+            if i >= 4 and model == "drop":
+                assert request.transport is not None
+                request.transport.abort()  # no terminating chunk: a dropped connection
+                return response
+        await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+        if model == "truncated":
+            return response
+        await send(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 6},
+            },
+        )
+        await send("message_stop", {"type": "message_stop"})
+        return response
+
+    async def models(request: web.Request) -> web.Response:
+        recorder.add(request, {})
+        if not _authorized(request):
+            return _error(401, "authentication_error", "invalid x-api-key")
+        data = [
+            {"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"}
+            for m in MODELS
+        ]
+        return web.json_response(
+            {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_get("/v1/models", models)
+    return app

@@ -1,0 +1,5 @@
+from aiohttp import web
+
+
+def make_app(recorder):
+    return web.Application()
