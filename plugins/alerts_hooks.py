@@ -1,0 +1,224 @@
+"""The alerts plugin at run time: per-call bookkeeping, circuit breaker, KPI loop.
+
+`AlertHooks` is registered by `modelherd.plugins.alerts` at startup (when enabled).
+On the call path it only counts: an append to the LiveStats deque, an in-flight
+counter, and the breaker's dictionary lookup. A daemon thread evaluates the KPIs
+every `eval_interval_s` and rewrites the `herd top` status file every
+`status_interval_s`; notifications of KPI alerts come from that thread. Circuit
+breaker alerts are sent where the breaker changes state (on the call path: log and
+`on_alert` at once, the webhook from its own thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelherd import hookimpl
+from modelherd.types import ChatRequest, ChatResponse
+
+from .alerts_breaker import CircuitBreaker, CircuitState
+from .alerts_kpi import Alert, KpiEngine
+from .alerts_live import ERROR, FAIL, HIT, OK, OVERALL, LiveStats, ModelLive
+from .alerts_notify import Notifier
+from .alerts_settings import AlertSettings
+from .alerts_status import SCHEMA, write_status
+
+if TYPE_CHECKING:
+    from modelherd import Herd
+
+_MARK = "_herd_alerts_attempt"
+#: request options / model settings that give a model's context length
+_CONTEXT_KEYS = ("n_ctx", "num_ctx", "context_length", "context_window", "max_context")
+
+
+def _context_length(herd: Herd, alias: str, options: dict[str, Any]) -> int | None:
+    for key in _CONTEXT_KEYS:
+        value = options.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    try:
+        model = herd.loaded_models().get(alias)
+        settings = model.spec.settings if model is not None else herd.resolve(alias).settings
+    except Exception:
+        return None
+    for key in _CONTEXT_KEYS:
+        value = settings.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(model, "context_length", None) if model is not None else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class AlertHooks:
+    def __init__(self, herd: Herd, settings: AlertSettings, notifier: Notifier,
+                 status_file: Path | None, resources: Any = None) -> None:
+        self.herd = herd
+        self.settings = settings
+        self.notifier = notifier
+        self.status_file = status_file
+        #: a ResourceSampler (or anything with `.latest`); None = this herd's own sampler
+        self.resources = resources
+        self.stats = LiveStats(settings.window_s)
+        self.engine = KpiEngine(settings)
+        self.breaker = (
+            CircuitBreaker(settings.breaker_failures, settings.breaker_window_s,
+                           settings.breaker_cooldown_s, self._circuit_changed)
+            if settings.breaker else None
+        )
+        self._ctx_len: dict[str, int | None] = {}
+        self._circuits_firing: dict[str, Alert] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- the call path -------------------------------------------------------
+
+    @hookimpl(tryfirst=True)
+    def before_call(self, request: ChatRequest, herd: Herd) -> None:
+        alias = request.alias
+        if self.breaker is not None:
+            self.breaker.check(alias)  # raises CircuitOpenError when open
+        live = self.stats.models.get(alias) or self.stats.model(alias)
+        live.inflight += 1
+        request.context[_MARK] = alias
+        options = request.options
+        temperature = options.get("temperature")
+        if temperature is not None:
+            live.temperature = temperature
+        if alias not in self._ctx_len:
+            self._ctx_len[alias] = _context_length(herd, alias, options)
+
+    @hookimpl
+    def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
+        if response.cache_tier is not None:
+            self.stats.add(request.alias, HIT)
+            return
+        alias = response.alias or request.alias
+        live = self.stats.models.get(alias) or self.stats.model(alias)
+        if live.inflight > 0:
+            live.inflight -= 1
+        usage = response.usage
+        valid = request.context.get("valid")
+        self.stats.add(alias, OK, response.latency_s, usage.input_tokens, usage.output_tokens,
+                       -1 if valid is None else int(bool(valid)))
+        ctx_len = self._ctx_len.get(alias)
+        if ctx_len:
+            live.context_use = usage.input_tokens / ctx_len
+        if self.breaker is not None:
+            self.breaker.success(alias)
+
+    @hookimpl
+    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
+        context = request.context
+        alias = context.pop(_MARK, None)
+        if alias is not None:
+            live = self.stats.models.get(alias)
+            if live is not None and live.inflight > 0:
+                live.inflight -= 1
+        if context.get("final"):
+            self.stats.add(request.alias, ERROR)
+            return
+        self.stats.add(request.alias, FAIL)
+        if self.breaker is not None:
+            self.breaker.failure(request.alias, error)
+
+    def _circuit_changed(self, alias: str, old: CircuitState, new: CircuitState,
+                         why: str) -> None:
+        if new == "open" and alias not in self._circuits_firing:
+            alert = Alert("circuit_open", alias, "firing", None, 0.0,
+                          f"circuit for '{alias}' opened: {why}; calls go to its fallbacks")
+            self._circuits_firing[alias] = alert
+            self.notifier.notify(alert)
+        elif new == "closed" and alias in self._circuits_firing:
+            fired = self._circuits_firing.pop(alias)
+            self.notifier.notify(Alert("circuit_open", alias, "resolved", None, 0.0,
+                                       f"circuit for '{alias}' closed: {why}",
+                                       since=fired.since))
+
+    # ---- the background loop -------------------------------------------------
+
+    def evaluate(self) -> list[Alert]:
+        """Judge every KPI now and notify the transitions; returns them."""
+        with self._lock:
+            snapshot = self.stats.snapshot()
+            resources = self.resource_sample()
+            full = self.stats.clock() - self.stats.started >= self.settings.window_s
+            events = self.engine.evaluate(snapshot, resources, full)
+        for alert in events:
+            self.notifier.notify(alert)
+        return events
+
+    def resource_sample(self) -> dict[str, Any] | None:
+        sampler = self.resources
+        if sampler is None:
+            from .resource_monitor import sampler_for
+
+            sampler = sampler_for(self.herd)
+        return sampler.latest if sampler is not None else None
+
+    def active_alerts(self) -> list[Alert]:
+        return [*self.engine.active.values(), *self._circuits_firing.values()]
+
+    def status(self) -> dict[str, Any]:
+        """What `herd top` shows: the status file's content."""
+        snapshot = self.stats.snapshot()
+        overall = snapshot.pop(OVERALL)
+        circuits = self.breaker.states() if self.breaker is not None else {}
+        for alias, stats in snapshot.items():
+            stats["circuit"] = circuits.get(alias, "closed")
+        return {
+            "schema": SCHEMA,
+            "pid": os.getpid(),
+            "time": time.time(),
+            "started": time.time() - (self.stats.clock() - self.stats.started),
+            "config": self.herd.config.source,
+            "window_s": self.settings.window_s,
+            "models": snapshot,
+            "overall": overall,
+            "resources": dict(self.resource_sample() or {}),
+            "alerts": [a.to_dict() for a in self.active_alerts()],
+        }
+
+    def write_status(self) -> None:
+        if self.status_file is not None:
+            write_status(self.status_file, self.status())
+
+    def _run(self) -> None:
+        s = self.settings
+        next_eval = time.monotonic() + s.eval_interval_s
+        tick = min(s.eval_interval_s, s.status_interval_s)
+        while not self._stop.wait(tick):
+            try:
+                if time.monotonic() >= next_eval:
+                    next_eval += s.eval_interval_s
+                    self.evaluate()
+                self.write_status()
+            except Exception:  # the monitor must outlive one bad tick
+                import logging
+
+                logging.getLogger("modelherd.alerts").debug("alerts tick failed",
+                                                            exc_info=True)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self.write_status()
+            self._thread = threading.Thread(target=self._run, name="herd-alerts", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
+        if self.status_file is not None:
+            with contextlib.suppress(OSError):
+                self.status_file.unlink()
+        self.notifier.close()
+
+
+__all__ = ["AlertHooks", "ModelLive"]
