@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from modelherd import Herd
 from modelherd.config import load_config
 from modelherd.testing import MockModel, MockProvider
@@ -44,8 +43,12 @@ async def _overhead(calls: int) -> dict[str, float]:
     loaded = [r.name for r in herd.plugin_records if r.status == "loaded"]
     direct: list[float] = []
     through: list[float] = []
-    request = ChatRequest(alias="bench", provider="mock", model="mock-1",
-                          messages=[Message(role="user", content="warm")])
+    request = ChatRequest(
+        alias="bench",
+        provider="mock",
+        model="mock-1",
+        messages=[Message(role="user", content="warm")],
+    )
     for i in range(calls + 500):  # 500 warm-up calls, discarded
         prompt = f"question {i}"  # distinct prompts: the miss path, not a cache hit
         t0 = time.perf_counter_ns()
@@ -82,14 +85,15 @@ def _import_time(runs: int) -> dict[str, float]:
     bare = statistics.median(timed("pass") for _ in range(runs))
     inside = []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", IMPORT_SCRIPT], check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", IMPORT_SCRIPT], check=True, capture_output=True, text=True
+        )
         inside.append(float(out.stdout.strip()))
     return {"import_and_load_ms": statistics.median(inside) * 1000, "python_start_ms": bare * 1000}
 
 
 def _tokens_per_second(rounds: int, max_tokens: int) -> dict[str, float]:
     from llama_cpp import Llama
-
     from modelherd.config import HerdConfig
     from modelherd.plugins.llamacpp import smollm2_path
 
@@ -105,17 +109,26 @@ def _tokens_per_second(rounds: int, max_tokens: int) -> dict[str, float]:
     for _ in range(rounds):  # interleaved so drift hits both sides alike
         direct_llama.reset()  # same as the provider's default (no prefix reuse)
         t0 = time.perf_counter()
-        out = direct_llama.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0)
+        out = direct_llama.create_chat_completion(
+            messages=messages, max_tokens=max_tokens, temperature=0.0
+        )
         direct_rates.append(out["usage"]["completion_tokens"] / (time.perf_counter() - t0))
         t1 = time.perf_counter()
-        resp = herd.chat_sync("local", messages, max_tokens=max_tokens, temperature=0.0, cache="no-cache")
+        resp = herd.chat_sync(
+            "local", messages, max_tokens=max_tokens, temperature=0.0, cache="no-cache"
+        )
         herd_rates.append(resp.usage.output_tokens / (time.perf_counter() - t1))
     herd.close()
-    return {"direct_tok_s": statistics.median(direct_rates), "herd_tok_s": statistics.median(herd_rates)}
+    return {
+        "direct_tok_s": statistics.median(direct_rates),
+        "herd_tok_s": statistics.median(herd_rates),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--import-runs", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=5)
@@ -123,30 +136,40 @@ def main() -> None:
     parser.add_argument("--skip-llama", action="store_true")
     args = parser.parse_args()
 
-    print(f"modelherd overhead benchmark — python {sys.version.split()[0]}, {Path(sys.executable).name}")
+    print(
+        f"modelherd overhead benchmark — python {sys.version.split()[0]}, {Path(sys.executable).name}"
+    )
     o = asyncio.run(_overhead(args.calls))
-    print(f"\n1. per-call kernel overhead ({args.calls} calls, {o['plugins']} plugins loaded: {o['plugin_names']})")
+    print(
+        f"\n1. per-call kernel overhead ({args.calls} calls, {o['plugins']} plugins loaded: {o['plugin_names']})"
+    )
     print(f"   MockModel direct p50     {o['direct_p50_us']:8.1f} µs")
     print(f"   herd.chat p50 (p99)      {o['herd_p50_us']:8.1f} µs ({o['herd_p99_us']:.1f})")
-    print(f"   overhead p50             {o['overhead_p50_us']:8.1f} µs   target <= 30 µs   "
-          f"ratio to target {o['overhead_p50_us'] / 30:.2f}x  {'PASS' if o['overhead_p50_us'] <= 30 else 'FAIL'}")
+    print(
+        f"   overhead p50             {o['overhead_p50_us']:8.1f} µs   target <= 30 µs   "
+        f"ratio to target {o['overhead_p50_us'] / 30:.2f}x  {'PASS' if o['overhead_p50_us'] <= 30 else 'FAIL'}"
+    )
 
     t = _import_time(args.import_runs)
     print(f"\n2. import modelherd + load all plugins, fresh process (median of {args.import_runs})")
     print(f"   python -c pass           {t['python_start_ms']:8.1f} ms (process start, for scale)")
-    print(f"   import + plugin load     {t['import_and_load_ms']:8.1f} ms   target <= 150 ms   "
-          f"ratio to target {t['import_and_load_ms'] / 150:.2f}x  "
-          f"{'PASS' if t['import_and_load_ms'] <= 150 else 'FAIL'}")
+    print(
+        f"   import + plugin load     {t['import_and_load_ms']:8.1f} ms   target <= 150 ms   "
+        f"ratio to target {t['import_and_load_ms'] / 150:.2f}x  "
+        f"{'PASS' if t['import_and_load_ms'] <= 150 else 'FAIL'}"
+    )
 
     if not args.skip_llama:
         r = _tokens_per_second(args.rounds, args.max_tokens)
         ratio = r["herd_tok_s"] / r["direct_tok_s"]
-        print(f"\n3. embedded SmolLM2-135M tokens/s, {args.max_tokens} tokens x {args.rounds} rounds (medians)")
+        print(
+            f"\n3. embedded SmolLM2-135M tokens/s, {args.max_tokens} tokens x {args.rounds} rounds (medians)"
+        )
         print(f"   llama-cpp-python direct  {r['direct_tok_s']:8.1f} tok/s")
-        print(f"   herd.chat                {r['herd_tok_s']:8.1f} tok/s   ratio {ratio:.3f}x   target >= 0.97x  "
-              f"{'PASS' if ratio >= 0.97 else 'FAIL'}")
-
-
+        print(
+            f"   herd.chat                {r['herd_tok_s']:8.1f} tok/s   ratio {ratio:.3f}x   target >= 0.97x  "
+            f"{'PASS' if ratio >= 0.97 else 'FAIL'}"
+        )
 
 
 if __name__ == "__main__":

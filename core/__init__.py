@@ -83,8 +83,8 @@ __all__ = [
     "ProviderUnavailableError",
     "QuotaExceededError",
     "RateLimitError",
-    "Usage",
     "UnknownModelError",
+    "Usage",
     "__version__",
     "hookimpl",
 ]

@@ -34,8 +34,18 @@ KEY_VERSION = "v2"
 
 #: options that never change the answer and so stay out of the key
 _NON_OUTPUT_OPTIONS = frozenset(
-    {"keep_alive", "num_thread", "n_gpu_layers", "num_gpu", "use_mmap", "use_mlock",
-     "n_threads", "n_batch", "flash_attn", "tensor_split"}
+    {
+        "keep_alive",
+        "num_thread",
+        "n_gpu_layers",
+        "num_gpu",
+        "use_mmap",
+        "use_mlock",
+        "n_threads",
+        "n_batch",
+        "flash_attn",
+        "tensor_split",
+    }
 )
 #: values whose repr() is exact and cheap; anything else goes through canonical JSON
 _SCALARS = (str, int, float, bool, type(None))
@@ -84,9 +94,7 @@ def request_key(request: ChatRequest) -> str:
     opts = request.options
     items: list[tuple[str, str]] | tuple[()] = ()
     if opts:
-        items = sorted(
-            (k, _canonical(v)) for k, v in opts.items() if k not in _NON_OUTPUT_OPTIONS
-        )
+        items = sorted((k, _canonical(v)) for k, v in opts.items() if k not in _NON_OUTPUT_OPTIONS)
     payload = repr(
         (
             KEY_VERSION,
@@ -243,7 +251,11 @@ class TieredCache:
             self._warned.add(tier.name)
             log.warning(
                 "cache tier '%s' raised %s in %s (%s); treating it as a miss — "
-                "this is a bug in that tier's plugin", tier.name, type(exc).__name__, op, exc,
+                "this is a bug in that tier's plugin",
+                tier.name,
+                type(exc).__name__,
+                op,
+                exc,
             )
 
     async def lookup(self, key: str) -> ChatResponse | None:

@@ -8,6 +8,7 @@ reported by `herd plugins` / `herd doctor` and the CLI goes on without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -38,7 +39,9 @@ class CliState:
         if self._herd is None:
             from .kernel import Herd
 
-            self._herd = Herd(config_path=self.config_path, profile=self.profile, strict=self.strict)
+            self._herd = Herd(
+                config_path=self.config_path, profile=self.profile, strict=self.strict
+            )
         return self._herd
 
     def herd_for_commands(self) -> Any:
@@ -81,7 +84,9 @@ def _state(ctx: click.Context) -> CliState:
     root = ctx.find_root()
     if root.obj is None:
         params = root.params
-        root.obj = CliState(params.get("config_path"), params.get("profile"), bool(params.get("strict")))
+        root.obj = CliState(
+            params.get("config_path"), params.get("profile"), bool(params.get("strict"))
+        )
     state: CliState = root.obj
     return state
 
@@ -106,10 +111,14 @@ def make_cli() -> HerdGroup:
     @click.group(cls=HerdGroup, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(package_name="modelherd", prog_name="herd")
     @click.option("--config", "config_path", metavar="PATH", help="plugins.toml to use.")
-    @click.option("--profile", metavar="NAME", help="Profile from [profiles.NAME] (or HERD_PROFILE).")
+    @click.option(
+        "--profile", metavar="NAME", help="Profile from [profiles.NAME] (or HERD_PROFILE)."
+    )
     @click.option("--strict", is_flag=True, help="Treat a plugin that fails to load as fatal.")
     @click.pass_context
-    def group(ctx: click.Context, config_path: str | None, profile: str | None, strict: bool) -> None:
+    def group(
+        ctx: click.Context, config_path: str | None, profile: str | None, strict: bool
+    ) -> None:
         """modelherd: one layer for every model behind your agents."""
         ctx.obj = CliState(config_path, profile, strict)
 
@@ -143,7 +152,9 @@ def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
     for column in ("name", "status", "version", "hooks / error"):
         table.add_column(column)
     for r in records:
-        status = {"loaded": "[green]loaded", "disabled": "[dim]disabled", "failed": "[red]failed"}[r.status]
+        status = {"loaded": "[green]loaded", "disabled": "[dim]disabled", "failed": "[red]failed"}[
+            r.status
+        ]
         detail = f"[red]{escape(r.error)}" if r.error else ", ".join(r.hooks)
         table.add_row(r.name, status, r.version or "-", detail)
     _console().print(table)
@@ -165,8 +176,11 @@ def _model_rows(herd: Any) -> list[dict[str, Any]]:
             "fallbacks": spec.fallbacks,
         }
         if cls is None:
-            row.update(available=False, reason=f"provider '{spec.provider}' is not installed or failed to load",
-                       fix="run `herd doctor`")
+            row.update(
+                available=False,
+                reason=f"provider '{spec.provider}' is not installed or failed to load",
+                fix="run `herd doctor`",
+            )
         else:
             try:
                 avail = cls.availability(spec, herd.env)
@@ -215,7 +229,9 @@ def models_cmd(ctx: click.Context, check: bool, timeout: float, as_json: bool) -
         for row in rows:
             row["health"] = live.get(row["alias"])
     if as_json:
-        _print_json({"profile": herd.config.active_profile, "config": herd.config.source, "models": rows})
+        _print_json(
+            {"profile": herd.config.active_profile, "config": herd.config.source, "models": rows}
+        )
         return
     from rich.markup import escape
     from rich.table import Table
@@ -233,7 +249,9 @@ def models_cmd(ctx: click.Context, check: bool, timeout: float, as_json: bool) -
         cells = [name, row["provider"], row["model"], ok, why]
         if check:
             h = row.get("health")
-            cells.append("-" if h is None else ("[green]ok" if h["ok"] else f"[red]{escape(h['detail'])}"))
+            cells.append(
+                "-" if h is None else ("[green]ok" if h["ok"] else f"[red]{escape(h['detail'])}")
+            )
         table.add_row(*cells)
     _console().print(table)
 
@@ -246,7 +264,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"'{pair}' is not KEY=VALUE — e.g. -o temperature=0.2", param_hint="-o")
+            raise click.BadParameter(
+                f"'{pair}' is not KEY=VALUE — e.g. -o temperature=0.2", param_hint="-o"
+            )
         try:
             options[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -256,9 +276,18 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 @click.command("chat")
 @click.argument("prompt", required=False)
-@click.option("-m", "--model", "alias", help="Model alias or provider/model (default: [herd] default_model).")
+@click.option(
+    "-m", "--model", "alias", help="Model alias or provider/model (default: [herd] default_model)."
+)
 @click.option("-s", "--system", help="System prompt.")
-@click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Model option (repeatable).")
+@click.option(
+    "-o",
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Model option (repeatable).",
+)
 @click.option("--temperature", type=float)
 @click.option("--max-tokens", type=int)
 @click.option("--seed", type=int)
@@ -376,10 +405,8 @@ class RunGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(super().list_commands(ctx))
-        try:
+        with contextlib.suppress(HerdError):
             names |= set(_herd(ctx).agents)
-        except HerdError:
-            pass
         return sorted(names)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -412,7 +439,9 @@ def _generic_agent_command(name: str) -> click.Command:
     @click.option("--set", "pairs", multiple=True, metavar="KEY=VALUE", help="Agent setting.")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_context
-    def run_agent(ctx: click.Context, args: tuple[str, ...], pairs: tuple[str, ...], as_json: bool) -> None:
+    def run_agent(
+        ctx: click.Context, args: tuple[str, ...], pairs: tuple[str, ...], as_json: bool
+    ) -> None:
         import anyio
 
         herd = _herd(ctx)

@@ -109,7 +109,9 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     if env:
         path = Path(env)
         if not path.is_file():
-            raise ConfigError(f"HERD_CONFIG points to {path}, which does not exist — fix or unset it")
+            raise ConfigError(
+                f"HERD_CONFIG points to {path}, which does not exist — fix or unset it"
+            )
         return path
     local = Path("plugins.toml")
     if local.is_file():
@@ -175,7 +177,9 @@ def load_config(
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror} — check its permissions") from None
+            raise ConfigError(
+                f"cannot read {path}: {exc.strerror} — check its permissions"
+            ) from None
         data = _merge(data, _read_toml(text, source))
     try:
         config = HerdConfig.model_validate(data)
@@ -197,9 +201,7 @@ def apply_profile(config: HerdConfig, name: str) -> None:
         known = ", ".join(sorted(config.profiles)) or "none defined"
         close = difflib.get_close_matches(name, list(config.profiles), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(
-            f"{config.source}: unknown profile '{name}' — {hint}profiles: {known}"
-        )
+        raise ConfigError(f"{config.source}: unknown profile '{name}' — {hint}profiles: {known}")
     prof = config.profiles[name]
     for alias, table in prof.models.items():
         merged = {**config.models.get(alias, {}), **table}

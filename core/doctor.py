@@ -45,7 +45,7 @@ def _plugin_findings(herd: Any) -> list[Finding]:
                     "plugins",
                     "error",
                     f"'{record.name}'{dist} failed to load: {record.error}",
-                    f"fix or uninstall it, or add \"{record.name}\" to [plugins] disable in plugins.toml",
+                    f'fix or uninstall it, or add "{record.name}" to [plugins] disable in plugins.toml',
                 )
             )
     return out
@@ -62,13 +62,21 @@ def _key_findings(herd: Any) -> list[Finding]:
             out.append(_finding("keys", "ok", f"{name}: {standard[0]} is set"))
         elif legacy:
             out.append(
-                _finding("keys", "warning", f"{name}: using the old name {legacy[0]}",
-                         f"rename it to {cls.key_env_vars[0]}")
+                _finding(
+                    "keys",
+                    "warning",
+                    f"{name}: using the old name {legacy[0]}",
+                    f"rename it to {cls.key_env_vars[0]}",
+                )
             )
         else:
             out.append(
-                _finding("keys", "warning", f"{name}: {cls.key_env_vars[0]} is not set",
-                         f"set {cls.key_env_vars[0]} in the environment or .env to use {name} models")
+                _finding(
+                    "keys",
+                    "warning",
+                    f"{name}: {cls.key_env_vars[0]} is not set",
+                    f"set {cls.key_env_vars[0]} in the environment or .env to use {name} models",
+                )
             )
     return out
 
@@ -89,9 +97,12 @@ def _model_findings(herd: Any, timeout: float) -> list[Finding]:
         level_if_bad = "error" if alias == default else "warning"
         if cls is None:
             out.append(
-                _finding(f"model {alias}", level_if_bad,
-                         f"provider '{spec.provider}' is not installed or failed to load",
-                         "see the plugins findings above")
+                _finding(
+                    f"model {alias}",
+                    level_if_bad,
+                    f"provider '{spec.provider}' is not installed or failed to load",
+                    "see the plugins findings above",
+                )
             )
             continue
         try:
@@ -108,7 +119,9 @@ def _model_findings(herd: Any, timeout: float) -> list[Finding]:
     return out
 
 
-async def _live_checks(herd: Any, aliases: list[str], timeout: float, default: str) -> list[Finding]:
+async def _live_checks(
+    herd: Any, aliases: list[str], timeout: float, default: str
+) -> list[Finding]:
     import anyio
 
     results: dict[str, Finding] = {}
@@ -119,8 +132,12 @@ async def _live_checks(herd: Any, aliases: list[str], timeout: float, default: s
             with anyio.fail_after(timeout):
                 health = await herd.get_model(alias).health()
         except TimeoutError:
-            results[alias] = _finding(f"model {alias}", level_if_bad, f"no answer within {timeout:g}s",
-                                      "check the server or network, or raise --timeout")
+            results[alias] = _finding(
+                f"model {alias}",
+                level_if_bad,
+                f"no answer within {timeout:g}s",
+                "check the server or network, or raise --timeout",
+            )
             return
         except HerdError as exc:
             results[alias] = _finding(f"model {alias}", level_if_bad, exc.message)

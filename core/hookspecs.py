@@ -53,9 +53,7 @@ def provide_model(spec: ModelSpec, herd: Herd) -> Model | None:
 
 
 @hookspec
-def acquire_admission(
-    request: ChatRequest, herd: Herd
-) -> AbstractAsyncContextManager[Any] | None:
+def acquire_admission(request: ChatRequest, herd: Herd) -> AbstractAsyncContextManager[Any] | None:
     """Before anything else in a call: return an async context manager to enter.
 
     The kernel enters every returned manager (in hook order) around the rest of the

@@ -264,7 +264,9 @@ class Herd:
         return True
 
     def _unknown_provider_message(self, spec: ModelSpec) -> str:
-        failed = [r for r in self.plugin_records if r.name == spec.provider and r.status != "loaded"]
+        failed = [
+            r for r in self.plugin_records if r.name == spec.provider and r.status != "loaded"
+        ]
         if failed:
             rec = failed[0]
             why = rec.error or "it is disabled in plugins.toml or HERD_PLUGINS"
@@ -379,7 +381,7 @@ class Herd:
             tenant=tenant,
             agent=agent,
             stream=stream,
-            cache=cache,  # type: ignore[arg-type]
+            cache=cache,
             cache_ttl=cache_ttl,
             timeout=timeout if timeout is not None else spec.timeout,
             priority=priority,
@@ -405,13 +407,17 @@ class Herd:
         request = self.build_request(model, messages, **kwargs)
         return await self.run_request(request, validate)
 
-    def chat_sync(self, model: str | None = None, messages: MessagesIn = "", **kwargs: Any) -> ChatResponse:
+    def chat_sync(
+        self, model: str | None = None, messages: MessagesIn = "", **kwargs: Any
+    ) -> ChatResponse:
         """`chat` for scripts without an event loop (one loop kept across calls)."""
         if self._runner is None:
             self._runner = asyncio.Runner()
         return self._runner.run(self.chat(model, messages, **kwargs))
 
-    async def run_request(self, request: ChatRequest, validate: Validator | None = None) -> ChatResponse:
+    async def run_request(
+        self, request: ChatRequest, validate: Validator | None = None
+    ) -> ChatResponse:
         if not self._started:
             await self.start()
         started = time.perf_counter()
@@ -430,7 +436,11 @@ class Herd:
         # the cache policy decides which requests get a key ([plugins.cache] cache_sampled)
         key = cache.key_for(request) if cache is not None else coalesce_key(request)
         try:
-            if cache is not None and key is not None and request.cache in ("default", "no-store", "only"):
+            if (
+                cache is not None
+                and key is not None
+                and request.cache in ("default", "no-store", "only")
+            ):
                 hit = await cache.lookup(key)
                 if hit is not None:
                     hit.latency_s = time.perf_counter() - started
@@ -440,7 +450,7 @@ class Herd:
             if request.cache == "only":
                 raise CacheMissError(
                     f"no cache tier holds an answer for this '{request.alias}' request — "
-                    f"call again without cache=\"only\""
+                    f'call again without cache="only"'
                 )
             if key is not None:
                 response = await self._coalescer.run(key, lambda: self._call_chain(request))
@@ -462,9 +472,13 @@ class Herd:
                 valid = False
             request.context["valid"] = valid
             self.emit(Metric("herd.validation", 1.0 if valid else 0.0, attributes=_attrs(request)))
-        if cache is not None and key is not None and valid and request.cache in ("default", "no-cache"):
-            if cache.storable(response):
-                await cache.store(key, response, request.cache_ttl)
+        if (
+            cache is not None
+            and key is not None
+            and valid
+            and request.cache in ("default", "no-cache")
+        ) and cache.storable(response):
+            await cache.store(key, response, request.cache_ttl)
         self._finish(request, response)
         return response
 
@@ -474,7 +488,9 @@ class Herd:
         if self._has.get("on_metric"):
             attrs = _attrs(request)
             self.emit(
-                Metric("gen_ai.client.operation.duration", response.latency_s, "s", "histogram", attrs)
+                Metric(
+                    "gen_ai.client.operation.duration", response.latency_s, "s", "histogram", attrs
+                )
             )
             self.emit(
                 Metric(
@@ -486,12 +502,22 @@ class Herd:
             if response.cache_tier is None:
                 usage = response.usage
                 self.emit(
-                    Metric("gen_ai.client.token.usage", usage.input_tokens, "{token}", "histogram",
-                           {**attrs, "gen_ai.token.type": "input"})
+                    Metric(
+                        "gen_ai.client.token.usage",
+                        usage.input_tokens,
+                        "{token}",
+                        "histogram",
+                        {**attrs, "gen_ai.token.type": "input"},
+                    )
                 )
                 self.emit(
-                    Metric("gen_ai.client.token.usage", usage.output_tokens, "{token}", "histogram",
-                           {**attrs, "gen_ai.token.type": "output"})
+                    Metric(
+                        "gen_ai.client.token.usage",
+                        usage.output_tokens,
+                        "{token}",
+                        "histogram",
+                        {**attrs, "gen_ai.token.type": "output"},
+                    )
                 )
                 for name, value in response.provider_metrics.items():
                     self.emit(Metric(name, value, "s", "histogram", attrs))
@@ -532,7 +558,9 @@ class Herd:
                 errors.append((alias, exc))
                 if not exc.fallback_ok or index == len(candidates) - 1:
                     break
-                self.emit(Metric("herd.fallbacks", 1, attributes=_attrs(request, type(exc).__name__)))
+                self.emit(
+                    Metric("herd.fallbacks", 1, attributes=_attrs(request, type(exc).__name__))
+                )
                 continue
             if index > 0:
                 response.fallback_from = request.alias
@@ -551,7 +579,7 @@ class Herd:
             if self._has.get("before_call"):
                 answered = self.hook.before_call(request=request, herd=self)
                 if answered is not None:
-                    return answered  # type: ignore[no-any-return]
+                    return answered
             try:
                 # asyncio.timeout costs a few µs; anyio's cancel scope costs ~4x that,
                 # and this runs on every call (bench/overhead.py)
@@ -614,7 +642,11 @@ class Herd:
     ) -> AsyncIterator[str | ChatResponse]:
         cache = self._cache
         key = cache.key_for(request) if cache is not None else None
-        if cache is not None and key is not None and request.cache in ("default", "no-store", "only"):
+        if (
+            cache is not None
+            and key is not None
+            and request.cache in ("default", "no-store", "only")
+        ):
             hit = await cache.lookup(key)
             if hit is not None:
                 hit.latency_s = time.perf_counter() - started
@@ -627,7 +659,7 @@ class Herd:
         if request.cache == "only":
             raise CacheMissError(
                 f"no cache tier holds an answer for this '{request.alias}' request — "
-                f"call again without cache=\"only\""
+                f'call again without cache="only"'
             )
         final: ChatResponse | None = None
         errors: list[tuple[str, BaseException]] = []
@@ -656,9 +688,9 @@ class Herd:
         if candidates[0] != final.alias and final.alias:
             final.fallback_from = request.alias
         final.latency_s = time.perf_counter() - started
-        if cache is not None and key is not None and request.cache in ("default", "no-cache"):
-            if cache.storable(final):
-                await cache.store(key, final, request.cache_ttl)
+        storing = request.cache in ("default", "no-cache")
+        if cache is not None and key is not None and storing and cache.storable(final):
+            await cache.store(key, final, request.cache_ttl)
         self._finish(request, final)
         yield final
 

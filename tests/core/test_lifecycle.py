@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-
 from modelherd import CacheTier, ChatResponse, Herd, ModelSpec, hookimpl
 from modelherd.testing import MockModel, make_herd
 
@@ -20,8 +19,11 @@ def test_provide_model_lets_a_plugin_build_models_its_own_way() -> None:
         def provide_model(self, spec: ModelSpec, herd: Herd) -> Any:
             return custom if spec.alias == "special" else None
 
-    herd = make_herd({"m": MockModel()}, plugins=(Factory(),),
-                     config={"models": {"special": {"provider": "mock", "model": "x"}}})
+    herd = make_herd(
+        {"m": MockModel()},
+        plugins=(Factory(),),
+        config={"models": {"special": {"provider": "mock", "model": "x"}}},
+    )
     assert herd.chat_sync("special", "hi").content == "built by the plugin"
     assert herd.chat_sync("m", "hi").content == "ok"
 
@@ -37,12 +39,14 @@ def test_startup_and_shutdown_open_and_close_async_resources() -> None:
             async def open_pool() -> None:
                 await anyio.sleep(0)
                 events.append("opened")
+
             return open_pool()
 
         @hookimpl
         def shutdown(self, herd: Herd) -> Any:
             async def close_pool() -> None:
                 events.append("closed")
+
             return close_pool()
 
     herd = make_herd({"m": MockModel()}, plugins=(Pool(),))

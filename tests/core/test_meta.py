@@ -20,8 +20,17 @@ def hookspec_signatures() -> dict[str, str]:
 
 
 def test_there_are_hookspecs() -> None:
-    assert {"provide_model", "before_call", "after_call", "on_error", "on_metric", "startup",
-            "shutdown", "register_commands", "register_agents"} <= set(hookspec_signatures())
+    assert {
+        "provide_model",
+        "before_call",
+        "after_call",
+        "on_error",
+        "on_metric",
+        "startup",
+        "shutdown",
+        "register_commands",
+        "register_agents",
+    } <= set(hookspec_signatures())
 
 
 def test_every_hookspec_is_documented_with_its_exact_signature() -> None:
@@ -39,7 +48,8 @@ def test_every_hookspec_has_a_docstring() -> None:
 def test_every_hookspec_is_implemented_by_some_test() -> None:
     sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("*.py"))
     unexercised = [
-        name for name in hookspec_signatures()
+        name
+        for name in hookspec_signatures()
         if not re.search(rf"@hookimpl[^\n]*\n\s*(async )?def {name}\(", sources)
     ]
     assert unexercised == [], f"no test implements these hooks: {unexercised}"

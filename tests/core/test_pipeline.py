@@ -8,7 +8,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 from modelherd import (
     AllModelsFailedError,
     AuthenticationError,
@@ -29,7 +28,9 @@ from modelherd import (
 from modelherd.testing import MockModel, make_herd
 
 
-def test_chat_returns_the_models_answer_with_usage_and_latency(mock_herd: Herd, mock_model: MockModel) -> None:
+def test_chat_returns_the_models_answer_with_usage_and_latency(
+    mock_herd: Herd, mock_model: MockModel
+) -> None:
     mock_model.enqueue("BUY now")
     response = mock_herd.chat_sync("mock", "decide", temperature=0)
     assert response.content == "BUY now"
@@ -42,7 +43,9 @@ def test_chat_returns_the_models_answer_with_usage_and_latency(mock_herd: Herd, 
 
 
 def test_messages_may_be_dicts_and_system_prompts(mock_herd: Herd, mock_model: MockModel) -> None:
-    mock_herd.chat_sync("mock", [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    mock_herd.chat_sync(
+        "mock", [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    )
     assert [m.role for m in mock_model.history[0].messages] == ["system", "user"]
 
 
@@ -56,7 +59,9 @@ def test_unknown_alias_suggests_close_names(mock_herd: Herd) -> None:
         mock_herd.chat_sync("mokc", "hi")
 
 
-def test_provider_slash_model_resolves_without_config(mock_herd: Herd, mock_model: MockModel) -> None:
+def test_provider_slash_model_resolves_without_config(
+    mock_herd: Herd, mock_model: MockModel
+) -> None:
     response = mock_herd.chat_sync("mock/other-model", "hi")
     assert response.model == "other-model"
 
@@ -71,22 +76,30 @@ def test_retry_after_is_honoured_then_succeeds() -> None:
     assert response.content == "done" and response.attempts == 2
 
 
-def test_retryable_errors_give_up_after_the_configured_retries(mock_herd: Herd, mock_model: MockModel) -> None:
+def test_retryable_errors_give_up_after_the_configured_retries(
+    mock_herd: Herd, mock_model: MockModel
+) -> None:
     mock_model.enqueue(*[ProviderError("500 from upstream")] * 5)
     with pytest.raises(ProviderError, match="500 from upstream"):
         mock_herd.chat_sync("mock", "hi")
     assert len(mock_model.history) == 3  # first try + retries = 2
 
 
-@pytest.mark.parametrize("error", [BadRequestError("bad field"), AuthenticationError("key refused")])
-def test_non_retryable_errors_are_not_retried(mock_herd: Herd, mock_model: MockModel, error: Exception) -> None:
+@pytest.mark.parametrize(
+    "error", [BadRequestError("bad field"), AuthenticationError("key refused")]
+)
+def test_non_retryable_errors_are_not_retried(
+    mock_herd: Herd, mock_model: MockModel, error: Exception
+) -> None:
     mock_model.enqueue(error, "never")
     with pytest.raises(type(error)):
         mock_herd.chat_sync("mock", "hi")
     assert len(mock_model.history) == 1
 
 
-def test_retry_after_longer_than_the_cap_is_not_waited_for(mock_herd: Herd, mock_model: MockModel) -> None:
+def test_retry_after_longer_than_the_cap_is_not_waited_for(
+    mock_herd: Herd, mock_model: MockModel
+) -> None:
     mock_model.enqueue(RateLimitError("come back in an hour", retry_after=3600), "never")
     start = time.perf_counter()
     with pytest.raises(RateLimitError) as info:
@@ -130,14 +143,18 @@ def test_timeout_is_a_typed_error_that_says_what_to_do() -> None:
     slow = MockModel(latency=1.0)
     herd = make_herd({"slow": slow}, config={"herd": {"retries": 0}})
     start = time.perf_counter()
-    with pytest.raises(CallTimeoutError, match=r"gave no answer within 0.1s — pass a larger timeout="):
+    with pytest.raises(
+        CallTimeoutError, match=r"gave no answer within 0.1s — pass a larger timeout="
+    ):
         herd.chat_sync("slow", "hi", timeout=0.1)
     assert time.perf_counter() - start < 0.9
 
 
-def test_a_provider_bug_is_reported_typed_and_not_retried(mock_herd: Herd, mock_model: MockModel) -> None:
+def test_a_provider_bug_is_reported_typed_and_not_retried(
+    mock_herd: Herd, mock_model: MockModel
+) -> None:
     mock_model.enqueue(KeyError("choices"), "never")
-    with pytest.raises(ProviderError, match="raised KeyError.*bug in its plugin"):
+    with pytest.raises(ProviderError, match=r"raised KeyError.*bug in its plugin"):
         mock_herd.chat_sync("mock", "hi")
     assert len(mock_model.history) == 1
 
@@ -246,21 +263,34 @@ class Recorder:
         self.metrics.append(metric)
 
 
-def test_hooks_run_in_pipeline_order(mock_herd: Herd, mock_model: MockModel, with_plugin: Any) -> None:
+def test_hooks_run_in_pipeline_order(
+    mock_herd: Herd, mock_model: MockModel, with_plugin: Any
+) -> None:
     recorder = with_plugin(Recorder())
     mock_model.enqueue(ProviderError("blip"), "fine")
     mock_herd.chat_sync("mock", "hi")
     assert recorder.events == [
-        "admit", "before:mock", "error:ProviderError:False", "before:mock", "after:fine", "release",
+        "admit",
+        "before:mock",
+        "error:ProviderError:False",
+        "before:mock",
+        "after:fine",
+        "release",
     ]
     assert mock_model.history[-1].options["n_ctx"] == 512
     names = {m.name for m in recorder.metrics}
-    assert {"gen_ai.client.operation.duration", "gen_ai.client.token.usage", "herd.retries"} <= names
+    assert {
+        "gen_ai.client.operation.duration",
+        "gen_ai.client.token.usage",
+        "herd.retries",
+    } <= names
     duration = next(m for m in recorder.metrics if m.name == "gen_ai.client.operation.duration")
     assert duration.attributes["gen_ai.provider.name"] == "mock" and duration.kind == "histogram"
 
 
-def test_final_error_reaches_on_error_marked_final(mock_herd: Herd, mock_model: MockModel, with_plugin: Any) -> None:
+def test_final_error_reaches_on_error_marked_final(
+    mock_herd: Herd, mock_model: MockModel, with_plugin: Any
+) -> None:
     recorder = with_plugin(Recorder())
     mock_model.enqueue(BadRequestError("nope"))
     with pytest.raises(BadRequestError):
@@ -277,7 +307,9 @@ def test_admission_refusal_reaches_the_caller_and_skips_the_model(
 
         @hookimpl(tryfirst=True)
         def acquire_admission(self, request: Any, herd: Herd) -> Any:
-            raise QuotaExceededError("tenant 'bob' is over 10 requests/min — resets in 12s", retry_after=12)
+            raise QuotaExceededError(
+                "tenant 'bob' is over 10 requests/min — resets in 12s", retry_after=12
+            )
 
     with_plugin(Quota())
     with pytest.raises(QuotaExceededError, match="resets in 12s") as info:
@@ -304,7 +336,9 @@ def test_before_call_may_answer_or_open_a_circuit() -> None:
     assert primary.history == []
 
 
-def test_validate_false_is_returned_and_reported(mock_herd: Herd, mock_model: MockModel, with_plugin: Any) -> None:
+def test_validate_false_is_returned_and_reported(
+    mock_herd: Herd, mock_model: MockModel, with_plugin: Any
+) -> None:
     recorder = with_plugin(Recorder())
     mock_model.enqueue("not json")
     response = mock_herd.chat_sync("mock", "hi", validate=lambda r: r.content.startswith("{"))
@@ -313,7 +347,9 @@ def test_validate_false_is_returned_and_reported(mock_herd: Herd, mock_model: Mo
     assert [m.value for m in quality] == [0.0]
 
 
-def test_sync_facade_reuses_one_loop_and_closes_models(mock_herd: Herd, mock_model: MockModel) -> None:
+def test_sync_facade_reuses_one_loop_and_closes_models(
+    mock_herd: Herd, mock_model: MockModel
+) -> None:
     mock_herd.chat_sync("mock", "a")
     mock_herd.chat_sync("mock", "b")
     mock_herd.close()
