@@ -48,6 +48,10 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _price(value: float) -> str:
+    return f"{value:,.2f}" if value >= 1 else f"{value:.6g}"
+
+
 # ---- herd swarm ------------------------------------------------------------------
 
 
@@ -153,20 +157,22 @@ def print_trading(console: Any, report: Any) -> None:
 
     table = Table(title=f"paper trading · {report.timeframe} candles · {report.at}",
                   title_justify="left")
-    for column in ("symbol", "price", "models said", "votes", "conf", "decision", "why"):
+    for column in ("symbol", "price", "votes", "conf", "decision", "why"):
         table.add_column(column, overflow="fold")
     for d in report.decisions:
         votes = ", ".join(f"{k} {v:g}" for k, v in d.votes.items()) or "none"
-        failed = sum(1 for m in d.members if m["status"] != "ok")
-        if failed:
-            votes += f" ({failed} failed)"
+        stopped = sum(1 for m in d.members if m["status"] == "cancelled")
+        failed = sum(1 for m in d.members if m["status"] not in ("ok", "cancelled"))
+        extra = [f"{failed} failed"] * bool(failed) + [f"{stopped} stopped early"] * bool(stopped)
+        if extra:
+            votes += f" ({', '.join(extra)})"
         style = {"BUY": "green", "SELL": "red"}.get(d.action, "")
-        filled = f" {d.fill.side} {d.fill.qty:.6g}" if d.fill else ""
-        table.add_row(d.symbol, f"{d.price:,.4g}", d.model_action or "no consensus", votes,
-                      _fmt(d.confidence), f"[bold {style}]{d.action}[/]{filled}", d.reason)
+        filled = f" ({d.fill.side} {d.fill.qty:.4g})" if d.fill else ""
+        table.add_row(d.symbol, _price(d.price), votes, _fmt(d.confidence),
+                      f"[bold {style}]{d.action}[/]{filled}", d.reason)
     console.print(table)
     for fill in report.exits:
-        console.print(f"exit: {fill.side} {fill.symbol} {fill.qty:.6g} @ {fill.price:,.4g} "
+        console.print(f"exit: {fill.side} {fill.symbol} {fill.qty:.6g} @ {_price(fill.price)} "
                       f"({fill.reason})")
     p = report.portfolio
     console.print(f"portfolio '{p['name']}': equity {p['equity']:,.2f} (cash {p['cash']:,.2f}, "

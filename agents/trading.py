@@ -45,7 +45,7 @@ class TradingSettings(AgentSettings):
     #: model aliases that decide (one = single model; several = a swarm)
     models: list[str] = Field(default_factory=lambda: ["local"])
     #: answers per alias (more than 1 = self-consistency with different seeds)
-    samples: int = Field(default=1, ge=1, le=64)
+    samples: int = Field(default=3, ge=1, le=64)
     strategy: Literal["vote", "weighted", "judge"] = "vote"
     judge: str | None = None
     #: below this confidence the decision is NOTHING

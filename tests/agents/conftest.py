@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modelherd.agents import market_data, swarm
+from modelherd.agents import copybot, market_data, rbi, risk, swarm, trading
 from modelherd.testing import MockModel, make_herd
 
-AGENT_PLUGINS: tuple[Any, ...] = (market_data, swarm)
+AGENT_PLUGINS: tuple[Any, ...] = (market_data, swarm, trading, rbi, copybot, risk)
 
 
 @pytest.fixture(autouse=True)
