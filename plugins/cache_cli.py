@@ -17,22 +17,16 @@ if TYPE_CHECKING:
     from modelherd.kernel import Herd
 
 
-def _config_path(ctx: click.Context, given: str | None) -> str | None:
-    # the root `herd` group may already hold --config; ours wins when both are set
-    if given:
-        return given
-    root = ctx.find_root()
-    value = root.params.get("config") if root is not ctx else None
-    return value if isinstance(value, str) else None
-
-
-def _herd(ctx: click.Context, config: str | None) -> Herd:
+def _herd(ctx: click.Context) -> Herd:
+    """A fresh Herd built from the root `herd` options (--config, --profile, --strict)."""
     from modelherd.kernel import Herd
 
-    root = ctx.find_root()
-    profile = root.params.get("profile") if root is not ctx else None
-    return Herd(config_path=_config_path(ctx, config),
-                profile=profile if isinstance(profile, str) else None)
+    state = ctx.find_root().obj
+    return Herd(
+        config_path=getattr(state, "config_path", None),
+        profile=getattr(state, "profile", None),
+        strict=bool(getattr(state, "strict", False)),
+    )
 
 
 async def _stats(herd: Herd) -> dict[str, Any]:
@@ -73,31 +67,17 @@ async def _clear(herd: Herd, tier: str | None) -> dict[str, int]:
         await herd.aclose()
 
 
-def _fail(exc: Exception) -> None:
-    from modelherd.errors import HerdError
-
-    if isinstance(exc, HerdError):
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(exc.exit_code)
-    raise exc
-
-
 @click.group("cache")
 def cache_group() -> None:
     """The response cache: what each tier holds, and clearing it."""
 
 
 @cache_group.command("stats")
-@click.option("--config", "config", default=None, help="plugins.toml to use")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def stats_command(ctx: click.Context, config: str | None, as_json: bool) -> None:
+def stats_command(ctx: click.Context, as_json: bool) -> None:
     """Entries, size and counters of each cache tier that is on."""
-    try:
-        data = asyncio.run(_stats(_herd(ctx, config)))
-    except Exception as exc:
-        _fail(exc)
-        return
+    data = asyncio.run(_stats(_herd(ctx)))
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -109,33 +89,30 @@ def stats_command(ctx: click.Context, config: str | None, as_json: bool) -> None
         console.print("no cache tier is on — see docs/cache.md")
         return
     table = Table(title="response cache")
-    for column in ("tier", "entries", "size", "hits", "misses", "stores", "evictions",
-                   "errors", "where / state"):
-        table.add_column(column)
+    for column in ("tier", "entries", "bytes", "hits", "misses", "stores", "evictions",
+                   "errors"):
+        table.add_column(column, no_wrap=True)
+    wheres = []
     for name, row in data.items():
-        where = row.get("path") or row.get("url") or "this process"
-        if row.get("state"):
-            where = f"{where} ({row['state']})"
         table.add_row(name, str(row.get("entries", "?")), str(row.get("size_bytes", "?")),
                       *(str(row.get(k, 0)) for k in ("hits", "misses", "stores", "evictions",
-                                                       "errors")), where)
+                                                       "errors")))
+        where = row.get("path") or row.get("url") or "this process's memory"
+        state = f" ({row['state']})" if row.get("state") else ""
+        wheres.append(f"{name}: {where}{state}")
     console.print(table)
+    for line in wheres:
+        console.print(line, soft_wrap=True, highlight=False)
     console.print("counters are for this process; the memory tier starts empty in each one")
 
 
 @cache_group.command("clear")
 @click.option("--tier", default=None, help="only this tier (memory, disk, redis)")
-@click.option("--config", "config", default=None, help="plugins.toml to use")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def clear_command(ctx: click.Context, tier: str | None, config: str | None,
-                  as_json: bool) -> None:
+def clear_command(ctx: click.Context, tier: str | None, as_json: bool) -> None:
     """Remove cached answers from every tier, or from one."""
-    try:
-        removed = asyncio.run(_clear(_herd(ctx, config), tier))
-    except Exception as exc:
-        _fail(exc)
-        return
+    removed = asyncio.run(_clear(_herd(ctx), tier))
     if as_json:
         click.echo(json.dumps(removed))
         return
