@@ -44,6 +44,7 @@ def _level(value: float | None, threshold: float) -> str:
 
 def render(status: dict[str, Any]) -> Any:
     """One frame of the dashboard (a rich renderable) from a status document."""
+    from rich import box
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -52,19 +53,30 @@ def render(status: dict[str, Any]) -> Any:
     overall = status.get("overall", {})
     age = time.time() - float(status.get("time", time.time()))
     uptime = float(status.get("time", 0)) - float(status.get("started", 0))
-    header = Text.assemble(
-        ("herd top", "bold cyan"), f"  pid {status.get('pid')}  ",
-        (f"up {uptime:.0f}s", "dim"), "  window ", (f"{status.get('window_s', 0):g}s", "bold"),
-        "  calls/s ", (f"{overall.get('calls_per_s') or 0:.2f}", "bold"),
-        "  errors ", (_pct(overall.get("error_rate"), 1), "bold"),
-        "  in-flight ", (str(overall.get("inflight", 0)), "bold"),
-        ("  (stale: " + f"{age:.0f}s old)" if age > 5 else "", "bold red"),
-    )
+    header = Table.grid(padding=(0, 3))
+    stale = age > 5
+    cells = [
+        Text("herd top", "bold cyan"),
+        Text(f"pid {status.get('pid')}"),
+        Text(f"up {uptime:.0f}s", "dim"),
+        Text.assemble("window ", (f"{status.get('window_s', 0):g}s", "bold")),
+        Text.assemble("calls/s ", (f"{overall.get('calls_per_s') or 0:.2f}", "bold")),
+        Text.assemble("errors ", (_pct(overall.get("error_rate"), 1),
+                                  _level(overall.get("error_rate"), 0.05))),
+        Text.assemble("in-flight ", (str(overall.get("inflight", 0)), "bold")),
+    ]
+    if stale:
+        cells.append(Text(f"stale: {age:.0f}s old", "bold red"))
+    header.add_row(*cells)
 
-    models = Table(title="models", title_justify="left", expand=True, header_style="bold")
+    models = Table(title="models", title_justify="left", expand=True, header_style="bold",
+                   box=box.SIMPLE_HEAD)
     for column in ("model", "calls/s", "p50", "p95", "err", "tok/s", "temp", "ctx use",
                    "cache hit", "in-flight", "quality", "circuit"):
-        models.add_column(column, justify="left" if column == "model" else "right")
+        if column == "model":
+            models.add_column(column, min_width=10, overflow="fold")
+        else:
+            models.add_column(column, justify="right")
     for alias, m in sorted(status.get("models", {}).items()):
         circuit = m.get("circuit", "closed")
         circuit_style = {"closed": "green", "open": "bold red", "half_open": "yellow"}
@@ -89,14 +101,15 @@ def render(status: dict[str, Any]) -> Any:
     cells = [
         Text.assemble("CPU ", (f"{r['cpu_percent']:.0f}%" if r.get("cpu_percent") is not None
                                else "—", _level(r.get("cpu_percent"), 80))),
-        Text.assemble("memory ", (f"{r['memory_percent']:.0f}%" if r.get("memory_percent")
-                                  is not None else "—", _level(r.get("memory_percent"), 80)),
-                      f" of {_bytes(r.get('memory_total_bytes'))}"),
+        Text.assemble(f"memory of {_bytes(r.get('memory_total_bytes'))} ",
+                      (f"{r['memory_percent']:.0f}%" if r.get("memory_percent") is not None
+                       else "—", _level(r.get("memory_percent"), 80))),
         Text(f"process RSS {_bytes(r.get('process_rss_bytes'))}"),
         Text.assemble("GPU ", (f"{r['gpu_percent']:.0f}%" if r.get("gpu_percent") is not None
-                               else "none", _level(r.get("gpu_percent"), 80)),
-                      (f"  mem {r['gpu_memory_percent']:.0f}%"
-                       if r.get("gpu_memory_percent") is not None else "")),
+                               else "none", _level(r.get("gpu_percent"), 80))),
+        Text.assemble("GPU memory ", (f"{r['gpu_memory_percent']:.0f}%"
+                                      if r.get("gpu_memory_percent") is not None else "—",
+                                      _level(r.get("gpu_memory_percent"), 80))),
         Text(f"net ↑{_bytes(r.get('net_sent_bps'))}/s ↓{_bytes(r.get('net_recv_bps'))}/s"),
     ]
     res.add_row(*cells)
@@ -104,7 +117,7 @@ def render(status: dict[str, Any]) -> Any:
     alerts = status.get("alerts", [])
     if alerts:
         table = Table(title="active alerts", title_justify="left", expand=True,
-                      header_style="bold red")
+                      header_style="bold red", box=box.SIMPLE_HEAD)
         table.add_column("kpi")
         table.add_column("scope")
         table.add_column("for", justify="right")

@@ -126,7 +126,7 @@ class ResourceSampler:
         self._thread: threading.Thread | None = None
         psutil.cpu_percent(None)  # prime: the first reading is measured from here
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self, gpu: bool = True) -> dict[str, Any]:
         ps = self.psutil
         vm = ps.virtual_memory()
         now = time.monotonic()
@@ -152,7 +152,7 @@ class ResourceSampler:
                 self._net = (now, net.bytes_sent, net.bytes_recv)
         except Exception:  # some containers hide /proc/net
             pass
-        if self.nvml is not None:
+        if self.nvml is not None and gpu:
             out.update(self.nvml.sample())
         self.latest = out
         self._emit(out)
@@ -177,6 +177,9 @@ class ResourceSampler:
 
     def start(self) -> None:
         if self._thread is None:
+            # a first reading at once (host only: NVML may take a while to open), so the
+            # KPIs and `herd top` have numbers before the thread's first tick
+            self.sample(gpu=False)
             self._thread = threading.Thread(target=self._run, name="herd-resources", daemon=True)
             self._thread.start()
 

@@ -1,0 +1,217 @@
+"""Audit log: one JSON line per call (metadata only), append-only, rotated by size.
+
+Off unless configured: `[plugins.audit] path = "audit.jsonl"` (or `enabled = true`,
+which writes to the user data dir). Each line: time, outcome, tenant, agent, alias,
+provider, model, tokens, latency, cache tier, attempts, fallback, validation, error
+type. Prompts and answers are written only with `include_content = true`.
+
+Lines are handed to a writer thread through a queue, so a slow disk never delays a
+call. When the file would pass `max_bytes` it is renamed to `<path>.1` (older ones
+shift to .2 … up to `backups`) and a new file is started; lines are never rewritten.
+The file is created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelherd import hookimpl
+from modelherd.errors import ConfigError
+from modelherd.types import ChatRequest, ChatResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from modelherd import Herd
+
+WRITER_NAME = "audit-log"
+_T0 = "_audit_t0"
+
+
+class AuditSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: None = on when `path` is set
+    enabled: bool | None = None
+    path: str | None = None
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    backups: int = Field(default=5, ge=0)
+    include_content: bool = False
+
+
+def parse_settings(table: dict[str, Any], source: str) -> AuditSettings:
+    try:
+        return AuditSettings.model_validate(table)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "?"
+        fix = ("allowed: " + ", ".join(AuditSettings.model_fields)
+               if first["type"] == "extra_forbidden" else "fix that value")
+        raise ConfigError(f"{source}: [plugins.audit] {key}: {first['msg']} — {fix}") from None
+
+
+def default_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("modelherd")) / "audit.jsonl"
+
+
+class AuditLog:
+    """The per-call hooks and the writer thread."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int, include_content: bool) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.include_content = include_content
+        self.written = 0
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = self._open()
+        self._thread = threading.Thread(target=self._run, name="herd-audit", daemon=True)
+        self._thread.start()
+
+    # ---- the call path -------------------------------------------------------
+
+    @hookimpl
+    def before_call(self, request: ChatRequest, herd: Herd) -> None:
+        context = request.context
+        if _T0 not in context:
+            context[_T0] = time.perf_counter()
+
+    @hookimpl
+    def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
+        usage = response.usage
+        record: dict[str, Any] = {
+            "time": _now(),
+            "outcome": "ok",
+            "tenant": request.tenant,
+            "agent": request.agent,
+            "alias": request.alias,
+            "provider": response.provider,
+            "model": request.model,
+            "response_model": response.model,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "latency_s": round(response.latency_s, 6),
+            "cache_tier": response.cache_tier,
+            "attempts": response.attempts,
+            "fallback_from": response.fallback_from,
+            "answered_by": response.alias or request.alias,
+            "finish_reason": response.finish_reason,
+            "valid": request.context.get("valid"),
+            "request_id": response.request_id,
+        }
+        if self.include_content:
+            record["messages"] = [m.model_dump() for m in request.messages]
+            record["answer"] = response.content
+        self._queue.put(json.dumps(record, ensure_ascii=False))
+
+    @hookimpl
+    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
+        if not request.context.get("final"):
+            return
+        t0 = request.context.get(_T0)
+        record: dict[str, Any] = {
+            "time": _now(),
+            "outcome": "error",
+            "tenant": request.tenant,
+            "agent": request.agent,
+            "alias": request.alias,
+            "provider": request.provider,
+            "model": request.model,
+            "latency_s": round(time.perf_counter() - t0, 6) if t0 is not None else None,
+            "error_type": type(error).__name__,
+        }
+        if self.include_content:
+            record["messages"] = [m.model_dump() for m in request.messages]
+        self._queue.put(json.dumps(record, ensure_ascii=False))
+
+    # ---- the writer thread ---------------------------------------------------
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._fd = self._open()
+
+    def _write(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8")
+        size = os.fstat(self._fd).st_size
+        if size and size + len(data) > self.max_bytes:
+            self._rotate()
+        os.write(self._fd, data)
+        self.written += 1
+
+    def _run(self) -> None:
+        import logging
+
+        while True:
+            line = self._queue.get()
+            if line is None:
+                return
+            try:
+                self._write(line)
+            except OSError as exc:
+                logging.getLogger("modelherd.audit").warning(
+                    "cannot write the audit log %s: %s — check [plugins.audit] path",
+                    self.path, exc.strerror)
+
+    def close(self) -> None:
+        """Write what is queued, then close the file."""
+        self._queue.put(None)
+        self._thread.join(10)
+        os.close(self._fd)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def audit_log(herd: Herd) -> AuditLog | None:
+    if herd._pm is None:
+        return None
+    plugin = herd.pm.get_plugin(WRITER_NAME)
+    return plugin if isinstance(plugin, AuditLog) else None
+
+
+@hookimpl
+def startup(herd: Herd) -> None:
+    table = herd.plugin_settings("audit")
+    if not table or herd.pm.get_plugin(WRITER_NAME) is not None:
+        return
+    settings = parse_settings(table, herd.config.source)
+    enabled = settings.enabled if settings.enabled is not None else settings.path is not None
+    if not enabled:
+        return
+    path = Path(settings.path).expanduser() if settings.path else default_path()
+    try:
+        writer = AuditLog(path, settings.max_bytes, settings.backups, settings.include_content)
+    except OSError as exc:
+        raise ConfigError(
+            f"{herd.config.source}: [plugins.audit] path: cannot open {path}: {exc.strerror} — "
+            f"choose a writable path") from None
+    herd.register_plugin(writer, name=WRITER_NAME)
+
+
+@hookimpl
+def shutdown(herd: Herd) -> None:
+    writer = audit_log(herd)
+    if writer is not None:
+        herd.unregister_plugin(writer)
+        writer.close()

@@ -1,0 +1,158 @@
+"""`herd top` reads the live status file of a running herd; the resource sampler feeds it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import pytest
+from click.testing import CliRunner
+from modelherd import ProviderError
+from modelherd.plugins import alerts, resource_monitor
+from modelherd.plugins.alerts_top import top_command
+from modelherd.testing import MockModel, make_herd
+
+
+def _cli() -> click.Group:
+    group = click.Group("herd")
+    alerts.register_commands(group)
+    return group
+
+
+def _run_busy_herd(status_dir: Path) -> dict[str, Any]:
+    """A herd with two models (one failing behind a breaker) and real resource samples."""
+    fast = MockModel(default="ok ok ok")
+    sick = MockModel()
+    sick.enqueue(*[ProviderError("down")] * 3)
+    herd = make_herd(
+        {"fast": fast, "sick": sick},
+        config={
+            "herd": {"retries": 0},
+            "models": {"fast": {"provider": "mock", "model": "fast-1", "n_ctx": 100}},
+            "plugins": {
+                "alerts": {"status_dir": str(status_dir), "eval_interval_s": 3600,
+                           "status_interval_s": 3600, "breaker_failures": 3},
+                "resource_monitor": {"interval_s": 3600},
+            },
+        },
+        plugins=(alerts, resource_monitor),
+        fallbacks={"sick": ["fast"]},
+    )
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with herd:
+            for _ in range(5):
+                await herd.chat("fast", "one two three four", temperature=0.7, cache="no-store")
+                await herd.chat("sick", "five six seven eight", cache="no-store")
+            hooks = alerts.alert_hooks(herd)
+            assert hooks is not None
+            hooks.write_status()
+            path = status_dir / f"status-{os.getpid()}.json"
+            seen["status"] = json.loads(path.read_text())
+            result = CliRunner().invoke(_cli(), ["top", "--dir", str(status_dir), "--once"],
+                                        env={"COLUMNS": "140"})
+            seen["frame"] = result.output
+            seen["exit"] = result.exit_code
+        seen["gone"] = not path.exists()
+
+    anyio.run(main)
+    return seen
+
+
+def test_status_file_and_one_frame(tmp_path: Path) -> None:
+    seen = _run_busy_herd(tmp_path)
+    status = seen["status"]
+    fast, sick = status["models"]["fast"], status["models"]["sick"]
+    assert fast["calls"] == 10  # 5 own calls + 5 fallbacks from 'sick'
+    assert fast["temperature"] == 0.7
+    assert fast["context_use"] == pytest.approx(4 / 100)
+    assert fast["latency_p50_s"] is not None and fast["error_rate"] == 0
+    assert sick["circuit"] == "open" and sick["errors"] == 3
+    assert status["overall"]["calls"] == 10 and status["overall"]["error_rate"] == 0
+    assert status["resources"]["cpu_percent"] is not None
+    assert status["resources"]["memory_total_bytes"] > 0
+    assert [a["kpi"] for a in status["alerts"]] == ["circuit_open"]
+    assert seen["exit"] == 0, seen["frame"]
+    frame = seen["frame"]
+    for text in ("herd top", "fast", "sick", "open", "circuit_open", "CPU", "memory", "4%"):
+        assert text in frame
+    assert seen["gone"], "the status file is removed at aclose()"
+
+
+def test_json_and_svg(tmp_path: Path) -> None:
+    seen = _run_busy_herd(tmp_path / "run")
+    status_file = tmp_path / "status.json"
+    status_file.write_text(json.dumps(seen["status"]))
+    result = CliRunner().invoke(top_command, ["--file", str(status_file), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["models"]["sick"]["circuit"]
+    svg = tmp_path / "top.svg"
+    result = CliRunner().invoke(top_command, ["--file", str(status_file), "--svg", str(svg)])
+    assert result.exit_code == 0, result.output
+    assert svg.read_text().startswith("<svg") and "sick" in svg.read_text()
+
+
+def test_no_running_herd_says_what_to_do(tmp_path: Path) -> None:
+    result = CliRunner().invoke(top_command, ["--dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"Error: no running herd found in {tmp_path} — start a program that uses" \
+        in result.output
+    result = CliRunner().invoke(top_command, ["--dir", str(tmp_path), "--pid", "999999"])
+    assert "no status file for pid 999999" in result.output
+    stale = tmp_path / "status-999999999.json"
+    stale.write_text("{}")
+    result = CliRunner().invoke(top_command, ["--dir", str(tmp_path)])
+    assert "no running herd found" in result.output and not stale.exists()
+    bad = tmp_path / "x.json"
+    bad.write_text("not json")
+    result = CliRunner().invoke(top_command, ["--file", str(bad), "--once"])
+    assert result.exit_code == 1 and "is it a herd status file?" in result.output
+
+
+def test_sampler_reads_the_host_and_degrades_without_a_gpu() -> None:
+    sampler = resource_monitor.ResourceSampler(interval_s=0.05)
+    first = sampler.sample()
+    assert 0 <= first["cpu_percent"] <= 100 * first["cpu_count"]
+    assert 0 < first["memory_percent"] < 100 and first["process_rss_bytes"] > 0
+    second = sampler.sample()
+    assert "net_sent_bps" in second
+    has_gpu = second.get("gpus") is not None
+    if not has_gpu:  # this box: no NVIDIA driver, so NVML failed once, quietly
+        assert second["gpu_percent"] is None and sampler.nvml is not None
+        assert sampler.nvml.failed
+    else:
+        assert 0 <= second["gpu_percent"] <= 100
+    sampler.start()
+    sampler.stop()
+
+
+def test_sampler_runs_in_the_background_and_emits_gauges() -> None:
+    from modelherd import hookimpl
+
+    got: list[str] = []
+
+    class Sink:
+        @hookimpl
+        def on_metric(self, metric: Any, herd: Any) -> None:
+            got.append(metric.name)
+
+    herd = make_herd(config={"plugins": {"resource_monitor": {"interval_s": 0.02}}},
+                     plugins=(resource_monitor, Sink()))
+
+    async def main() -> None:
+        async with herd:
+            sampler = resource_monitor.sampler_for(herd)
+            assert sampler is not None
+            for _ in range(100):
+                if sampler.latest:
+                    break
+                await anyio.sleep(0.01)
+            assert sampler.latest["cpu_percent"] is not None
+        assert resource_monitor.sampler_for(herd) is None
+
+    anyio.run(main)
+    assert "system.cpu.utilization" in got and "system.memory.utilization" in got
