@@ -43,7 +43,7 @@ class Placement:
     estimate: Estimate
     n_ctx: int
     kv_type: str
-    gpu_layers: int  # 0 .. n_layers (n_layers also means the output head is on the GPU)
+    gpu_layers: int  # repeating layers on the GPU(s), 0 .. n_layers
     gpu_bytes: int
     cpu_bytes: int
     gpu_free: int
@@ -54,11 +54,16 @@ class Placement:
     use_mmap: bool = True
     use_mlock: bool = False
     devices: list[str] = field(default_factory=list)
+    output_on_gpu: bool = False
 
     @property
     def n_gpu_layers(self) -> int:
         """llama.cpp's `n_gpu_layers`: -1 means every layer and the output head."""
-        return -1 if self.gpu_layers >= self.facts.n_layers else self.gpu_layers
+        return -1 if self.output_on_gpu else self.gpu_layers
+
+    @property
+    def full_offload(self) -> bool:
+        return self.output_on_gpu
 
     def llamacpp_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"n_ctx": self.n_ctx, "n_gpu_layers": self.n_gpu_layers,
@@ -100,13 +105,13 @@ def _ctx_steps(target: int, min_ctx: int) -> list[int]:
 
 
 def _try(facts: ModelFacts, gpus: list[Device], ram: Device, n_ctx: int, kv_type: str,
-         gpu_reserve: int, n_batch: int) -> tuple[int, int, int, list[Device]]:
-    """Best layer count on the GPUs for this context/KV type: (layers, gpu, cpu, used)."""
+         gpu_reserve: int, n_batch: int) -> tuple[int, bool, int, int, list[Device]]:
+    """Most layers on the GPUs for this context/KV type: (layers, output, gpu, cpu, used)."""
     kv_layer = kv_bytes_per_token(facts, kv_type, layers=1) * n_ctx
     compute = compute_buffer_bytes(facts, n_ctx, n_batch)
     est = estimate(facts, n_ctx, kv_type, n_batch)
     usable = sorted(gpus, key=lambda d: d.free, reverse=True)
-    best: tuple[int, int, int, list[Device]] = (0, 0, est.total, [])
+    best: tuple[int, bool, int, int, list[Device]] = (0, False, 0, est.total, [])
     # one GPU if the largest can hold it all, else all of them together
     for count in range(1, len(usable) + 1):
         chosen = usable[:count]
@@ -118,16 +123,17 @@ def _try(facts: ModelFacts, gpus: list[Device], ram: Device, n_ctx: int, kv_type
                 break
             spent += int(size + kv_layer)
             layers += 1
-        if layers == facts.n_layers and spent + facts.output_bytes <= budget:
+        output = layers == facts.n_layers and spent + facts.output_bytes <= budget
+        if output:
             spent += facts.output_bytes
         on_cpu_layers = facts.n_layers - layers
         cpu = (facts.embedding_bytes + sum(facts.layer_bytes[layers:]) + est.overhead
                + int(kv_layer * on_cpu_layers))
-        if layers < facts.n_layers:
+        if not output:
             cpu += facts.output_bytes + compute
-        if layers > best[0]:
-            best = (layers, int(spent), int(cpu), chosen)
-        if layers == facts.n_layers:
+        if (layers, output) > best[:2]:
+            best = (layers, output, int(spent), int(cpu), chosen)
+        if output:
             break
     return best
 
@@ -141,7 +147,7 @@ def place(facts: ModelFacts, gpus: list[Device], ram: Device, *, n_ctx: int | No
     last: Placement | None = None
     for ctx in _ctx_steps(target, min_ctx):
         for kv in kv_types:
-            layers, gpu_bytes, cpu_bytes, used = _try(
+            layers, output, gpu_bytes, cpu_bytes, used = _try(
                 facts, gpus, ram, ctx, kv, gpu_reserve, n_batch)
             est = estimate(facts, ctx, kv, n_batch)
             fits = cpu_bytes <= ram.free
@@ -150,6 +156,7 @@ def place(facts: ModelFacts, gpus: list[Device], ram: Device, *, n_ctx: int | No
                 facts=facts, estimate=est, n_ctx=ctx, kv_type=kv, gpu_layers=layers,
                 gpu_bytes=gpu_bytes, cpu_bytes=cpu_bytes, gpu_free=gpu_free, cpu_free=ram.free,
                 fits=fits, reason="", devices=[f"{d.kind}{d.index}: {d.name}" for d in used],
+                output_on_gpu=output,
             )
             if len(used) > 1:
                 total_free = sum(d.free for d in used) or 1
@@ -190,7 +197,7 @@ def _explain(p: Placement, target: int, gpus: list[Device], gpu_note: str) -> st
     if not gpus:
         why = f"no GPU ({gpu_note})" if gpu_note else "no GPU"
         return f"fits in RAM: {why}; {human(p.cpu_bytes)} of {human(p.cpu_free)} free{tail}"
-    if p.gpu_layers >= n:
+    if p.output_on_gpu:
         where = ", ".join(p.devices)
         return f"fits: all {n} layers on {where}{tail}"
     return (f"partial offload: {p.gpu_layers}/{n} layers on GPU "
@@ -202,6 +209,6 @@ def best_variant(candidates: list[tuple[str, Placement]]) -> tuple[str, Placemen
     fitting = [c for c in candidates if c[1].fits]
     if not fitting:
         return None
-    full = [c for c in fitting if c[1].gpu_layers >= c[1].facts.n_layers]
+    full = [c for c in fitting if c[1].output_on_gpu]
     pool = full or fitting
     return max(pool, key=lambda c: (c[1].n_ctx, c[1].facts.weight_bytes))
