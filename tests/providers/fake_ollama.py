@@ -1,5 +1,292 @@
+"""Ollama's REST API (docs/api.md) on a loopback server: tags, show, ps, pull, chat,
+generate (unload). State is real: a pull adds to the tags, a chat loads the model
+into ps with its keep_alive, keep_alive 0 unloads it.
+
+Chat scenarios by model: `qwen3:latest` answers with a <think> block,
+`deepseek-r1:7b` with an unclosed one (done_reason "length"), `slow:latest` sleeps
+3 s, `malformed:latest` sends a broken line, `truncated:latest` never sends done,
+`midstream:latest` sends an error line mid-stream. Text is escaped the way Ollama
+escapes it (`<` as \\u003c). Pulling `nope` fails mid-stream like the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 from aiohttp import web
 
+from .loopback import Recorder, sample_for_schema
 
-def make_app(recorder):
-    return web.Application()
+GB = 1_000_000_000
+
+
+def _details(family: str, params: str, quant: str) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": family,
+        "families": [family],
+        "parameter_size": params,
+        "quantization_level": quant,
+    }
+
+
+INITIAL = {
+    "llama3.2:latest": (int(2.0 * GB), _details("llama", "3.2B", "Q4_K_M"), 131072),
+    "qwen3:latest": (int(5.2 * GB), _details("qwen3", "8.2B", "Q4_K_M"), 40960),
+    "deepseek-r1:7b": (int(4.7 * GB), _details("qwen2", "7.6B", "Q4_K_M"), 131072),
+    "slow:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "malformed:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "truncated:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "midstream:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+}
+PULLABLE = {"phi4:latest": (int(9.1 * GB), _details("phi3", "14.7B", "Q4_K_M"), 16384)}
+
+
+def _dumps(data: Any) -> str:
+    # real Ollama escapes HTML-significant characters in its JSON
+    return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class OllamaState:
+    def __init__(self) -> None:
+        self.pulled: dict[str, tuple[int, dict[str, Any], int]] = dict(INITIAL)
+        self.loaded: dict[str, datetime] = {}
+
+
+def make_app(recorder: Recorder) -> web.Application:
+    state = OllamaState()
+
+    def not_found(name: str) -> web.Response:
+        return web.json_response(
+            {"error": f'model "{name}" not found, try pulling it first'}, status=404
+        )
+
+    async def tags(request: web.Request) -> web.Response:
+        recorder.add(request, {})
+        models = [
+            {
+                "name": n,
+                "model": n,
+                "modified_at": "2026-01-02T03:04:05Z",
+                "size": size,
+                "digest": f"{abs(hash(n)):064x}"[:64],
+                "details": det,
+            }
+            for n, (size, det, _ctx) in state.pulled.items()
+        ]
+        return web.json_response({"models": models})
+
+    async def show(request: web.Request) -> web.Response:
+        body = await request.json()
+        recorder.add(request, body)
+        name = body["model"]
+        if name not in state.pulled:
+            return web.json_response({"error": f"model '{name}' not found"}, status=404)
+        _size, det, ctx = state.pulled[name]
+        arch = det["family"]
+        return web.json_response(
+            {
+                "modelfile": "FROM x",
+                "parameters": 'stop "<|eot_id|>"',
+                "template": "{{ .Prompt }}",
+                "details": det,
+                "modified_at": "2026-01-02T03:04:05Z",
+                "model_info": {
+                    "general.architecture": arch,
+                    "general.parameter_count": 3212749888,
+                    f"{arch}.context_length": ctx,
+                },
+                "capabilities": ["completion", "tools"] + (["thinking"] if "qwen" in arch else []),
+            }
+        )
+
+    async def ps(request: web.Request) -> web.Response:
+        recorder.add(request, {})
+        now = datetime.now(UTC)
+        state.loaded = {n: t for n, t in state.loaded.items() if t > now}
+        models = []
+        for name, expires in state.loaded.items():
+            size, det, _ctx = state.pulled[name]
+            models.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "size": size + GB // 2,
+                    "digest": "d" * 64,
+                    "details": det,
+                    "expires_at": expires.isoformat(),
+                    "size_vram": size // 2,
+                    "context_length": 4096,
+                }
+            )
+        return web.json_response({"models": models})
+
+    async def pull(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        recorder.add(request, body)
+        name = body["model"] if ":" in body["model"] else body["model"] + ":latest"
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+
+        async def line(data: dict[str, Any]) -> None:
+            await response.write((_dumps(data) + "\n").encode())
+
+        await line({"status": "pulling manifest"})
+        if name not in PULLABLE and name not in state.pulled:
+            await line({"error": "pull model manifest: file does not exist"})
+            return response
+        size, det, ctx = PULLABLE.get(name) or state.pulled[name]
+        for digest, total in (("sha256:" + "a" * 64, size), ("sha256:" + "b" * 64, 1024)):
+            for done in (0, total // 2, total):
+                await line(
+                    {
+                        "status": f"pulling {digest[7:19]}",
+                        "digest": digest,
+                        "total": total,
+                        "completed": done,
+                    }
+                )
+        for status in ("verifying sha256 digest", "writing manifest", "success"):
+            await line({"status": status})
+        state.pulled[name] = (size, det, ctx)
+        return response
+
+    def keep(name: str, keep_alive: Any) -> None:
+        if keep_alive in (0, "0", "0s"):
+            state.loaded.pop(name, None)
+            return
+        seconds = 300.0
+        if isinstance(keep_alive, int | float):
+            seconds = float(keep_alive) if keep_alive >= 0 else 10**6
+        elif isinstance(keep_alive, str) and keep_alive[:-1].isdigit():
+            seconds = float(keep_alive[:-1]) * {"s": 1, "m": 60, "h": 3600}.get(keep_alive[-1], 1)
+        state.loaded[name] = datetime.now(UTC) + timedelta(seconds=seconds)
+
+    def answer(body: dict[str, Any]) -> tuple[str, str | None, str]:
+        name = body["model"]
+        opts = body.get("options") or {}
+        fmt = body.get("format")
+        if isinstance(fmt, dict):
+            return json.dumps(sample_for_schema(fmt)), None, "stop"
+        if fmt == "json":
+            return '{"ok": true}', None, "stop"
+        last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+        if name == "qwen3:latest":
+            if body.get("think"):
+                return "Paris.", "recall geography", "stop"
+            return "<think>\nrecall geography\n</think>\n\nParis.", None, "stop"
+        if name == "deepseek-r1:7b":
+            return "<think>still weighing it up", None, "length"
+        if opts.get("num_predict") == 1:
+            return "echo", None, "length"
+        return f"echo: {last}", None, "stop"
+
+    def final(name: str, done_reason: str, content: str = "") -> dict[str, Any]:
+        return {
+            "model": name,
+            "created_at": _now(),
+            "message": {"role": "assistant", "content": content},
+            "done": True,
+            "done_reason": done_reason,
+            "total_duration": 2_500_000_000,
+            "load_duration": 1_200_000_000,
+            "prompt_eval_count": 26,
+            "prompt_eval_duration": 300_000_000,
+            "eval_count": 9,
+            "eval_duration": 900_000_000,
+        }
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        recorder.add(request, body)
+        name = body["model"]
+        if name not in state.pulled:
+            return not_found(name)
+        if name == "slow:latest":
+            await asyncio.sleep(3)
+        if name == "malformed:latest":
+            return web.Response(
+                text='{"model": "malformed:latest", "message": {', content_type="application/json"
+            )
+        keep(name, body.get("keep_alive"))
+        content, thinking, reason = answer(body)
+        if body.get("stream", True) is False:
+            out = final(name, reason, content)
+            if thinking:
+                out["message"]["thinking"] = thinking
+            return web.Response(text=_dumps(out), content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        if thinking:
+            await response.write(
+                (
+                    _dumps(
+                        {
+                            "model": name,
+                            "created_at": _now(),
+                            "message": {"role": "assistant", "content": "", "thinking": thinking},
+                            "done": False,
+                        }
+                    )
+                    + "\n"
+                ).encode()
+            )
+        for i in range(0, len(content), 3):
+            await response.write(
+                (
+                    _dumps(
+                        {
+                            "model": name,
+                            "created_at": _now(),
+                            "message": {"role": "assistant", "content": content[i : i + 3]},
+                            "done": False,
+                        }
+                    )
+                    + "\n"
+                ).encode()
+            )
+            if name == "midstream:latest" and i >= 3:
+                await response.write(b'{"error":"llama runner process has terminated"}\n')
+                return response
+        if name != "truncated:latest":
+            await response.write((_dumps(final(name, reason)) + "\n").encode())
+        return response
+
+    async def generate(request: web.Request) -> web.Response:
+        body = await request.json()
+        recorder.add(request, body)
+        name = body["model"]
+        if name not in state.pulled:
+            return not_found(name)
+        keep(name, body.get("keep_alive"))
+        unloaded = body.get("keep_alive") in (0, "0")
+        return web.json_response(
+            {
+                "model": name,
+                "created_at": _now(),
+                "response": "",
+                "done": True,
+                "done_reason": "unload" if unloaded else "load",
+            }
+        )
+
+    async def version(request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.12.6"})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_post("/api/show", show)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_post("/api/pull", pull)
+    app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/generate", generate)
+    app.router.add_get("/api/version", version)
+    return app
