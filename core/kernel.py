@@ -453,9 +453,12 @@ class Herd:
                     f'call again without cache="only"'
                 )
             if key is not None:
-                response = await self._coalescer.run(key, lambda: self._call_chain(request))
+                # a follower got the leader's answer: only the leader stores it
+                response, led = await self._coalescer.run_led(
+                    key, lambda: self._call_chain(request)
+                )
             else:
-                response = await self._call_chain(request)
+                response, led = await self._call_chain(request), True
         except BaseException as exc:
             request.context["final"] = True
             if self._has.get("on_error"):
@@ -476,6 +479,7 @@ class Herd:
             cache is not None
             and key is not None
             and valid
+            and led
             and request.cache in ("default", "no-cache")
         ) and cache.storable(response):
             await cache.store(key, response, request.cache_ttl)

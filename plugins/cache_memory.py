@@ -93,8 +93,13 @@ class MemoryTier(CacheTier):
         size = entry_size(response)
         if size > self.settings.max_bytes:
             return  # larger than the whole tier: not worth evicting everything for
-        # our own deep copy: the caller keeps (and may mutate) the object it got
-        stored = response.model_copy(deep=True, update={"cache_tier": None})
+        # our own copy (usage and metrics are the only mutable parts): the caller keeps
+        # and may mutate the object it got
+        stored = response.model_copy(update={
+            "cache_tier": None,
+            "usage": response.usage.model_copy(),
+            "provider_metrics": dict(response.provider_metrics),
+        })
         store = self._store
         store[key] = (stored, ttl, size)
         while len(store) > self.settings.max_entries:

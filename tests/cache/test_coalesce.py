@@ -117,3 +117,18 @@ def test_coalescer_counts_and_clears() -> None:
 
     assert asyncio.run(go()) == ["v"] * 5
     assert (co.led, co.joined, len(co)) == (1, 4, 0)
+
+
+def test_only_the_leader_stores() -> None:
+    from cache_helpers import Metrics
+
+    metrics = Metrics()
+    model = MockModel(latency=0.03)
+    herd, _ = cached_herd(model, extra=(metrics,))
+
+    async def go() -> None:
+        async with herd:
+            await asyncio.gather(*(herd.chat("mock", "same") for _ in range(20)))
+
+    asyncio.run(go())
+    assert metrics.per_tier("herd.cache.stores") == {"memory": 1}

@@ -1,0 +1,234 @@
+"""Response cache benchmark: one command, every ratio measured in the same run.
+
+    .venv/bin/python bench/cache.py            # table
+    .venv/bin/python bench/cache.py --json     # for scripts
+
+Measures, end to end through `herd.chat` (build request, key, lookup, copy, hooks):
+- a hit in L1 (memory), L2 (disk, SQLite WAL) and L3 (Redis on loopback; a
+  redis-server is started on a free port when the binary exists), each next to
+  the same run's baseline: the same MockModel called directly, and the miss path;
+- `request_key` alone (it is on every cached call);
+- coalescing: 100 identical concurrent calls on a 50 ms MockModel;
+- the hit rate of a skewed workload (Zipf-like, 200 prompts, 5000 calls) on L1.
+Targets (issue 4): L1 p50 <= 25 µs, L2 <= 300 µs, L3 <= 500 µs; 100 concurrent
+calls -> exactly 1 upstream call in < 60 ms. Runs in well under 60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from modelherd.cache import request_key
+from modelherd.kernel import Herd
+from modelherd.plugins import cache_disk, cache_memory, cache_redis
+from modelherd.testing import MockModel, make_herd
+
+TARGETS_US = {"memory": 25.0, "disk": 300.0, "redis": 500.0}
+
+
+def p50(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+async def timed(n: int, call: Callable[[int], Awaitable[Any]]) -> list[float]:
+    """n timings in µs (after a warm-up), GC paused so one collection does not skew p50."""
+    for i in range(min(200, n)):
+        await call(i)
+    out = []
+    gc.disable()
+    try:
+        for i in range(n):
+            start = time.perf_counter_ns()
+            await call(i)
+            out.append((time.perf_counter_ns() - start) / 1000)
+    finally:
+        gc.enable()
+    return out
+
+
+def herd_for(plugins: dict[str, Any], model: MockModel | None = None) -> tuple[Herd, MockModel]:
+    model = model or MockModel(default="The answer is 42. " * 8)
+    herd = make_herd({"mock": model}, config={"plugins": plugins},
+                     plugins=(cache_memory, cache_disk, cache_redis))
+    return herd, model
+
+
+PROMPT = [{"role": "system", "content": "You are a terse trading assistant."},
+          {"role": "user", "content": "BTC 1h candles show a higher low. BUY, SELL or NOTHING?"}]
+
+
+async def bench_tier(name: str, plugins: dict[str, Any], n: int) -> dict[str, float]:
+    herd, model = herd_for(plugins)
+    async with herd:
+        await herd.chat("mock", PROMPT, temperature=0)
+        hits = await timed(n, lambda i: herd.chat("mock", PROMPT, temperature=0))
+        last = await herd.chat("mock", PROMPT, temperature=0)
+        assert last.cache_tier == name, f"expected a {name} hit, got {last.cache_tier}"
+        misses = await timed(min(n, 1000), lambda i: herd.chat(
+            "mock", [*PROMPT, {"role": "user", "content": f"{name} miss {i} {random.random()}"}],
+            temperature=0))
+    return {"hit_p50_us": p50(hits), "miss_p50_us": p50(misses)}
+
+
+async def bench_direct(n: int) -> dict[str, float]:
+    herd, model = herd_for({"cache_memory": {"enabled": False}})
+    request = herd.build_request("mock", PROMPT, temperature=0)
+    direct = await timed(n, lambda i: model.chat(request))
+    keys = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        request_key(request)
+        keys.append((time.perf_counter_ns() - start) / 1000)
+    async with herd:
+        nocache = await timed(n, lambda i: herd.chat("mock", PROMPT, temperature=0))
+    return {"direct_p50_us": p50(direct), "key_p50_us": p50(keys),
+            "no_cache_p50_us": p50(nocache)}
+
+
+async def bench_coalesce(rounds: int = 5) -> dict[str, Any]:
+    results = []
+    for r in range(rounds):
+        model = MockModel(latency=0.05)
+        herd, _ = herd_for({}, model)
+        async with herd:
+            await herd.chat("mock", "warm-up")  # start-up cost is not the coalescer's
+            start = time.perf_counter()
+            answers = await asyncio.gather(
+                *(herd.chat("mock", f"same question {r}") for _ in range(100)))
+            took = time.perf_counter() - start
+        assert all(a.content == "ok" for a in answers)
+        results.append((len(model.history) - 1, took * 1000))
+    upstream = [u for u, _ in results]
+    times = sorted(t for _, t in results)
+    return {"upstream_calls": upstream, "total_ms_median": times[len(times) // 2],
+            "total_ms_max": times[-1]}
+
+
+async def bench_hit_rate() -> dict[str, float]:
+    herd, _ = herd_for({"cache_memory": {"max_entries": 100}})
+    rng = random.Random(7)
+    weights = [1 / (i + 1) for i in range(200)]  # Zipf-like: a few prompts dominate
+    async with herd:
+        for _ in range(5000):
+            i = rng.choices(range(200), weights)[0]
+            await herd.chat("mock", f"question {i}", temperature=0)
+        stats = herd.cache.stats()["memory"] if herd.cache else {}
+    total = stats["hits"] + stats["misses"]
+    return {"hit_rate": stats["hits"] / total, "evictions": stats["evictions"]}
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    return None
+
+
+async def main_async(n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    out["baseline"] = await bench_direct(n)
+    out["memory"] = await bench_tier("memory", {}, n)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "bench.sqlite3")
+        out["disk"] = await bench_tier(
+            "disk", {"cache_memory": {"enabled": False}, "cache_disk": {"path": db}}, n // 2)
+        redis = start_redis(Path(tmp))
+        if redis is None:
+            out["redis"] = {"skipped": "redis-server not found — sudo apt-get install redis-server"}
+        else:
+            proc, port = redis
+            try:
+                out["redis"] = await bench_tier(
+                    "redis", {"cache_memory": {"enabled": False},
+                              "cache_redis": {"url": f"redis://127.0.0.1:{port}/0"}}, n // 2)
+            finally:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+    out["coalesce"] = await bench_coalesce()
+    out["hit_rate"] = await bench_hit_rate()
+    direct = out["baseline"]["direct_p50_us"]
+    for tier, target in TARGETS_US.items():
+        row = out[tier]
+        if "hit_p50_us" in row:
+            row["target_us"] = target
+            row["ok"] = row["hit_p50_us"] <= target
+            row["hit_vs_direct_model_call"] = row["hit_p50_us"] / direct
+            row["miss_over_hit"] = row["miss_p50_us"] / row["hit_p50_us"]
+    co = out["coalesce"]
+    co["ok"] = all(u == 1 for u in co["upstream_calls"]) and co["total_ms_median"] < 60
+    return out
+
+
+def render(data: dict[str, Any]) -> None:
+    base = data["baseline"]
+    print(f"python {data['python']}, {data['cpus']} CPUs")
+    print(f"baseline: MockModel called directly p50 {base['direct_p50_us']:.1f} µs; "
+          f"herd.chat with no cache tier p50 {base['no_cache_p50_us']:.1f} µs; "
+          f"request_key p50 {base['key_p50_us']:.2f} µs")
+    print(f"{'tier':8} {'hit p50':>10} {'target':>8} {'miss p50':>10} {'hit/direct':>11} "
+          f"{'miss/hit':>9}  ok")
+    for tier in TARGETS_US:
+        row = data[tier]
+        if "skipped" in row:
+            print(f"{tier:8} skipped: {row['skipped']}")
+            continue
+        print(f"{tier:8} {row['hit_p50_us']:>8.1f}µs {row['target_us']:>6.0f}µs "
+              f"{row['miss_p50_us']:>8.1f}µs {row['hit_vs_direct_model_call']:>10.2f}x "
+              f"{row['miss_over_hit']:>8.2f}x  {'yes' if row['ok'] else 'NO'}")
+    co = data["coalesce"]
+    print(f"coalescing: 100 identical calls on a 50 ms model -> upstream calls per round "
+          f"{co['upstream_calls']}, total {co['total_ms_median']:.1f} ms median "
+          f"(max {co['total_ms_max']:.1f}) — target 1 call, < 60 ms: "
+          f"{'yes' if co['ok'] else 'NO'}")
+    hr = data["hit_rate"]
+    print(f"hit rate (Zipf-like, 200 prompts, 5000 calls, L1 capped at 100 entries): "
+          f"{hr['hit_rate']:.1%} ({hr['evictions']} evictions)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("-n", type=int, default=4000, help="timed calls per L1 measurement")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    data = asyncio.run(main_async(args.n))
+    data["bench_seconds"] = round(time.perf_counter() - started, 1)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        render(data)
+        print(f"({data['bench_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
