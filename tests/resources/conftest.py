@@ -101,3 +101,8 @@ def redis_url() -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,143 @@
+"""The optimizer plugin: when it registers, what it writes into options, `herd plan`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from modelherd import Herd
+from modelherd.config import HerdConfig
+from modelherd.errors import ConfigError
+from modelherd.plugins import optimizer
+from modelherd.plugins.optimizer import Optimizer, OptimizerSettings, make_plan_command, plan_for
+from modelherd.testing import MockModel
+
+GiB = 1024**3
+pytestmark = pytest.mark.anyio
+
+
+def herd_with(models: dict[str, dict[str, object]], plugins_cfg: dict[str, object] | None = None,
+              extra: tuple[object, ...] = ()) -> Herd:
+    data: dict[str, object] = {"models": models, "plugins": {"optimizer": plugins_cfg or {}}}
+    cfg = HerdConfig.model_validate(data)
+    cfg.source = "test.toml"
+    return Herd(cfg, env={}, load_entry_points=False, plugins=(optimizer, *extra))
+
+
+def _no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("pynvml")
+
+    def fail() -> None:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    fake.nvmlInit = fail  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+
+async def test_auto_registers_nothing_on_cpu_without_budget(
+        monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]) -> None:
+    _no_gpu(monkeypatch)
+    herd = herd_with({"loc": {"provider": "llamacpp", "path": str(gguf_file())}})
+    await herd.start()
+    assert herd.pm.get_plugin("optimizer-calls") is None
+    assert not herd._has["before_call"] and not herd._has["acquire_admission"]
+    await herd.aclose()
+
+
+async def test_before_call_writes_placement_but_never_over_the_user(
+        monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]) -> None:
+    _no_gpu(monkeypatch)
+    path = gguf_file(ctx=4096)
+    herd = herd_with({"loc": {"provider": "llamacpp", "path": str(path), "use_mlock": False},
+                      "remote": {"provider": "mock"}},
+                     {"enabled": True, "n_ctx": 1024})
+    await herd.start()
+    assert herd.pm.get_plugin("optimizer-calls") is not None
+    request = herd.build_request("loc", "hi", n_gpu_layers=3)
+    herd.hook.before_call(request=request, herd=herd)
+    # the caller's n_gpu_layers and the alias's use_mlock stay; the rest is placed
+    assert request.options["n_gpu_layers"] == 3
+    assert "use_mlock" not in request.options
+    assert request.options["n_ctx"] == 1024 and request.options["use_mmap"] is True
+    assert request.context["herd.placement"].startswith("fits in RAM: no GPU")
+    remote = herd.build_request("remote", "hi")
+    herd.hook.before_call(request=remote, herd=herd)
+    assert remote.options == {}
+    await herd.aclose()
+    assert herd.pm.get_plugin("optimizer-calls") is None
+
+
+def test_plan_for_errors_name_the_fix(gguf_file: Callable[..., Path]) -> None:
+    herd = herd_with({"cloud": {"provider": "openai", "model": "gpt-4o"},
+                      "gone": {"provider": "llamacpp", "path": "/nonexistent/x.gguf"}})
+    with pytest.raises(ConfigError, match="'cloud' is served by 'openai', a remote provider"):
+        plan_for(herd, "cloud")
+    with pytest.raises(ConfigError, match=r"\[models.gone\] has no GGUF file to plan for"):
+        plan_for(herd, "gone")
+    bad = herd_with({}, {"kv_types": ["q5_1"]})
+    with pytest.raises(ConfigError, match=r"test.toml: \[plugins.optimizer\] kv_types.0: "):
+        optimizer.load_settings(bad)
+
+
+async def test_make_room_evicts_lru_idle_models(gguf_file: Callable[..., Path]) -> None:
+    path = gguf_file()
+    models = {name: {"provider": "llamacpp", "path": str(path)} for name in ("a", "b", "c")}
+    herd = herd_with(models)
+    settings = OptimizerSettings(memory_budget_gb=1.0)
+    opt = Optimizer(herd, settings, own_eviction=True)
+    plan = plan_for(herd, "a", settings)
+    # each "model" holds 0.4 GiB; a and b are loaded, a used longest ago
+    plan.estimate.weights += int(0.4 * GiB) - plan.estimate.total
+    for name in ("a", "b", "c"):
+        opt.plans[name] = plan
+    loaded = {}
+    for name in ("a", "b"):
+        model = MockModel()
+        model.loaded = object()  # type: ignore[attr-defined]
+        loaded[name] = model
+    herd._models.update(loaded)
+    opt.last_used.update({"a": 1.0, "b": 2.0})
+    assert await opt.evict_for("c") == ["a"]
+    assert loaded["a"].closed and not loaded["b"].closed
+    assert "a" not in herd.loaded_models()
+    # a busy model is never evicted, even when over budget
+    opt.in_flight["b"] = 1
+    herd._models["a"] = loaded["a"]
+    opt.last_used["a"] = 3.0
+    assert await opt.evict_for("c") == ["a"]
+    assert "b" in herd.loaded_models()
+
+
+def test_herd_plan_command_json_and_table(tmp_path: Path, gguf_file: Callable[..., Path],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_gpu(monkeypatch)
+    q8 = gguf_file(qtype="Q8_0")
+    q4 = gguf_file(qtype="Q4_0")
+    config = tmp_path / "plugins.toml"
+    config.write_text(
+        f'[models.m]\nprovider = "llamacpp"\npath = "{q8}"\n'
+        f'[models.m-q4]\nprovider = "llamacpp"\npath = "{q4}"\n'
+        '[plugins.optimizer]\nvariants = { m = ["m-q4"] }\n')
+    runner = CliRunner()
+    result = runner.invoke(make_plan_command(), ["m", "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    plans = json.loads(result.output)
+    assert [p["alias"] for p in plans] == ["m", "m-q4"]
+    assert plans[0]["chosen"] is True and plans[0]["quantization"] == "Q8_0"
+    first = plans[0]
+    assert first["total_bytes"] == (first["weights_bytes"] + first["kv_cache_bytes"]
+                                    + first["compute_bytes"] + first["overhead_bytes"])
+    assert first["fits"] is True and first["gpu_layers"] == 0
+    table = runner.invoke(make_plan_command(), ["m-q4", "--config", str(config)])
+    assert table.exit_code == 0
+    for word in ("weights", "KV cache", "compute buffers", "total", "free RAM",
+                 "layers on GPU", "fits", "no GPU"):
+        assert word in table.output
+    bad = runner.invoke(make_plan_command(), ["nope", "--config", str(config)])
+    assert bad.exit_code == 2
+    assert "error: unknown model 'nope'" in bad.output
