@@ -9,6 +9,7 @@ real status document of this process, rendered by `herd top --svg`.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import tempfile
@@ -56,11 +57,9 @@ async def main(out: Path) -> None:
     async def worker(alias: str, n: int, temperature: float) -> None:
         for _ in range(n):
             prompt = " ".join(["candle"] * rng.randint(40, 400))
-            try:
+            with contextlib.suppress(Exception):
                 await herd.chat(alias, prompt, temperature=temperature, validate=valid,
                                 cache="no-store")
-            except Exception:
-                pass
 
     async with herd:
         async with anyio.create_task_group() as tg:
