@@ -130,6 +130,12 @@ class DiskTier(CacheTier):
         return conn
 
     def _open(self) -> None:
+        # runs at start, before the tier is wired to the herd: counters only, no metrics
+        errors_before = len(self._warned)
+        self._open_inner()
+        self.counters.errors += len(self._warned) - errors_before
+
+    def _open_inner(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._open_once()
@@ -150,6 +156,9 @@ class DiskTier(CacheTier):
         writer = self._connect()
         try:
             writer.execute("PRAGMA journal_mode=WAL")
+            # the WAL is truncated back to this after each checkpoint: it counts on disk too
+            limit = min(self.settings.max_bytes // 4, 64 * 1024**2)
+            writer.execute(f"PRAGMA journal_size_limit={int(limit)}")
             writer.executescript(_SCHEMA)
             # touch the table once so a damaged file shows itself now, not mid-call
             writer.execute("SELECT count(*) FROM entries").fetchone()
@@ -175,7 +184,6 @@ class DiskTier(CacheTier):
     def _step_aside(self, exc: BaseException) -> None:
         self._close_connections()
         self._disabled = True
-        self.count("errors")
         self._warn_once(
             "open", "disk cache %s cannot be used (%s); it steps aside and calls go on "
             "without it — check the path and its permissions", self.path, exc,
@@ -184,7 +192,6 @@ class DiskTier(CacheTier):
     def _move_aside(self, exc: BaseException) -> None:
         """A damaged file is kept for inspection, never deleted; a fresh one replaces it."""
         self._close_connections()
-        self.count("errors")
         target = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         self._warn_once(
             "corrupt", "disk cache %s is damaged (%s); moved it to %s and started a fresh "
@@ -217,10 +224,10 @@ class DiskTier(CacheTier):
                 "SELECT value, expires FROM entries WHERE key = ?", (key,)
             ).fetchone()
         except sqlite3.DatabaseError as exc:
+            self.count("errors")
             if _is_corruption(exc):
                 await anyio.to_thread.run_sync(self._reset, exc)
             else:
-                self.count("errors")
                 self._warn_once("read", "disk cache %s could not be read (%s); a miss",
                                 self.path, exc)
             return None
@@ -259,18 +266,25 @@ class DiskTier(CacheTier):
         blob = encode(key, response, self._fernet)
         if len(blob) > self.settings.max_bytes:
             return
-        stored, evicted = await anyio.to_thread.run_sync(self._write, key, blob, expires, now)
+        stored, evicted, failed = await anyio.to_thread.run_sync(
+            self._write, key, blob, expires, now
+        )
+        if failed:
+            self.count("errors")
         if stored:
             self.count("stores")
             self.count("bytes", len(blob))
         if evicted:
             self.count("evictions", evicted)
 
-    def _write(self, key: str, blob: bytes, expires: float | None, now: float) -> tuple[bool, int]:
+    def _write(
+        self, key: str, blob: bytes, expires: float | None, now: float
+    ) -> tuple[bool, int, bool]:
+        """(stored, evicted, failed) — counted by the caller, on the event loop."""
         with self._write_lock:
             writer = self._writer
             if writer is None:
-                return False, 0
+                return False, 0, False
             try:
                 self._flush_touches(writer)
                 writer.execute(
@@ -278,7 +292,7 @@ class DiskTier(CacheTier):
                     "VALUES (?, ?, ?, ?, ?)",
                     (key, blob, expires, now, len(blob)),
                 )
-                return True, self._evict(writer, now)
+                return True, self._evict(writer, now), False
             except sqlite3.DatabaseError as exc:
                 if _is_corruption(exc):
                     self._move_aside(exc)
@@ -286,18 +300,21 @@ class DiskTier(CacheTier):
                         self._open_once()
                     except (sqlite3.Error, OSError) as exc2:
                         self._step_aside(exc2)
-                    return False, 0
-                # full disk, file-size limit, lock held too long: skip this store
+                    return False, 0, True
+                # full disk, file-size limit, I/O error, lock held too long: skip this store
                 self._warn_once(
                     "write", "disk cache %s could not store an answer (%s); calls go on "
                     "uncached until there is room — free disk space or lower max_bytes",
                     self.path, exc,
                 )
                 evicted = 0
-                if "full" in str(exc).lower():
-                    # make room for the next stores: drop the oldest quarter
+                code = getattr(exc, "sqlite_errorname", "")
+                if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+                    # make room for the next stores: shrink the WAL, drop the oldest quarter
+                    with contextlib.suppress(sqlite3.Error):
+                        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                     evicted = self._drop_oldest(writer, fraction=0.25)
-                return False, evicted
+                return False, evicted, True
 
     def _used_bytes(self, writer: sqlite3.Connection) -> int:
         page_size = writer.execute("PRAGMA page_size").fetchone()[0]

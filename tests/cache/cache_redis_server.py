@@ -36,10 +36,11 @@ class RedisServer:
     proc: subprocess.Popen[bytes]
     workdir: Path
     extra: tuple[str, ...] = ()
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -54,13 +55,15 @@ class RedisServer:
 
     def restart(self) -> None:
         self.stop()
-        self.proc = _spawn(self.port, self.workdir, self.extra)
+        self.proc = _spawn(self.port, self.workdir, self.extra, self.tls)
 
 
-def _spawn(port: int, workdir: Path, extra: tuple[str, ...]) -> subprocess.Popen[bytes]:
+def _spawn(port: int, workdir: Path, extra: tuple[str, ...],
+           tls: bool = False) -> subprocess.Popen[bytes]:
     assert REDIS_BIN is not None
+    ports = ["--port", "0", "--tls-port", str(port)] if tls else ["--port", str(port)]
     proc = subprocess.Popen(
-        [REDIS_BIN, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        [REDIS_BIN, *ports, "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(workdir), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -68,6 +71,8 @@ def _spawn(port: int, workdir: Path, extra: tuple[str, ...]) -> subprocess.Popen
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                if tls:
+                    return proc  # listening is enough: the test's client does the TLS
                 sock.sendall(b"PING\r\n")
                 reply = sock.recv(64)
                 if reply.startswith((b"+PONG", b"-NOAUTH")):
@@ -81,3 +86,42 @@ def _spawn(port: int, workdir: Path, extra: tuple[str, ...]) -> subprocess.Popen
 def start_redis(workdir: Path, *extra: str) -> RedisServer:
     port = free_port()
     return RedisServer(port, _spawn(port, workdir, extra), workdir, extra)
+
+
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1 (its own CA) and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "redis-cert.pem", folder / "redis-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def start_redis_tls(workdir: Path) -> tuple[RedisServer, Path]:
+    cert, key = self_signed_cert(workdir)
+    extra = ("--tls-cert-file", str(cert), "--tls-key-file", str(key),
+             "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
+    port = free_port()
+    return RedisServer(port, _spawn(port, workdir, extra, tls=True), workdir, extra, True), cert

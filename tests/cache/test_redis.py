@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from cache_helpers import cached_herd
-from cache_redis_server import RedisServer, needs_redis, start_redis
+from cache_redis_server import RedisServer, needs_redis, start_redis, start_redis_tls
 from modelherd.errors import PluginLoadError
 from modelherd.testing import MockModel
 
@@ -203,3 +203,32 @@ def test_plugin_load_imports_no_redis() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_tls_rediss(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server, ca = start_redis_tls(tmp_path)
+    try:
+        assert server.url.startswith("rediss://")
+        plugins = redis_only(server.url, ssl_ca_certs=str(ca))
+        herd1, _ = cached_herd(MockModel(default="over tls"), plugins=plugins)
+        herd2, model2 = cached_herd(plugins=plugins)
+        # without our CA the server's certificate is not trusted: the tier steps aside
+        untrusting, model3 = cached_herd(MockModel(default="uncached"),
+                                         plugins=redis_only(server.url))
+
+        async def go() -> list[tuple[str, str | None]]:
+            async with herd1, herd2, untrusting:
+                await herd1.chat("mock", "q")
+                a = await herd2.chat("mock", "q")
+                b = await untrusting.chat("mock", "q")
+                c = await untrusting.chat("mock", "q")
+                return [(a.content, a.cache_tier), (b.content, b.cache_tier),
+                        (c.content, c.cache_tier)]
+
+        assert asyncio.run(go()) == [("over tls", "redis"), ("uncached", None),
+                                     ("uncached", None)]
+        assert model2.history == [] and len(model3.history) == 2
+        warnings = redis_warnings(caplog)
+        assert len(warnings) == 1 and "steps aside" in warnings[0]
+    finally:
+        server.stop()
