@@ -144,6 +144,8 @@ class Scheduler:
         self.seq = itertools.count()
         self.last_call = time.monotonic()
         self.last_eval = 0.0
+        self.p95_wait = 0.0
+        self.p95_latency = 0.0
         self.memory_used = 0.0
         self.memory_at = 0.0
         self.task: asyncio.Task[None] | None = None
@@ -163,14 +165,16 @@ class Scheduler:
         return self.memory_used
 
     def evaluate(self, force: bool = False) -> str:
+        """Recompute the state: counts every time, percentiles at most every 50 ms."""
         now = time.monotonic()
-        if not force and now - self.last_eval < 0.02:
-            return self.machine.state
-        self.last_eval = now
+        if force or now - self.last_eval >= 0.05:
+            self.last_eval = now
+            self.p95_wait = _p95(self.waits)
+            self.p95_latency = _p95(self.durations)
         signals = Signals(
             in_flight=self.in_flight, capacity=self.s.max_concurrency, queued=self.queued,
-            max_queue=self.s.max_queue, p95_wait_s=_p95(self.waits),
-            queue_timeout_s=self.s.queue_timeout_s, p95_latency_s=_p95(self.durations),
+            max_queue=self.s.max_queue, p95_wait_s=self.p95_wait,
+            queue_timeout_s=self.s.queue_timeout_s, p95_latency_s=self.p95_latency,
             target_latency_s=self.s.target_latency_s, memory_used=self._memory(now),
             seconds_since_call=now - self.last_call)
         old, new = self.machine.update(signals, now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,8 @@ GiB = 1024**3
 pytestmark = pytest.mark.anyio
 
 
-def herd_with(models: dict[str, dict[str, object]], plugins_cfg: dict[str, object] | None = None,
+def herd_with(models: Mapping[str, Mapping[str, object]],
+              plugins_cfg: Mapping[str, object] | None = None,
               extra: tuple[object, ...] = ()) -> Herd:
     data: dict[str, object] = {"models": models, "plugins": {"optimizer": plugins_cfg or {}}}
     cfg = HerdConfig.model_validate(data)
@@ -98,7 +99,7 @@ async def test_make_room_evicts_lru_idle_models(gguf_file: Callable[..., Path]) 
     loaded = {}
     for name in ("a", "b"):
         model = MockModel()
-        model.loaded = object()  # type: ignore[attr-defined]
+        model.loaded = object()
         loaded[name] = model
     herd._models.update(loaded)
     opt.last_used.update({"a": 1.0, "b": 2.0})

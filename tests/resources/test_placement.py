@@ -111,13 +111,13 @@ def test_best_variant_prefers_quality_that_fits(gguf_file: Callable[..., Path]) 
     roomy = [gpu(0, 20)]
     plans = [("m-q8", place(q8, roomy, ram(8), n_ctx=2048)),
              ("m-q4", place(q4, roomy, ram(8), n_ctx=2048))]
-    assert best_variant(plans)[0] == "m-q8"  # type: ignore[index]
+    assert best_variant(plans)[0] == "m-q8"
     # a GPU that holds only the Q4 variant completely
     need_q4 = place(q4, [gpu(0, 80)], ram(8), n_ctx=2048).gpu_bytes
     tight = [Device("g", "gpu", 0, 8 * GiB, need_q4 + 256 * MiB + 1)]
     plans = [("m-q8", place(q8, tight, ram(8), n_ctx=2048)),
              ("m-q4", place(q4, tight, ram(8), n_ctx=2048))]
-    assert best_variant(plans)[0] == "m-q4"  # type: ignore[index]
+    assert best_variant(plans)[0] == "m-q4"
     assert best_variant([("x", place(q8, [], ram(0.01), n_ctx=2048))]) is None
 
 
@@ -155,7 +155,7 @@ def test_nvml_gpus_read_through_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
     assert why == ""
     assert [(g.name, g.index, g.free) for g in gpus] == [
         ("NVIDIA H100 80GB HBM3", 0, 70 * GiB), ("NVIDIA H100 80GB HBM3", 1, 20 * GiB)]
-    assert fake.calls == ["init", "shutdown"]  # type: ignore[attr-defined]
+    assert fake.calls == ["init", "shutdown"]
 
 
 def test_no_nvml_degrades_to_ram(monkeypatch: pytest.MonkeyPatch) -> None:
