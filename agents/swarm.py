@@ -20,10 +20,11 @@ from typing import Any, Literal
 import anyio
 from modelherd import Agent, AgentSettings, hookimpl
 from modelherd.errors import CallTimeoutError, ConfigError, HerdError
+from modelherd.types import Message
 from pydantic import BaseModel, Field, field_validator
 
 from . import storage
-from .answers import ParseError, answer_schema, format_instructions, parse_answer
+from .answers import ParsedAnswer, ParseError, answer_schema, format_instructions, parse_answer
 from .caveats import model_note
 from .consensus import Ballot, judge_prompt, leader_count, tally
 
@@ -140,6 +141,10 @@ class SwarmAgent(Agent):
     Settings = SwarmSettings
     settings: SwarmSettings
 
+    def __init__(self, herd: Any, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(herd, settings)
+        self._notes: dict[tuple[str, ...], str] = {}
+
     def members(self) -> list[Member]:
         s = self.settings
         out: list[Member] = []
@@ -154,6 +159,13 @@ class SwarmAgent(Agent):
             out = [Member(name=f"{m.name}@{i + 1}", alias=m.alias, seed=m.seed)
                    for i, m in enumerate(out)]
         return out
+
+    def _note(self, aliases: list[str]) -> str:
+        key = tuple(sorted(set(aliases)))
+        note = self._notes.get(key)
+        if note is None:
+            note = self._notes[key] = model_note(self.herd, key)
+        return note
 
     def _supports_schema(self, alias: str) -> bool:
         try:
@@ -194,15 +206,32 @@ class SwarmAgent(Agent):
         schema = answer_schema(labels, label_key)
         parts = (context, question, format_instructions(labels, label_key))
         user = "\n\n".join(p for p in parts if p)
+        # Message objects built once: the kernel validates dicts on every call
         messages = [
-            {"role": "system", "content": system or s.system or DEFAULT_SYSTEM},
-            {"role": "user", "content": user},
+            Message(role="system", content=system or s.system or DEFAULT_SYSTEM),
+            Message(role="user", content=user),
         ]
         tag = agent or self.name
+        keys = (label_key, "answer")
+        #: parsed answers by response identity: the kernel's `validate` hook and the vote
+        #: read the same text, so it is parsed once
+        parsed_by_id: dict[int, ParsedAnswer | ParseError] = {}
+
+        def parse_once(response: Any) -> ParsedAnswer:
+            found = parsed_by_id.get(id(response))
+            if found is None:
+                try:
+                    found = parse_answer(response.content, labels, keys)
+                except ParseError as exc:
+                    found = exc
+                parsed_by_id[id(response)] = found
+            if isinstance(found, ParseError):
+                raise found
+            return found
 
         def valid(response: Any) -> bool:
             try:
-                parse_answer(response.content, labels, (label_key, "answer"))
+                parse_once(response)
             except ParseError:
                 return False
             return True
@@ -216,11 +245,16 @@ class SwarmAgent(Agent):
                 options["response_format"] = {"type": "json_schema", "schema": schema}
             t0 = time.perf_counter()
             try:
-                with anyio.fail_after(s.member_timeout):
+                # no deadline on this scope: one watchdog cancels late members (a timer
+                # per member costs ~35 µs each, which a 64-member swarm would feel)
+                with anyio.CancelScope() as own:
+                    member_scopes[index] = own
                     response = await self.herd.chat(
                         member.alias, messages, agent=tag, timeout=s.member_timeout,
                         validate=valid, **options,
                     )
+                if own.cancelled_caught:
+                    raise TimeoutError
             except anyio.get_cancelled_exc_class():
                 result.status = "cancelled"
                 result.latency_s = time.perf_counter() - t0
@@ -242,7 +276,7 @@ class SwarmAgent(Agent):
                 result.input_tokens = response.usage.input_tokens
                 result.output_tokens = response.usage.output_tokens
                 try:
-                    parsed = parse_answer(response.content, labels, (label_key, "answer"))
+                    parsed = parse_once(response)
                 except ParseError as exc:
                     result.status = "unparsed"
                     result.error = f"unparseable answer: {exc}"
@@ -254,6 +288,10 @@ class SwarmAgent(Agent):
                     ballots.append(Ballot(member.name, parsed.label, parsed.confidence,
                                           parsed.reasoning))
             result.latency_s = time.perf_counter() - t0
+            member_scopes[index] = None
+            pending[0] -= 1
+            if pending[0] == 0:
+                watchdog.cancel()
             _notify(on_update, results)
             if quorum is not None and not stop_reason:
                 _, count = leader_count(ballots)
@@ -261,9 +299,22 @@ class SwarmAgent(Agent):
                     stop_reason.append(f"quorum of {quorum} reached")
                     scope.cancel()
 
+        member_scopes: list[anyio.CancelScope | None] = [None] * len(members)
+        pending = [len(members)]
+        watchdog = anyio.CancelScope()
+
+        async def cancel_late_members() -> None:
+            """member_timeout counts from the swarm's start (members start together)."""
+            with watchdog:
+                await anyio.sleep(s.member_timeout)
+                for scope in member_scopes:
+                    if scope is not None:
+                        scope.cancel()
+
         _notify(on_update, results)
         with anyio.move_on_after(s.deadline):
             async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_late_members)
                 for index, member in enumerate(members):
                     tg.start_soon(ask_one, index, member, tg.cancel_scope)
 
@@ -287,7 +338,7 @@ class SwarmAgent(Agent):
             input_tokens=sum(r.input_tokens for r in results),
             output_tokens=sum(r.output_tokens for r in results),
             created_at=created,
-            note=model_note(self.herd, aliases),
+            note=self._note(aliases),
         )
         if save if save is not None else s.save:
             path = storage.data_dir(s.data_dir) / "swarm" / f"{storage.stamp()}-{result.id}.json"
