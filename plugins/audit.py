@@ -71,7 +71,8 @@ class AuditLog:
         self.backups = backups
         self.include_content = include_content
         self.written = 0
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # records go to the writer thread as dicts: JSON encoding happens there
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open()
         self._thread = threading.Thread(target=self._run, name="herd-audit", daemon=True)
@@ -89,7 +90,7 @@ class AuditLog:
     def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
         usage = response.usage
         record: dict[str, Any] = {
-            "time": _now(),
+            "time": time.time(),
             "outcome": "ok",
             "tenant": request.tenant,
             "agent": request.agent,
@@ -111,7 +112,7 @@ class AuditLog:
         if self.include_content:
             record["messages"] = [m.model_dump() for m in request.messages]
             record["answer"] = response.content
-        self._queue.put(json.dumps(record, ensure_ascii=False))
+        self._queue.put(record)
 
     @hookimpl
     def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
@@ -119,7 +120,7 @@ class AuditLog:
             return
         t0 = request.context.get(_T0)
         record: dict[str, Any] = {
-            "time": _now(),
+            "time": time.time(),
             "outcome": "error",
             "tenant": request.tenant,
             "agent": request.agent,
@@ -131,7 +132,7 @@ class AuditLog:
         }
         if self.include_content:
             record["messages"] = [m.model_dump() for m in request.messages]
-        self._queue.put(json.dumps(record, ensure_ascii=False))
+        self._queue.put(record)
 
     # ---- the writer thread ---------------------------------------------------
 
@@ -150,8 +151,9 @@ class AuditLog:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         self._fd = self._open()
 
-    def _write(self, line: str) -> None:
-        data = (line + "\n").encode("utf-8")
+    def _write(self, record: dict[str, Any]) -> None:
+        record["time"] = _iso(record["time"])
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         size = os.fstat(self._fd).st_size
         if size and size + len(data) > self.max_bytes:
             self._rotate()
@@ -162,11 +164,11 @@ class AuditLog:
         import logging
 
         while True:
-            line = self._queue.get()
-            if line is None:
+            record = self._queue.get()
+            if record is None:
                 return
             try:
-                self._write(line)
+                self._write(record)
             except OSError as exc:
                 logging.getLogger("modelherd.audit").warning(
                     "cannot write the audit log %s: %s — check [plugins.audit] path",
@@ -179,8 +181,8 @@ class AuditLog:
         os.close(self._fd)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def audit_log(herd: Herd) -> AuditLog | None:

@@ -31,8 +31,9 @@ METRICS_NAME = "otel-metrics"
 class _Runtime:
     """What startup opened for one Herd (kept on the hook object, found by name)."""
 
-    def __init__(self, exporters: Exporters, hooks: Any, sink: Any) -> None:
+    def __init__(self, exporters: Exporters, pump: Any, hooks: Any, sink: Any) -> None:
         self.exporters = exporters
+        self.pump = pump
         self.hooks = hooks
         self.sink = sink
 
@@ -68,12 +69,14 @@ def startup(herd: Herd) -> None:
     if not cfg.enabled:
         return
     from .otel_export import Exporters
-    from .otel_hooks import OtelHooks, OtelMetricSink
+    from .otel_hooks import OtelHooks, OtelMetricSink, OtelPump
 
     exporters = Exporters(cfg)
-    hooks = OtelHooks(exporters.tracer, exporters.meter, cfg.capture_content)
-    sink = OtelMetricSink(exporters.meter) if exporters.meter is not None else None
-    hooks.runtime = _Runtime(exporters, hooks, sink)  # type: ignore[attr-defined]
+    pump = OtelPump(exporters.tracer, exporters.meter)
+    hooks = OtelHooks(pump, cfg.capture_content)
+    sink = OtelMetricSink(pump) if exporters.meter is not None else None
+    hooks.runtime = _Runtime(exporters, pump, hooks, sink)  # type: ignore[attr-defined]
+    pump.start()
     herd.register_plugin(hooks, name=HOOKS_NAME)
     if sink is not None:
         herd.register_plugin(sink, name=METRICS_NAME)
@@ -93,7 +96,8 @@ def shutdown(herd: Herd) -> None:
     herd.unregister_plugin(runtime.hooks)
     if runtime.sink is not None:
         herd.unregister_plugin(runtime.sink)
-    # flushes the last spans and metrics; bounded by export_timeout_s
+    # hands over the last notes, then flushes spans and metrics (bounded by export_timeout_s)
+    runtime.pump.stop()
     runtime.exporters.shutdown()
 
 
@@ -102,6 +106,7 @@ def force_flush(herd: Herd, timeout_s: float = 5.0) -> bool:
     runtime = _runtime(herd)
     if runtime is None:
         return False
+    runtime.pump.drain()
     runtime.exporters.force_flush(timeout_s)
     return True
 

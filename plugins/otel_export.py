@@ -200,7 +200,9 @@ class Exporters:
 
             self.tracer_provider = TracerProvider(resource=resource)
             self.tracer_provider.add_span_processor(
+                # a roomy queue: spans arrive from the pump in bursts (every 200 ms)
                 BatchSpanProcessor(_span_exporter(cfg), schedule_delay_millis=1000,
+                                   max_queue_size=32768,
                                    export_timeout_millis=int(cfg.export_timeout_s * 1000))
             )
             self.tracer = self.tracer_provider.get_tracer("modelherd")

@@ -55,6 +55,13 @@ class OtlpReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            def do_GET(self) -> None:  # /count: how many spans arrived (for bench/)
+                body = str(len(receiver.spans())).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
@@ -115,3 +122,9 @@ def attributes(item: Any) -> dict[str, Any]:
         else:
             out[kv.key] = getattr(value, kind) if kind else None
     return out
+
+
+if __name__ == "__main__":  # a receiver in its own process: prints its endpoint, serves
+    with OtlpReceiver() as rec:
+        print(rec.endpoint, flush=True)
+        rec.thread.join()
