@@ -62,7 +62,11 @@ class MemoryTier(CacheTier):
 
     def __init__(self, settings: MemorySettings) -> None:
         super().__init__()
-        from cachetools import TLRUCache
+        from cachetools import Cache, TLRUCache
+
+        # Cache.__len__ skips the TTL sweep the subclass's len() runs (__setitem__ has
+        # just done one): this is on every miss
+        self._raw_len = Cache.__len__
 
         self.settings = settings
         tier = self
@@ -102,7 +106,7 @@ class MemoryTier(CacheTier):
         })
         store = self._store
         store[key] = (stored, ttl, size)
-        while len(store) > self.settings.max_entries:
+        while self._raw_len(store) > self.settings.max_entries:
             store.popitem()
         self.count("stores")
         self.count("bytes", size)

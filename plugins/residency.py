@@ -13,6 +13,9 @@ Ollama calls also get a `keep_alive` (default "10m", per alias in `keep_alive`),
 so the server itself drops models nobody used for a while. With `idle_unload_s`
 set, local models idle that long are unloaded even when the budget has room.
 
+On by default when plugins.toml names two or more local models (or sets
+`max_models` / `idle_unload_s`); `enabled = true | false` decides explicitly.
+
 Sizes come from `[plugins.residency] sizes = { alias = "4GB" }` when given, else
 from the model (`memory_bytes`), else from the GGUF header (weights + KV cache at
 the alias's n_ctx), else `default_size`.
@@ -51,7 +54,10 @@ class ResidencySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    #: None (auto): on when plugins.toml names two or more local models, or when
+    #: max_models / idle_unload_s is set — with one local model there is nothing to
+    #: evict, and an idle plugin must cost nothing per call
+    enabled: bool | None = None
     #: bytes the resident local models may use together: a size ("12GB") or "auto"
     budget: int | str = "auto"
     #: at most this many local models resident at once (None: the budget decides)
@@ -318,10 +324,28 @@ def manager_of(herd: Herd) -> ResidencyManager | None:
     return plugin if isinstance(plugin, ResidencyManager) else None
 
 
+def configured_local_aliases(herd: Herd) -> list[str]:
+    """Aliases in plugins.toml whose provider serves local models (no model is built)."""
+    found = []
+    for alias, table in herd.config.models.items():
+        cls = herd.providers.get(str(table.get("provider", "")))
+        if cls is not None and getattr(cls, "is_local", False):
+            found.append(alias)
+    return found
+
+
+def wanted(herd: Herd, settings: ResidencySettings) -> bool:
+    if settings.enabled is not None:
+        return settings.enabled
+    if settings.idle_unload_s or settings.max_models is not None:
+        return True
+    return len(configured_local_aliases(herd)) >= 2
+
+
 @hookimpl
 def startup(herd: Herd) -> Awaitable[None] | None:
     settings = load_settings(herd)
-    if not settings.enabled or manager_of(herd) is not None:
+    if manager_of(herd) is not None or not wanted(herd, settings):
         return None
     manager = ResidencyManager(herd, settings)
     herd.register_plugin(manager, name="residency-manager")

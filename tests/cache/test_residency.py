@@ -58,7 +58,8 @@ class FakeOllama:
 
 def herd_with(models: dict[str, MockModel], settings: dict[str, Any],
               extra: tuple[Any, ...] = (), more_models: dict[str, Any] | None = None) -> Herd:
-    config: dict[str, Any] = {"plugins": {"residency": settings}}
+    # MockModel's class is not local, so "auto" would keep the plugin off: say "on"
+    config: dict[str, Any] = {"plugins": {"residency": {"enabled": True, **settings}}}
     if more_models:
         config["models"] = more_models
     return make_herd(models, config=config, plugins=(residency, *extra))
@@ -118,7 +119,8 @@ def test_ollama_keep_alive_and_unload() -> None:
     fake = FakeOllama()
     herd = make_herd(
         {"mock": MockModel()},
-        config={"plugins": {"residency": {"budget": "5GB", "keep_alive": {"big": "1h"},
+        config={"plugins": {"residency": {"enabled": True, "budget": "5GB",
+                                          "keep_alive": {"big": "1h"},
                                           "sizes": {"small": "3GB", "big": "3GB"}}},
                 "models": {"small": {"provider": "ollama", "model": "llama3.2"},
                            "big": {"provider": "ollama", "model": "qwen3:32b"}}},
@@ -177,7 +179,8 @@ def test_size_estimate_reads_the_gguf_header() -> None:
     herd = make_herd({"mock": MockModel()}, plugins=(residency, llamacpp),
                      config={"models": {"local": {"provider": "llamacpp",
                                                   "model": "smollm2-135m-instruct",
-                                                  "n_ctx": 512}}})
+                                                  "n_ctx": 512}},
+                             "plugins": {"residency": {"enabled": True}}})
 
     async def go() -> int:
         async with herd:
@@ -241,3 +244,27 @@ def test_request_type_is_untouched_for_non_ollama_local() -> None:
     asyncio.run(go())
     request: ChatRequest = model.history[0]
     assert "keep_alive" not in request.options  # llama.cpp would reject an unknown option
+
+
+@pytest.mark.parametrize(
+    ("aliases", "settings", "on"),
+    [
+        (["one"], {}, False),            # one local model: nothing to evict, no per-call cost
+        (["one", "two"], {}, True),      # two: residency decides which stays loaded
+        (["one"], {"idle_unload_s": 60}, True),
+        (["one", "two"], {"enabled": False}, False),
+    ],
+)
+def test_auto_mode(aliases: list[str], settings: dict[str, Any], on: bool) -> None:
+    from modelherd.plugins import llamacpp
+
+    tables = {a: {"provider": "llamacpp", "model": "smollm2-135m-instruct"} for a in aliases}
+    herd = make_herd({"mock": MockModel()}, plugins=(residency, llamacpp),
+                     config={"models": tables, "plugins": {"residency": settings}})
+
+    async def go() -> bool:
+        async with herd:
+            await herd.chat("mock", "hi")
+            return residency.manager_of(herd) is not None
+
+    assert asyncio.run(go()) is on
