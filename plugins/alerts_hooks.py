@@ -146,20 +146,25 @@ class AlertHooks:
         """Judge every KPI now and notify the transitions; returns them."""
         with self._lock:
             snapshot = self.stats.snapshot()
-            resources = self.resource_sample()
+            resources = self.resource_sample(averaged=True)
             full = self.stats.clock() - self.stats.started >= self.settings.window_s
             events = self.engine.evaluate(snapshot, resources, full)
         for alert in events:
             self.notifier.notify(alert)
         return events
 
-    def resource_sample(self) -> dict[str, Any] | None:
+    def resource_sample(self, averaged: bool = False) -> dict[str, Any] | None:
+        """The sampler's latest reading (for the KPIs: averaged over the KPI window)."""
         sampler = self.resources
         if sampler is None:
             from .resource_monitor import sampler_for
 
             sampler = sampler_for(self.herd)
-        return sampler.latest if sampler is not None else None
+        if sampler is None:
+            return None
+        if averaged and hasattr(sampler, "window_mean"):
+            return sampler.window_mean(self.settings.window_s)
+        return sampler.latest
 
     def active_alerts(self) -> list[Alert]:
         return [*self.engine.active.values(), *self._circuits_firing.values()]

@@ -12,6 +12,7 @@ from the sampler thread, so on_metric implementations must be thread-safe.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -121,6 +122,9 @@ class ResourceSampler:
         self.process = psutil.Process()
         self.nvml = _Nvml() if gpu else None
         self.latest: dict[str, Any] = {}
+        #: (monotonic time, sample) of recent samples, for averages over a window
+        self.history: collections.deque[tuple[float, dict[str, Any]]] = collections.deque(
+            maxlen=4096)
         self._net: tuple[float, int, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -155,7 +159,22 @@ class ResourceSampler:
         if self.nvml is not None and gpu:
             out.update(self.nvml.sample())
         self.latest = out
+        self.history.append((now, out))
         self._emit(out)
+        return out
+
+    def window_mean(self, seconds: float) -> dict[str, Any]:
+        """The latest sample, with its percentages averaged over the last `seconds`.
+
+        Resource KPIs judge these: one busy moment of a sampled CPU is not an alert.
+        """
+        cutoff = time.monotonic() - seconds
+        recent = [s for t, s in list(self.history) if t >= cutoff]
+        out = dict(self.latest)
+        for key in ("cpu_percent", "memory_percent", "gpu_percent", "gpu_memory_percent"):
+            values = [s[key] for s in recent if s.get(key) is not None]
+            if values:
+                out[key] = sum(values) / len(values)
         return out
 
     def _emit(self, sample: dict[str, Any]) -> None:

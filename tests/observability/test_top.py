@@ -120,6 +120,9 @@ def test_sampler_reads_the_host_and_degrades_without_a_gpu() -> None:
     assert 0 < first["memory_percent"] < 100 and first["process_rss_bytes"] > 0
     second = sampler.sample()
     assert "net_sent_bps" in second
+    # resource KPIs judge the mean over the window, not one busy moment
+    mean = sampler.window_mean(60)["cpu_percent"]
+    assert mean == pytest.approx((first["cpu_percent"] + second["cpu_percent"]) / 2)
     has_gpu = second.get("gpus") is not None
     if not has_gpu:  # this box: no NVIDIA driver, so NVML failed once, quietly
         assert second["gpu_percent"] is None and sampler.nvml is not None
