@@ -13,8 +13,9 @@ Ollama calls also get a `keep_alive` (default "10m", per alias in `keep_alive`),
 so the server itself drops models nobody used for a while. With `idle_unload_s`
 set, local models idle that long are unloaded even when the budget has room.
 
-On by default when plugins.toml names two or more local models (or sets
-`max_models` / `idle_unload_s`); `enabled = true | false` decides explicitly.
+Auto by default: on when the local models named in plugins.toml do not all fit
+the budget together (or `max_models` / `idle_unload_s` is set); `enabled = true`
+also manages models called ad hoc as `provider/model`; `enabled = false` turns it off.
 
 Sizes come from `[plugins.residency] sizes = { alias = "4GB" }` when given, else
 from the model (`memory_bytes`), else from the GGUF header (weights + KV cache at
@@ -54,9 +55,9 @@ class ResidencySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    #: None (auto): on when plugins.toml names two or more local models, or when
-    #: max_models / idle_unload_s is set — with one local model there is nothing to
-    #: evict, and an idle plugin must cost nothing per call
+    #: None (auto): on when the local models in plugins.toml do not all fit the
+    #: budget, or when max_models / idle_unload_s is set — otherwise there is nothing
+    #: to evict, and an idle plugin must cost nothing per call
     enabled: bool | None = None
     #: bytes the resident local models may use together: a size ("12GB") or "auto"
     budget: int | str = "auto"
@@ -334,20 +335,32 @@ def configured_local_aliases(herd: Herd) -> list[str]:
     return found
 
 
-def wanted(herd: Herd, settings: ResidencySettings) -> bool:
-    if settings.enabled is not None:
-        return settings.enabled
-    if settings.idle_unload_s or settings.max_models is not None:
-        return True
-    return len(configured_local_aliases(herd)) >= 2
+def wanted(herd: Herd, settings: ResidencySettings) -> ResidencyManager | None:
+    """The manager to run, or None when residency would have nothing to do.
+
+    Auto mode: on when the local models in plugins.toml cannot all fit the budget
+    together (sizes as the manager estimates them; nothing is loaded to find out),
+    or when max_models / idle_unload_s is set. Otherwise every local model can stay
+    loaded, and the plugin stays out of the call path entirely.
+    """
+    if settings.enabled is False:
+        return None
+    manager = ResidencyManager(herd, settings)
+    if settings.enabled or settings.idle_unload_s or settings.max_models is not None:
+        return manager
+    local = configured_local_aliases(herd)
+    if len(local) >= 2 and sum(manager.size_of(a) for a in local) > manager.budget:
+        return manager
+    return None
 
 
 @hookimpl
 def startup(herd: Herd) -> Awaitable[None] | None:
-    settings = load_settings(herd)
-    if manager_of(herd) is not None or not wanted(herd, settings):
+    if manager_of(herd) is not None:
         return None
-    manager = ResidencyManager(herd, settings)
+    manager = wanted(herd, load_settings(herd))
+    if manager is None:
+        return None
     herd.register_plugin(manager, name="residency-manager")
     return manager.start()
 

