@@ -199,7 +199,17 @@ class CacheTier:
     async def get(self, key: str) -> ChatResponse | None:
         raise NotImplementedError
 
+    async def get_with_ttl(self, key: str) -> tuple[ChatResponse | None, float | None]:
+        """The entry and the seconds it has left (None: unknown or no expiry).
+
+        Used when a hit here is copied into faster tiers, so the copy never outlives
+        the original (a per-call `cache_ttl=` holds in every tier). Override it when
+        the tier knows expiries; the default says "unknown".
+        """
+        return await self.get(key), None
+
     async def set(self, key: str, response: ChatResponse, ttl: float | None) -> None:
+        """Store; `ttl` None means the tier's own default, <= 0 means do not keep it."""
         raise NotImplementedError
 
     async def clear(self) -> int:
@@ -259,9 +269,13 @@ class TieredCache:
             )
 
     async def lookup(self, key: str) -> ChatResponse | None:
+        remaining: float | None = None
         for index, tier in enumerate(self.tiers):
             try:
-                hit = await tier.get(key)
+                if index == 0:  # the fastest tier never promotes: skip the TTL read
+                    hit = await tier.get(key)
+                else:
+                    hit, remaining = await tier.get_with_ttl(key)
             except Exception as exc:
                 self._failed(tier, "get", exc)
                 hit = None
@@ -269,9 +283,10 @@ class TieredCache:
                 tier.count("misses")
                 continue
             tier.count("hits")
-            for faster in self.tiers[:index]:
+            promote = self.tiers[:index] if remaining is None or remaining > 0 else ()
+            for faster in promote:
                 try:
-                    await faster.set(key, hit, None)
+                    await faster.set(key, hit, remaining)
                 except Exception as exc:
                     self._failed(faster, "set", exc)
             # a fresh object per hit: the caller may mutate it (usage too) freely

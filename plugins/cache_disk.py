@@ -216,9 +216,17 @@ class DiskTier(CacheTier):
     # ---- reads -------------------------------------------------------------------
 
     async def get(self, key: str) -> ChatResponse | None:
+        response, _expires = await self._read(key)
+        return response
+
+    async def get_with_ttl(self, key: str) -> tuple[ChatResponse | None, float | None]:
+        response, expires = await self._read(key)
+        return response, (expires - time.time() if expires is not None else None)
+
+    async def _read(self, key: str) -> tuple[ChatResponse | None, float | None]:
         reader = self._reader
         if reader is None:
-            return None
+            return None, None
         try:
             row = reader.execute(
                 "SELECT value, expires FROM entries WHERE key = ?", (key,)
@@ -230,12 +238,12 @@ class DiskTier(CacheTier):
             else:
                 self._warn_once("read", "disk cache %s could not be read (%s); a miss",
                                 self.path, exc)
-            return None
+            return None, None
         if row is None:
-            return None
+            return None, None
         now = time.time()
         if row[1] is not None and row[1] <= now:
-            return None  # expired; eviction removes it later
+            return None, None  # expired; eviction removes it later
         try:
             response = decode(key, row[0], self._fernet)
         except CorruptEntryError as exc:
@@ -245,11 +253,11 @@ class DiskTier(CacheTier):
                 "and removed", self.path, exc,
             )
             await anyio.to_thread.run_sync(self._delete, key)
-            return None
+            return None, None
         self._touched[key] = now
         if len(self._touched) >= _TOUCH_FLUSH:
             await anyio.to_thread.run_sync(self._flush_touches_locked)
-        return response
+        return response, row[1]
 
     # ---- writes (worker thread) -------------------------------------------------------
 

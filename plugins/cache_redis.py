@@ -198,6 +198,29 @@ class RedisTier(CacheTier):
             blob = await self._call(lambda c: c.get(full))
         except _Unavailable:
             return None
+        return await self._decode(key, full, blob)
+
+    async def get_with_ttl(self, key: str) -> tuple[ChatResponse | None, float | None]:
+        """GET and PTTL in one round trip (a pipeline, no transaction)."""
+        full = self.settings.prefix + key
+
+        async def both(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.get(full)
+            pipe.pttl(full)
+            return list(await pipe.execute())
+
+        try:
+            blob, pttl = await self._call(both)
+        except _Unavailable:
+            return None, None
+        response = await self._decode(key, full, blob)
+        # PTTL: -1 no expiry (None), -2 expired since the GET (0: not worth promoting)
+        if not isinstance(pttl, int) or pttl == -1:
+            return response, None
+        return response, max(pttl, 0) / 1000
+
+    async def _decode(self, key: str, full: str, blob: Any) -> ChatResponse | None:
         if blob is None:
             return None
         try:

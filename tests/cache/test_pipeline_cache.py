@@ -278,3 +278,26 @@ def test_bad_cache_policy_fails_at_start() -> None:
         "test config: [plugins.cache] cache_sample: unknown key — "
         "see docs/cache.md for the keys [plugins.cache] accepts"
     )
+
+
+def test_a_promoted_copy_never_outlives_the_original(tmp_path: Path) -> None:
+    db = tmp_path / "c.sqlite3"
+    writer, _ = cached_herd(plugins={"cache_disk": {"path": str(db)}})
+
+    async def fill() -> None:
+        async with writer:
+            await writer.chat("mock", "q", cache_ttl=0.3)  # short-lived on purpose
+
+    run(fill())
+    reader, model = cached_herd(plugins={"cache_disk": {"path": str(db)}})
+
+    async def read() -> list[str | None]:
+        async with reader:
+            first = (await reader.chat("mock", "q")).cache_tier   # disk, promoted to memory
+            second = (await reader.chat("mock", "q")).cache_tier  # memory
+            await asyncio.sleep(0.4)
+            third = (await reader.chat("mock", "q")).cache_tier   # gone from both
+            return [first, second, third]
+
+    assert run(read()) == ["disk", "memory", None]
+    assert len(model.history) == 1

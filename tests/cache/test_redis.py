@@ -232,3 +232,21 @@ def test_tls_rediss(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         assert len(warnings) == 1 and "steps aside" in warnings[0]
     finally:
         server.stop()
+
+
+def test_redis_hit_promotes_with_its_remaining_ttl(redis_server: RedisServer) -> None:
+    plugins = {"cache_redis": {"url": redis_server.url}}  # memory on: the promotion target
+    writer, _ = cached_herd(plugins=plugins)
+    reader, model = cached_herd(plugins=plugins)
+
+    async def go() -> list[str | None]:
+        async with writer, reader:
+            await writer.chat("mock", "q", cache_ttl=0.3)
+            tiers = [(await reader.chat("mock", "q")).cache_tier,
+                     (await reader.chat("mock", "q")).cache_tier]
+            await asyncio.sleep(0.4)
+            tiers.append((await reader.chat("mock", "q")).cache_tier)
+            return tiers
+
+    assert asyncio.run(go()) == ["redis", "memory", None]
+    assert len(model.history) == 1
