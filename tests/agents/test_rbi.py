@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 from agent_helpers import mock
-from modelherd.agents.rbi import extract_code, idea_hash
+from modelherd.agents.rbi_agent import extract_code, idea_hash
 from modelherd.agents.sandbox import Limits, network_namespace_available, run_backtest
 from modelherd.errors import ConfigError
 
