@@ -4,7 +4,8 @@
     .venv/bin/python bench/cache.py --json     # for scripts
 
 Measures, end to end through `herd.chat` (build request, key, lookup, copy, hooks):
-- a hit in L1 (memory), L2 (disk, SQLite WAL) and L3 (Redis on loopback; a
+- a hit in L1 (memory), L2 (disk, SQLite WAL; also with Fernet encryption) and
+  L3 (Redis on loopback; a
   redis-server is started on a free port when the binary exists), each next to
   the same run's baseline: the same MockModel called directly, and the miss path;
 - `request_key` alone (it is on every cached call);
@@ -73,8 +74,11 @@ PROMPT = [{"role": "system", "content": "You are a terse trading assistant."},
           {"role": "user", "content": "BTC 1h candles show a higher low. BUY, SELL or NOTHING?"}]
 
 
-async def bench_tier(name: str, plugins: dict[str, Any], n: int) -> dict[str, float]:
-    herd, model = herd_for(plugins)
+async def bench_tier(name: str, plugins: dict[str, Any], n: int,
+                     env: dict[str, str] | None = None) -> dict[str, float]:
+    herd, _model = herd_for(plugins)
+    if env:
+        herd.env = env
     async with herd:
         await herd.chat("mock", PROMPT, temperature=0)
         hits = await timed(n, lambda i: herd.chat("mock", PROMPT, temperature=0))
@@ -162,6 +166,12 @@ async def main_async(n: int) -> dict[str, Any]:
         db = str(Path(tmp) / "bench.sqlite3")
         out["disk"] = await bench_tier(
             "disk", {"cache_memory": {"enabled": False}, "cache_disk": {"path": db}}, n // 2)
+        key = "T1mM0fQm2yXH3Rzw3b1bSg8u8Qv5m7P9l8b7v2n4k1c="  # throw-away bench key
+        out["disk+fernet"] = await bench_tier(
+            "disk", {"cache_memory": {"enabled": False},
+                     "cache_disk": {"path": db + ".enc",
+                                    "encrypt_key_env": "HERD_BENCH_CACHE_KEY"}}, n // 2,
+            env={"HERD_BENCH_CACHE_KEY": key})
         redis = start_redis(Path(tmp))
         if redis is None:
             out["redis"] = {"skipped": "redis-server not found — sudo apt-get install redis-server"}
@@ -205,6 +215,9 @@ def render(data: dict[str, Any]) -> None:
         print(f"{tier:8} {row['hit_p50_us']:>8.1f}µs {row['target_us']:>6.0f}µs "
               f"{row['miss_p50_us']:>8.1f}µs {row['hit_vs_direct_model_call']:>10.2f}x "
               f"{row['miss_over_hit']:>8.2f}x  {'yes' if row['ok'] else 'NO'}")
+    enc = data["disk+fernet"]
+    print(f"disk with Fernet encryption: hit p50 {enc['hit_p50_us']:.1f} µs, "
+          f"miss p50 {enc['miss_p50_us']:.1f} µs")
     co = data["coalesce"]
     print(f"coalescing: 100 identical calls on a 50 ms model -> upstream calls per round "
           f"{co['upstream_calls']}, total {co['total_ms_median']:.1f} ms median "
