@@ -57,9 +57,15 @@ class AlertSettings(BaseModel):
     status_interval_s: float = Field(default=1.0, gt=0)
 
 
+#: thresholds that `false` switches off (TOML has no null)
+_THRESHOLDS = ("latency_mean_s", "error_rate", "throughput_min_rps", "quality_min",
+               "cpu_percent", "memory_percent", "gpu_percent", "gpu_memory_percent")
+
+
 def parse_settings(table: Mapping[str, Any], source: str) -> AlertSettings:
+    data = {k: (None if k in _THRESHOLDS and v is False else v) for k, v in table.items()}
     try:
-        return AlertSettings.model_validate(dict(table))
+        return AlertSettings.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "?"

@@ -340,6 +340,13 @@ def test_alerts_off_registers_no_call_hooks() -> None:
     anyio.run(main)
 
 
+def test_false_switches_a_kpi_off() -> None:
+    from modelherd.plugins.alerts_kpi import build_rules
+
+    kpis = {r.kpi for r in build_rules(parse_settings({"cpu_percent": False}, "x"))}
+    assert "cpu" not in kpis and "memory" in kpis and "throughput" not in kpis
+
+
 def test_bad_alert_settings_say_what_to_fix() -> None:
     with pytest.raises(ConfigError) as err:
         parse_settings({"latency_mean": 1}, "plugins.toml")
