@@ -257,7 +257,7 @@ class AnthropicModel(Model):
         params = self.params(request)
         client = self.client()
         try:
-            message = await client.messages.create(**params)
+            message = await _post(client, params, stream=False)
         except Exception as exc:
             raise await self.map_error(exc, request) from exc
         if isinstance(message, str):
@@ -291,7 +291,7 @@ class AnthropicModel(Model):
         params["stream"] = True
         client = self.client()
         try:
-            stream = await client.messages.create(**params)
+            stream = await _post(client, params, stream=True)
         except Exception as exc:
             raise await self.map_error(exc, request) from exc
         parts: list[str] = []
@@ -450,6 +450,38 @@ class AnthropicModel(Model):
             detail=f"{self.base_url} answers; model {self.spec.model} listed",
             latency_s=latency,
         )
+
+
+_TYPES: tuple[Any, Any] | None = None
+
+
+async def _post(client: Any, params: dict[str, Any], *, stream: bool) -> Any:
+    """POST /v1/messages through the SDK's own client (transport, auth, errors, models),
+    without `create()`'s per-call TypedDict transform: our body is plain JSON already."""
+    global _TYPES
+    if _TYPES is None:
+        from anthropic import AsyncStream
+        from anthropic.types import Message, RawMessageStreamEvent
+
+        _TYPES = (Message, AsyncStream[RawMessageStreamEvent])
+    body = dict(params)
+    options: dict[str, Any] = {}
+    timeout = body.pop("timeout", None)
+    if timeout is not None:
+        options["timeout"] = timeout
+    extra = body.pop("extra_body", None)
+    if extra:
+        body.update(extra)
+    if stream:
+        return await client.post(
+            "/v1/messages",
+            body=body,
+            cast_to=_TYPES[0],
+            options=options,
+            stream=True,
+            stream_cls=_TYPES[1],
+        )
+    return await client.post("/v1/messages", body=body, cast_to=_TYPES[0], options=options)
 
 
 def _usage_fields(raw: Any) -> dict[str, int]:

@@ -255,7 +255,7 @@ class OpenAIModel(Model):
         params = self.params(request)
         client = self.client()
         try:
-            completion = await client.chat.completions.create(**params)
+            completion = await _post(client, params, stream=False)
         except Exception as exc:
             raise await self.map_error(exc, request) from exc
         if isinstance(completion, str):  # the SDK's answer to a non-JSON content type
@@ -285,7 +285,7 @@ class OpenAIModel(Model):
             params["stream_options"] = {"include_usage": True}
         client = self.client()
         try:
-            stream = await client.chat.completions.create(**params)
+            stream = await _post(client, params, stream=True)
         except Exception as exc:
             raise await self.map_error(exc, request) from exc
         if isinstance(stream, str):
@@ -444,6 +444,40 @@ class OpenAIModel(Model):
         return Health(
             ok=True, detail=f"{self.base_url} answers ({len(ids)} models listed)", latency_s=latency
         )
+
+
+_TYPES: tuple[Any, Any] | None = None
+
+
+async def _post(client: Any, params: dict[str, Any], *, stream: bool) -> Any:
+    """POST /chat/completions through the SDK's own client: its transport, auth, error
+    classes and response models — without `create()`'s per-call TypedDict transform,
+    which costs ~200 µs a call here and is a no-op for the plain JSON we build
+    (bench/providers.py measures it; the openai README documents `client.post`)."""
+    global _TYPES
+    if _TYPES is None:
+        from openai import AsyncStream
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+        _TYPES = (ChatCompletion, AsyncStream[ChatCompletionChunk])
+    body = dict(params)
+    options: dict[str, Any] = {}
+    timeout = body.pop("timeout", None)
+    if timeout is not None:
+        options["timeout"] = timeout
+    extra = body.pop("extra_body", None)
+    if extra:
+        body.update(extra)
+    if stream:
+        return await client.post(
+            "/chat/completions",
+            body=body,
+            cast_to=_TYPES[0],
+            options=options,
+            stream=True,
+            stream_cls=_TYPES[1],
+        )
+    return await client.post("/chat/completions", body=body, cast_to=_TYPES[0], options=options)
 
 
 def _detail(exc: Any) -> str:
