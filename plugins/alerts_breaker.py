@@ -48,7 +48,7 @@ class CircuitBreaker:
         return circuit.state if circuit is not None else "closed"
 
     def states(self) -> dict[str, CircuitState]:
-        return {alias: c.state for alias, c in self.circuits.items()}
+        return {alias: c.state for alias, c in list(self.circuits.items())}
 
     def check(self, alias: str) -> None:
         """Before an attempt: raise CircuitOpenError unless the call may go through."""
@@ -115,4 +115,4 @@ class CircuitBreaker:
 
     def describe(self) -> dict[str, Any]:
         return {alias: {"state": c.state, "failures": len(c.failures)}
-                for alias, c in self.circuits.items()}
+                for alias, c in list(self.circuits.items())}

@@ -167,7 +167,7 @@ class AlertHooks:
         return sampler.latest
 
     def active_alerts(self) -> list[Alert]:
-        return [*self.engine.active.values(), *self._circuits_firing.values()]
+        return [*list(self.engine.active.values()), *list(self._circuits_firing.values())]
 
     def status(self) -> dict[str, Any]:
         """What `herd top` shows: the status file's content."""

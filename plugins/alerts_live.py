@@ -83,7 +83,7 @@ class LiveStats:
                 groups.setdefault(record[1], []).append(record)
             if kind != FAIL:
                 groups[OVERALL].append(record)
-        for alias in self.models:
+        for alias in list(self.models):  # list(): the call path may add one meanwhile
             groups.setdefault(alias, [])
         out: dict[str, dict[str, Any]] = {}
         for scope, records in groups.items():
@@ -115,7 +115,7 @@ class LiveStats:
             "validated": len(judged),
         }
         if scope == OVERALL:
-            stats["inflight"] = sum(m.inflight for m in self.models.values())
+            stats["inflight"] = sum(m.inflight for m in list(self.models.values()))
         else:
             live = self.models.get(scope)
             if live is not None:

@@ -272,3 +272,45 @@ def test_bad_settings_say_what_to_fix() -> None:
     with pytest.raises(ConfigError) as err:
         resolve(parse_settings({}, "x"), {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
     assert "use http/protobuf" in str(err.value)
+
+
+def test_stream_gets_one_span(receiver: OtlpReceiver) -> None:
+    herd = _herd(receiver)
+
+    async def main() -> None:
+        async with herd:
+            chunks = [item async for item in herd.stream("mock", "tell me", max_tokens=8)]
+            assert chunks[-1].content == "ok"
+            otel.force_flush(herd)
+
+    anyio.run(main)
+    (span,) = receiver.wait_spans(1)
+    attrs = attributes(span)
+    assert span.name == "chat mock-1" and attrs["gen_ai.request.max_tokens"] == 8
+    assert attrs["gen_ai.usage.output_tokens"] == 1
+
+
+def test_installed_plugin_switched_on_by_the_environment(receiver: OtlpReceiver) -> None:
+    """The real path: entry-point loading, enabled only by OTEL_EXPORTER_OTLP_ENDPOINT."""
+    from modelherd import Herd
+    from modelherd.config import HerdConfig
+    from modelherd.testing import MockProvider
+
+    provider = MockProvider()
+    provider.add("m", MockModel())
+    config = HerdConfig.model_validate({"models": {"m": {"provider": "mock", "model": "m-1"}},
+                                        "plugins": {"alerts": {"status_file": False}}})
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "bot"}
+    herd = Herd(config, env=env, plugins=(provider,))
+
+    async def main() -> None:
+        async with herd:
+            assert otel.tracing_enabled(herd)
+            await herd.chat("m", "hi")
+            otel.force_flush(herd)
+
+    anyio.run(main)
+    spans = receiver.wait_spans(1)
+    assert [s.name for s in spans] == ["chat m-1"]
+    resource = attributes(receiver.trace_requests[0].resource_spans[0].resource)
+    assert resource["service.name"] == "bot"
