@@ -393,7 +393,7 @@ def close_tags(name: str, pulled: list[str]) -> list[str]:
 
     base = name.split(":")[0]
     bases = {n.split(":")[0] for n in pulled}
-    near = difflib.get_close_matches(base, bases, n=3, cutoff=0.6)
+    near = difflib.get_close_matches(base, bases, n=3, cutoff=0.8)
     return [n for n in pulled if n.split(":")[0] in near][:3]
 
 

@@ -388,3 +388,25 @@ def test_cli_show_missing_model(cli_config, capsys):
         and "has no model 'mistral:latest'" in err
         and "run `herd pull mistral:latest`" in err
     )
+
+
+def test_doctor_walks_the_ollama_flow(ollama_server, tmp_path, monkeypatch, capsys):
+    """`herd doctor`: a stopped server and a missing model, each with its fix."""
+    down = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "plugins.toml"
+    config.write_text(
+        f'[models.stopped]\nprovider = "ollama"\nmodel = "llama3.2"\nhost = "{down}"\n'
+        f'[models.mistral]\nprovider = "ollama"\nmodel = "mistral"\nhost = "{ollama_server.url}"\n'
+        f'[models.ready]\nprovider = "ollama"\nmodel = "llama3.2"\nhost = "{ollama_server.url}"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    _, out, _ = run_cli(["--config", str(config), "doctor", "--json"], capsys)
+    found = {f["area"]: f for f in json.loads(out)}
+    stopped = found["model stopped"]
+    assert stopped["message"].startswith(f"Ollama is not running at {down}")
+    assert stopped["fix"].startswith("start it with `ollama serve`")
+    assert found["model mistral"]["message"] == (
+        f"model mistral:latest is not pulled on {ollama_server.url}")
+    assert found["model mistral"]["fix"] == "run `herd pull mistral:latest`"
+    assert found["model ready"]["level"] == "ok"
+    assert found["model ready"]["message"].startswith("llama3.2:latest pulled (2.0 GB, Q4_K_M)")
