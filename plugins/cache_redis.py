@@ -296,7 +296,12 @@ def load_settings(herd: Herd) -> RedisSettings | None:
 
 
 def build_tier(herd: Herd, settings: RedisSettings) -> RedisTier:
+    import importlib.util
+
     where = f"{herd.config.source}: [plugins.cache_redis]"
+    # found, not imported: a missing SDK is a load error with its pip line, at start
+    if importlib.util.find_spec("redis") is None:
+        raise MissingDependencyError("redis", "redis", f"{where} (the Redis cache tier)")
     password = None
     if settings.password_env:
         password = herd.env.get(settings.password_env)

@@ -248,3 +248,14 @@ def test_encryption_config_errors(tmp_path: Path, env: dict[str, str], match: st
         asyncio.run(herd.start())
     assert "short-secret-value" not in str(info.value)
     assert isinstance(info.value.__cause__, ConfigError)
+
+
+def test_missing_cryptography_names_the_pip_command(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography.fernet", None)  # import -> ImportError
+    herd, _ = cached_herd(plugins=disk(tmp_path / "e.sqlite3", encrypt_key_env="HERD_CACHE_KEY"))
+    herd.env = {"HERD_CACHE_KEY": KEY}
+    herd.strict = True
+    with pytest.raises(PluginLoadError, match=r"cache encryption needs the 'cryptography' "
+                       r'package — install it with: pip install "modelherd\[crypto\]"'):
+        asyncio.run(herd.start())

@@ -250,3 +250,15 @@ def test_redis_hit_promotes_with_its_remaining_ttl(redis_server: RedisServer) ->
 
     assert asyncio.run(go()) == ["redis", "memory", None]
     assert len(model.history) == 1
+
+
+def test_missing_redis_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "redis" else real(name, *a))
+    herd, _ = cached_herd(plugins=redis_only("redis://127.0.0.1:1/0"))
+    herd.strict = True
+    with pytest.raises(PluginLoadError, match=r'pip install "modelherd\[redis\]"'):
+        asyncio.run(herd.start())
