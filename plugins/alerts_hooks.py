@@ -190,8 +190,18 @@ class AlertHooks:
         }
 
     def write_status(self) -> None:
-        if self.status_file is not None:
-            write_status(self.status_file, self.status())
+        path = self.status_file
+        if path is None:
+            return
+        try:
+            write_status(path, self.status())
+        except OSError as exc:  # an unwritable dir must not cost the herd its alerts
+            self.status_file = None
+            import logging
+
+            logging.getLogger("modelherd.alerts").warning(
+                "cannot write the `herd top` status file %s: %s — set [plugins.alerts] "
+                "status_dir or HERD_STATUS_DIR to a writable directory", path, exc.strerror)
 
     def _run(self) -> None:
         s = self.settings

@@ -159,3 +159,23 @@ def test_sampler_runs_in_the_background_and_emits_gauges() -> None:
 
     anyio.run(main)
     assert "system.cpu.utilization" in got and "system.memory.utilization" in got
+
+
+def test_unwritable_status_dir_is_a_warning(tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    herd = make_herd(config={"plugins": {"alerts": {"status_dir": str(blocker / "sub")},
+                                         "resource_monitor": {"enabled": False}}},
+                     plugins=(alerts,))
+
+    async def main() -> None:
+        async with herd:
+            assert (await herd.chat("mock", "hi")).content == "ok"
+            hooks = alerts.alert_hooks(herd)
+            assert hooks is not None and hooks.status_file is None
+
+    anyio.run(main)
+    (record,) = [r for r in caplog.records if "status file" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert "set [plugins.alerts] status_dir or HERD_STATUS_DIR" in record.getMessage()
