@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from modelherd import hookimpl
 from modelherd.errors import ConfigError, QuotaExceededError
 from modelherd.types import ChatRequest, ChatResponse, Metric
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .token_bucket import DailyCounter, SlotPool, TokenBucket, seconds_to_utc_midnight
 
@@ -49,14 +49,14 @@ LOCAL_PROVIDERS = ("llamacpp", "ollama")
 
 
 class TierLimits(BaseModel):
-    """One tier's limits (None = unlimited). Every field may be set per tenant too."""
+    """One tier's limits (0 or absent = no limit). Every field may be set per tenant too."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_concurrency: int | None = Field(None, ge=1)
-    requests_per_minute: float | None = Field(None, gt=0)
-    tokens_per_minute: float | None = Field(None, gt=0)
-    daily_tokens: int | None = Field(None, ge=1)
+    max_concurrency: int | None = Field(None, ge=0)
+    requests_per_minute: float | None = Field(None, ge=0)
+    tokens_per_minute: float | None = Field(None, ge=0)
+    daily_tokens: int | None = Field(None, ge=0)
     #: added to each call's priority (the scheduler serves higher first)
     priority: int = 0
     #: aliases this tenant may call; ["*"] = all
@@ -67,6 +67,13 @@ class TierLimits(BaseModel):
     burst_s: float = Field(2.0, gt=0)
     #: how long a call may wait for a concurrency slot before it is refused
     max_wait_s: float = Field(10.0, ge=0)
+
+    @field_validator("max_concurrency", "requests_per_minute", "tokens_per_minute",
+                     "daily_tokens")
+    @classmethod
+    def _zero_is_unlimited(cls, value: float | None) -> float | None:
+        # TOML has no null: 0 switches a tier's default limit off
+        return None if value == 0 else value
 
 
 #: after ../shared/runbook-zh.md "多租户资源隔离": 基础/中等/高级/完全隔离
