@@ -308,6 +308,10 @@ class LlamaCppModel(Model):
         kwargs = self._completion_kwargs(request, opts)
         started = time.perf_counter()
         with loaded.lock:
+            if cancel.is_set():  # cancelled while queued for the model: do not start
+                raise CallTimeoutError(
+                    f"'{request.alias}' (llamacpp) call was cancelled before it started"
+                )
             self._maybe_reset(loaded)
             try:
                 out = loaded.llama.create_chat_completion(
@@ -336,7 +340,11 @@ class LlamaCppModel(Model):
         opts = self._options(request)
         cancel = threading.Event()
         try:
-            return await anyio.to_thread.run_sync(self._run_blocking, request, opts, cancel)
+            # abandon_on_cancel: a cancelled caller (a timeout, a swarm straggler) returns
+            # at once, and `cancel` then stops the worker at its next token
+            return await anyio.to_thread.run_sync(
+                self._run_blocking, request, opts, cancel, abandon_on_cancel=True
+            )
         finally:
             cancel.set()
 

@@ -93,3 +93,16 @@ def test_rbi_rounds_are_recorded(herd: Herd) -> None:
     assert Path(result.folder, "result.json").is_file()
     if result.status == "failed":
         assert result.reason  # says why, never a silent failure
+
+
+def test_stragglers_on_the_embedded_model_really_stop(herd: Herd) -> None:
+    """quorum = 1: the first answer settles it; the four queued or running calls must
+    return at once (llama.cpp stops at the next token), not run to the end."""
+    agent = herd.agent("swarm", members=["local"], samples=5, max_tokens=64, quorum=1,
+                       save=False)
+    result = run(herd, agent.ask("Is fire hot?", labels=["YES", "NO"]))
+    statuses = sorted(m.status for m in result.members)
+    assert statuses == ["cancelled"] * 4 + ["ok"]
+    first = next(m for m in result.members if m.status == "ok")
+    assert first.latency_s is not None
+    assert result.elapsed_s < first.latency_s + 1.0
