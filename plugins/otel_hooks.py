@@ -45,6 +45,8 @@ _REQUEST_ATTRS = {
     "top_p": "gen_ai.request.top_p",
     "seed": "gen_ai.request.seed",
 }
+#: set in an attempt's request.context: a second before_call with it is a retry
+_MARK = "_otel_attempt"
 #: notes kept at most (a stalled pump drops the oldest rather than grow without end)
 _MAX_NOTES = 100_000
 
@@ -53,12 +55,13 @@ class _Call:
     """One herd call in flight: what its span will say."""
 
     __slots__ = ("alias", "attempts", "attrs", "end_ns", "ended", "error", "events", "name",
-                 "parent", "start_ns")
+                 "parent", "primary", "start_ns")
 
     def __init__(self, name: str, alias: str, attrs: dict[str, Any], parent: Any,
                  start_ns: int) -> None:
         self.name = name
         self.alias = alias
+        self.primary = alias
         self.attrs = attrs
         self.parent = parent
         self.start_ns = start_ns
@@ -225,15 +228,19 @@ class OtelHooks:
     @hookimpl(trylast=True)
     def before_call(self, request: ChatRequest, herd: Herd) -> None:
         call = self._active()
-        if call is None:
+        context = request.context
+        if call is None or (_MARK not in context and request.alias == call.primary):
+            # a new call (a note left open by a call that ended without after_call or
+            # on_error is dropped: a fallback attempt never asks the primary alias again)
             call = self._start(request)
-        elif request.alias != call.alias:
+        elif _MARK in context:
+            call.events.append(("herd.retry", {"herd.attempt": call.attempts + 1},
+                                time.time_ns()))
+        else:
             call.events.append(("herd.fallback", {"herd.from": call.alias,
                                                   "herd.to": request.alias}, time.time_ns()))
             call.alias = request.alias
-        else:
-            call.events.append(("herd.retry", {"herd.attempt": call.attempts + 1},
-                                time.time_ns()))
+        context[_MARK] = True
         call.attempts += 1
 
     @hookimpl

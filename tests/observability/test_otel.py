@@ -314,3 +314,22 @@ def test_installed_plugin_switched_on_by_the_environment(receiver: OtlpReceiver)
     assert [s.name for s in spans] == ["chat m-1"]
     resource = attributes(receiver.trace_requests[0].resource_spans[0].resource)
     assert resource["service.name"] == "bot"
+
+
+def test_a_call_left_open_does_not_swallow_the_next(receiver: OtlpReceiver) -> None:
+    """A call that ended without after_call/on_error (a bug elsewhere) is dropped, and the
+    next call to the same alias gets its own span rather than becoming a 'retry'."""
+    herd = _herd(receiver)
+
+    async def main() -> None:
+        async with herd:
+            hooks = herd.pm.get_plugin(otel.HOOKS_NAME)
+            leaked = herd.build_request("mock", "lost")
+            hooks.before_call(request=leaked, herd=herd)  # never finished
+            await herd.chat("mock", "next")
+            otel.force_flush(herd)
+
+    anyio.run(main)
+    (span,) = receiver.wait_spans(1)
+    assert [e.name for e in span.events] == []
+    assert attributes(span)["herd.attempts"] == 1
