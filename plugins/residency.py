@@ -139,6 +139,7 @@ class ResidencyManager:
         self.resident: OrderedDict[str, Resident] = OrderedDict()
         self.evictions = 0
         self._local: dict[str, bool] = {}
+        self._keep: dict[str, str | None] = {}
         self._sizes: dict[str, int] = dict(settings.sizes)
         self._lock = asyncio.Lock()
         self._warned_busy = False
@@ -155,10 +156,22 @@ class ResidencyManager:
         if not local:
             return None
         if request.provider == "ollama" and "keep_alive" not in request.options:
-            keep = self.settings.keep_alive.get(alias, self.settings.ollama_keep_alive)
+            keep = self._keep.get(alias, "?")
+            if keep == "?":
+                keep = self._keep[alias] = self._keep_alive_for(alias)
             if keep is not None:
                 request.options["keep_alive"] = keep
         return _Gate(self, alias)
+
+    def _keep_alive_for(self, alias: str) -> str | None:
+        """Precedence: the call's option > [models.<alias>] keep_alive > ours."""
+        try:
+            model = self.herd.get_model(alias)
+        except Exception:
+            return None
+        if getattr(getattr(model, "settings", None), "keep_alive", None) is not None:
+            return None  # the provider sends the alias's own keep_alive
+        return self.settings.keep_alive.get(alias, self.settings.ollama_keep_alive)
 
     @hookimpl
     def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:

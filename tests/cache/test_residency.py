@@ -12,7 +12,7 @@ from modelherd import hookimpl
 from modelherd.errors import PluginLoadError
 from modelherd.kernel import Herd
 from modelherd.plugins import residency
-from modelherd.provider import Model
+from modelherd.provider import Model, ProviderSettings
 from modelherd.testing import MockModel, make_herd
 from modelherd.types import ChatRequest, ChatResponse, ModelSpec
 
@@ -23,11 +23,16 @@ class LocalMock(MockModel):
     is_local = True
 
 
+class OllamaLikeSettings(ProviderSettings):
+    keep_alive: str | None = None
+
+
 class OllamaLike(MockModel):
     """Stands in for the ollama provider: local, and unloads with keep_alive=0."""
 
     provider = "ollama"
     is_local = True
+    Settings = OllamaLikeSettings
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -53,6 +58,7 @@ class FakeOllama:
             return None
         model = self.models.setdefault(spec.alias, OllamaLike())
         model.spec = spec
+        model.settings = OllamaLike.parse_settings(spec)
         return model
 
 
@@ -123,7 +129,9 @@ def test_ollama_keep_alive_and_unload() -> None:
                                           "keep_alive": {"big": "1h"},
                                           "sizes": {"small": "3GB", "big": "3GB"}}},
                 "models": {"small": {"provider": "ollama", "model": "llama3.2"},
-                           "big": {"provider": "ollama", "model": "qwen3:32b"}}},
+                           "big": {"provider": "ollama", "model": "qwen3:32b"},
+                           "own": {"provider": "ollama", "model": "phi4",
+                                   "keep_alive": "2h"}}},
         plugins=(residency, fake),
     )
 
@@ -132,9 +140,11 @@ def test_ollama_keep_alive_and_unload() -> None:
             await herd.chat("small", "hi")
             await herd.chat("big", "hi")
             await herd.chat("small", "hi", keep_alive="30s")
+            await herd.chat("own", "hi")
 
     asyncio.run(go())
     small, big = fake.models["small"], fake.models["big"]
+    assert fake.models["own"].history[0].options.get("keep_alive") is None  # its own wins
     assert small.history[0].options["keep_alive"] == "10m"
     assert big.history[0].options["keep_alive"] == "1h"
     assert small.history[1].options["keep_alive"] == "30s"  # the caller's wins
