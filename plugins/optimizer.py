@@ -170,6 +170,8 @@ class Optimizer:
     def before_call(self, request: ChatRequest, herd: Herd) -> ChatResponse | None:
         if request.provider not in LOCAL_PROVIDERS:
             return None
+        if request.provider == "ollama" and request.alias not in self.plans:
+            return None  # asking Ollama is network I/O: only `warm` (startup) does it
         placement = self.plan(request.alias)
         if placement is None:
             return None
@@ -294,7 +296,7 @@ def make_plan_command() -> click.Command:
         config_path = config_path or root.get("config") or root.get("config_path")
         as_json = as_json or bool(root.get("json") or root.get("as_json"))
         try:
-            herd = Herd(config_path=config_path)
+            herd = Herd(config_path=config_path, profile=root.get("profile"))
             settings = load_settings(herd)
             if n_ctx:
                 settings = settings.model_copy(update={"n_ctx": n_ctx})
