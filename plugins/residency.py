@@ -142,7 +142,7 @@ class ResidencyManager:
         self._keep: dict[str, str | None] = {}
         self._sizes: dict[str, int] = dict(settings.sizes)
         self._lock = asyncio.Lock()
-        self._warned_busy = False
+        self._warned: set[str] = set()
         self._idle_task: asyncio.Task[None] | None = None
 
     # ---- hooks ---------------------------------------------------------------------
@@ -260,12 +260,16 @@ class ResidencyManager:
                 (a for a, e in self.resident.items() if e.inflight == 0 and a != incoming), None
             )
             if victim is None:
-                if not self._warned_busy:
-                    self._warned_busy = True
+                if not self.resident and size > self.budget:
+                    why = f"it alone needs about {size} bytes"
+                else:
+                    why = "every resident model is busy"
+                if why not in self._warned:
+                    self._warned.add(why)
                     log.warning(
                         "residency: loading '%s' goes over the memory budget (%d bytes) "
-                        "because every resident model is busy — raise [plugins.residency] "
-                        "budget or lower the number of local models", incoming, self.budget,
+                        "because %s — raise [plugins.residency] budget or lower the number "
+                        "of local models", incoming, self.budget, why,
                     )
                 return
             await self.evict(victim, reason="budget")

@@ -283,3 +283,19 @@ def test_auto_mode(aliases: list[str], settings: dict[str, Any], on: bool) -> No
             return residency.manager_of(herd) is not None
 
     assert asyncio.run(go()) is on
+
+
+def test_a_model_larger_than_the_budget_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    herd = herd_with({"a": LocalMock()}, {"budget": "1GB", "sizes": {"a": "3GB"}})
+
+    async def go() -> str:
+        async with herd:
+            return (await herd.chat("a", "hi")).content
+
+    assert asyncio.run(go()) == "ok"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "residency: loading 'a' goes over the memory budget (1000000000 bytes) because it "
+        "alone needs about 3000000000 bytes — raise [plugins.residency] budget or lower the "
+        "number of local models"
+    ]
