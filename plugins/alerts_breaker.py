@@ -34,13 +34,17 @@ class Circuit:
 class CircuitBreaker:
     def __init__(self, failures: int, window_s: float, cooldown_s: float,
                  on_change: Callable[[str, CircuitState, CircuitState, str], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 eligible: Callable[[str], bool] | None = None) -> None:
         self.threshold = failures
         self.window_s = window_s
         self.cooldown_s = cooldown_s
         self.on_change = on_change
         self.clock = clock
         self.circuits: dict[str, Circuit] = {}
+        #: which aliases get a breaker (asked once per alias, on its first failure)
+        self.eligible = eligible
+        self._eligible: dict[str, bool] = {}
         self._lock = threading.Lock()
 
     def state(self, alias: str) -> CircuitState:
@@ -89,6 +93,12 @@ class CircuitBreaker:
         now = self.clock()
         circuit = self.circuits.get(alias)
         if circuit is None:
+            if self.eligible is not None:
+                allowed = self._eligible.get(alias)
+                if allowed is None:
+                    allowed = self._eligible[alias] = self.eligible(alias)
+                if not allowed:
+                    return
             circuit = self.circuits[alias] = Circuit()
         with self._lock:
             if circuit.state == "half_open":

@@ -67,7 +67,9 @@ class AlertHooks:
         self.engine = KpiEngine(settings)
         self.breaker = (
             CircuitBreaker(settings.breaker_failures, settings.breaker_window_s,
-                           settings.breaker_cooldown_s, self._circuit_changed)
+                           settings.breaker_cooldown_s, self._circuit_changed,
+                           eligible=self._has_fallbacks if settings.breaker_needs_fallback
+                           else None)
             if settings.breaker else None
         )
         self._ctx_len: dict[str, int | None] = {}
@@ -75,6 +77,12 @@ class AlertHooks:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _has_fallbacks(self, alias: str) -> bool:
+        try:
+            return bool(self.herd.resolve(alias).fallbacks)
+        except Exception:
+            return False
 
     # ---- the call path -------------------------------------------------------
 

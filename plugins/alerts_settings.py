@@ -44,6 +44,9 @@ class AlertSettings(BaseModel):
     breaker_failures: int = Field(default=5, ge=1)
     breaker_window_s: float = Field(default=30.0, gt=0)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    #: only aliases with `fallbacks` get a breaker: without one, an open circuit would
+    #: only swap the model's real error for CircuitOpenError (false = every alias)
+    breaker_needs_fallback: bool = True
 
     #: notifiers: the `modelherd.alerts` logger, and a webhook POSTed as JSON
     log: bool = True

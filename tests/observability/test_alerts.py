@@ -174,7 +174,8 @@ def test_breaker_opens_fallback_answers_then_probe_closes_it() -> None:
 def test_open_circuit_without_fallback_says_what_to_do() -> None:
     model = MockModel()
     model.enqueue(ProviderError("down"), ProviderError("down"))
-    herd = _herd({"solo": model}, Recorder(), breaker_failures=2)
+    herd = _herd({"solo": model}, Recorder(), breaker_failures=2,
+                 breaker_needs_fallback=False)
 
     async def main() -> None:
         async with herd:
@@ -185,6 +186,21 @@ def test_open_circuit_without_fallback_says_what_to_do() -> None:
             assert message.startswith("circuit for 'solo' is open after 2 failures in 30s")
             assert "add fallbacks = [...] to [models.solo]" in message
             assert err.value.retry_after is not None and err.value.retry_after > 0
+
+    anyio.run(main)
+
+
+def test_by_default_only_aliases_with_fallbacks_get_a_breaker() -> None:
+    model = MockModel()
+    model.enqueue(*[ProviderError("down")] * 6)
+    herd = _herd({"solo": model}, Recorder(), breaker_failures=2)
+
+    async def main() -> None:
+        async with herd:
+            errors = await _calls(herd, "solo", 6)
+            # the caller keeps seeing the model's own error, never CircuitOpenError
+            assert all(isinstance(e, ProviderError) for e in errors)
+            assert len(model.history) == 6
 
     anyio.run(main)
 
@@ -300,7 +316,8 @@ def test_webhook_notifier(status: int, caplog: pytest.LogCaptureFixture) -> None
     url = f"http://127.0.0.1:{server.server_address[1]}/hook?token=s3cret"
     model = MockModel()
     model.enqueue(*[ProviderError("down")] * 2)
-    herd = _herd({"mock": model}, Recorder(), breaker_failures=2, webhook_url=url)
+    herd = _herd({"mock": model}, Recorder(), breaker_failures=2, webhook_url=url,
+                 breaker_needs_fallback=False)
     caplog.set_level(logging.WARNING, logger="modelherd.alerts")
 
     async def main() -> None:
