@@ -143,27 +143,27 @@ class RedisTier(CacheTier):
     # ---- the breaker -------------------------------------------------------------
 
     async def _call(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        probing = False
         if self._open_until:
-            now = time.monotonic()
-            if now < self._open_until or self._probing:
+            if time.monotonic() < self._open_until or self._probing:
                 raise _Unavailable
-            self._probing = True  # half-open: exactly one call probes
+            self._probing = probing = True  # half-open: exactly one call probes
         try:
             client = self._get_client()
             async with asyncio.timeout(self.settings.op_timeout):
                 result = await op(client)
         except MissingDependencyError:
-            self._probing = False
             raise
         except Exception as exc:
-            self._probing = False
             self._failed(exc)
             raise _Unavailable from None
+        finally:
+            if probing:  # also when the probing call is cancelled
+                self._probing = False
         if self._open_until:
             log.info("Redis cache %s is reachable again; using it", self.settings.url)
             self._open_until = 0.0
             self._backoff = self.settings.reprobe_s
-        self._probing = False
         self._failures = 0
         return result
 

@@ -262,3 +262,34 @@ def test_missing_redis_package_names_the_pip_command(monkeypatch: pytest.MonkeyP
     herd.strict = True
     with pytest.raises(PluginLoadError, match=r'pip install "modelherd\[redis\]"'):
         asyncio.run(herd.start())
+
+
+def test_a_cancelled_probe_does_not_wedge_the_breaker(redis_server: RedisServer) -> None:
+    from modelherd.plugins.cache_redis import RedisSettings, RedisTier
+    from modelherd.types import ChatResponse
+
+    tier = RedisTier(RedisSettings(url=redis_server.url, op_timeout=0.3, reprobe_s=0.05,
+                                   failure_threshold=1))
+    answer = ChatResponse(content="x", model="m", provider="p")
+
+    async def go() -> str | None:
+        await tier.set("k", answer, None)
+        redis_server.pause()
+        try:
+            await tier.get("k")  # times out: the breaker opens
+            assert tier.state == "open"
+            await asyncio.sleep(0.1)  # half-open: the next call probes …
+            probe = asyncio.create_task(tier.get("k"))
+            await asyncio.sleep(0.05)
+            probe.cancel()  # … and is cancelled mid-probe
+            with pytest.raises(asyncio.CancelledError):
+                await probe
+        finally:
+            redis_server.resume()
+        await asyncio.sleep(0.1)
+        hit = await tier.get("k")  # a new probe runs and closes the breaker
+        await tier.aclose()
+        return hit.content if hit else None
+
+    assert asyncio.run(go()) == "x"
+    assert tier.state == "closed"
