@@ -115,6 +115,20 @@ class CircuitBreaker:
                           f"{len(failures)} failures in {self.window_s:g}s, last "
                           f"{type(error).__name__}")
 
+    def trip(self, alias: str, why: str) -> bool:
+        """Open the circuit now (a KPI alert asked for recovery). True if it opened."""
+        circuit = self.circuits.get(alias)
+        if circuit is None:
+            if self.eligible is not None and not self.eligible(alias):
+                return False
+            circuit = self.circuits.setdefault(alias, Circuit())
+        with self._lock:
+            if circuit.state != "closed":
+                return False
+            circuit.opened_at = self.clock()
+            self._set(alias, circuit, "open", why)
+        return True
+
     def _set(self, alias: str, circuit: Circuit, state: CircuitState, why: str) -> None:
         old = circuit.state
         circuit.state = state

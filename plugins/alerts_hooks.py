@@ -159,6 +159,12 @@ class AlertHooks:
             events = self.engine.evaluate(snapshot, resources, full)
         for alert in events:
             self.notifier.notify(alert)
+        recover = self.settings.recover_on
+        if self.breaker is not None and recover:
+            for alert in events:
+                if (alert.state == "firing" and alert.kpi in recover
+                        and alert.scope not in (OVERALL, "host")):
+                    self.breaker.trip(alert.scope, f"{alert.kpi} alert: {alert.message}")
         return events
 
     def resource_sample(self, averaged: bool = False) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ see far less traffic than that and would be in alarm all day.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from modelherd.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,6 +47,10 @@ class AlertSettings(BaseModel):
     #: only aliases with `fallbacks` get a breaker: without one, an open circuit would
     #: only swap the model's real error for CircuitOpenError (false = every alias)
     breaker_needs_fallback: bool = True
+    #: per-model KPI alerts that also open that model's circuit when they fire (recovery:
+    #: calls go to the fallbacks; the half-open probe tries the model again later)
+    recover_on: list[Literal["latency_mean", "error_rate", "quality"]] = Field(
+        default_factory=lambda: ["latency_mean", "error_rate"])
 
     #: notifiers: the `modelherd.alerts` logger, and a webhook POSTed as JSON
     log: bool = True

@@ -171,6 +171,36 @@ def test_breaker_opens_fallback_answers_then_probe_closes_it() -> None:
     assert "opened: 3 failures in 30s, last ProviderError" in opened.message
 
 
+def test_a_latency_alert_sends_calls_to_the_fallback() -> None:
+    slow, backup = MockModel(default="slow answer"), MockModel(default="backup answer")
+    recorder = Recorder()
+    herd = _herd({"slow": slow, "backup": backup}, recorder, fallbacks={"slow": ["backup"]},
+                 latency_mean_s=0.03, breaker_cooldown_s=0.5)
+
+    async def main() -> None:
+        async with herd:
+            hooks = alerts.alert_hooks(herd)
+            assert hooks is not None and hooks.breaker is not None
+            slow.latency = 0.05
+            await _calls(herd, "slow", 3)
+            hooks.evaluate()  # latency alert fires -> recovery opens the circuit
+            assert hooks.breaker.state("slow") == "open"
+            answers = await _calls(herd, "slow", 3)
+            assert [a.content for a in answers] == ["backup answer"] * 3
+            assert len(slow.history) == 3
+            slow.latency = 0.0
+            await anyio.sleep(WINDOW + 0.15)
+            hooks.evaluate()  # no calls reached 'slow' in the window: resolved
+            healed = await _calls(herd, "slow", 2)  # cooldown over: the probe closes it
+            assert [a.content for a in healed] == ["slow answer"] * 2
+
+    anyio.run(main)
+    assert recorder.events("latency_mean", "slow") == ["firing", "resolved"]
+    assert recorder.events("circuit_open", "slow") == ["firing", "resolved"]
+    opened = next(a for a in recorder.alerts if a.kpi == "circuit_open")
+    assert "opened: latency_mean alert: latency_mean for 'slow' is" in opened.message
+
+
 def test_open_circuit_without_fallback_says_what_to_do() -> None:
     model = MockModel()
     model.enqueue(ProviderError("down"), ProviderError("down"))
