@@ -148,6 +148,8 @@ class Optimizer:
         self.in_flight: dict[str, int] = {}
         #: load keys the user set in [models.<alias>]: never overridden
         self.user_keys: dict[str, set[str]] = {}
+        #: alias -> the variant (another alias) that is the best quality that fits
+        self.variant_choice: dict[str, str] = {}
 
     def plan(self, alias: str) -> Placement | None:
         if alias not in self.plans:
@@ -165,6 +167,19 @@ class Optimizer:
         for alias, table in self.herd.config.models.items():
             if table.get("provider") in LOCAL_PROVIDERS:
                 await anyio.to_thread.run_sync(self.plan, alias)
+        self.choose_variants()
+
+    def choose_variants(self) -> None:
+        """For each alias with `variants`, remember the best quality that fits now."""
+        from .placement import best_variant
+
+        for alias, others in self.settings.variants.items():
+            plans = [(name, self.plan(name)) for name in (alias, *others)]
+            chosen = best_variant([(n, p) for n, p in plans if p is not None])
+            if chosen is not None and chosen[0] != alias:
+                self.variant_choice[alias] = chosen[0]
+                log.info("optimizer: '%s' is served by its variant '%s' (%s)",
+                         alias, chosen[0], chosen[1].reason)
 
     @hookimpl
     def before_call(self, request: ChatRequest, herd: Herd) -> ChatResponse | None:
@@ -188,6 +203,11 @@ class Optimizer:
 
     @hookimpl
     def acquire_admission(self, request: ChatRequest, herd: Herd) -> Any:
+        variant = self.variant_choice.get(request.alias)
+        if variant is not None:  # the best quantization that fits serves this call
+            spec = herd.resolve(variant)
+            request.context["herd.variant_of"] = request.alias
+            request.alias, request.provider, request.model = variant, spec.provider, spec.model
         if not self.own_eviction or request.provider not in LOCAL_PROVIDERS:
             return None
         return self._make_room(request.alias)

@@ -142,3 +142,27 @@ def test_herd_plan_command_json_and_table(tmp_path: Path, gguf_file: Callable[..
     bad = runner.invoke(make_plan_command(), ["nope", "--config", str(config)])
     assert bad.exit_code == 2
     assert "error: unknown model 'nope'" in bad.output
+
+
+async def test_variants_best_quality_that_fits_serves_the_call(
+        monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]) -> None:
+    _no_gpu(monkeypatch)
+    kwargs = dict(n_layers=4, embd=512, heads=8, heads_kv=8, ff=2048, vocab=2048)
+    q8, q4 = gguf_file(qtype="Q8_0", **kwargs), gguf_file(qtype="Q4_0", **kwargs)
+    models = {"m": {"provider": "llamacpp", "path": str(q4)},
+              "m-q8": {"provider": "llamacpp", "path": str(q8)}}
+    herd = herd_with(models, {"enabled": True, "variants": {"m": ["m-q8"]}})
+    await herd.start()
+    request = herd.build_request("m", "hi")
+    assert herd.hook.acquire_admission(request=request, herd=herd) == []  # no gate, no budget
+    assert request.alias == "m-q8" and request.context["herd.variant_of"] == "m"
+    # when the better variant no longer fits in RAM, the alias keeps its own file
+    opt = herd.pm.get_plugin("optimizer-calls")
+    assert isinstance(opt, Optimizer)
+    q8_plan = opt.plans["m-q8"]
+    assert q8_plan is not None
+    q8_plan.fits = False
+    opt.variant_choice.clear()
+    opt.choose_variants()
+    assert opt.variant_choice == {}
+    await herd.aclose()

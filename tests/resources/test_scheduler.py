@@ -190,3 +190,14 @@ async def test_idle_unloads_local_models_after_timeout() -> None:
     assert plugin.state == "idle"
     assert "mock" not in herd.loaded_models() and model.closed
     await herd.aclose()
+
+
+async def test_medium_balances_to_the_least_busy_deployment() -> None:
+    herd = sched_herd({"max_concurrency": 4, "queue_timeout_s": 5,
+                       "actions": {"medium": ["balance"], "high": ["balance"], "critical": []}},
+                      latency=0.1, models=("east", "west"), fallbacks={"east": ["west"]})
+    results = await asyncio.gather(*[herd.chat("east", str(i)) for i in range(4)])
+    served = sorted(r.alias for r in results)
+    assert served.count("west") >= 1 and served.count("east") >= 1
+    assert all(r.fallback_from is None for r in results)  # moved at admission, not by failure
+    await herd.aclose()
