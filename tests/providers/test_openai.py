@@ -348,3 +348,26 @@ def test_health_checks_the_model_is_listed(openai_server, herds):
     herd = make(openai_server, herds, env={"OPENAI_API_KEY": "sk-bad-000000"})
     health = asyncio.run(_closing(herd, herd.get_model("m").health()))
     assert not health.ok and "OPENAI_API_KEY" in health.detail + health.fix
+
+
+@pytest.mark.parametrize(
+    ("alias", "provider", "key_var"),
+    [("gpt", "openai", "OPENAI_API_KEY"), ("deepseek", "deepseek", "DEEPSEEK_KEY")],
+)
+def test_herd_chat_cli(openai_server, tmp_path, monkeypatch, alias, provider, key_var):
+    """`herd chat -m gpt|deepseek` end to end, the key read from .env."""
+    from click.testing import CliRunner
+    from modelherd.cli import make_cli
+
+    config = tmp_path / "plugins.toml"
+    config.write_text(
+        f'[models.{alias}]\nprovider = "{provider}"\nmodel = "echo-model"\n'
+        f'base_url = "{openai_server.url}/v1"\n'
+    )
+    (tmp_path / ".env").write_text(f"{key_var}={API_KEY}\n")
+    monkeypatch.chdir(tmp_path)
+    for var in ("OPENAI_API_KEY", "OPENAI_KEY", "DEEPSEEK_API_KEY", "DEEPSEEK_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    result = CliRunner().invoke(make_cli(), ["--config", str(config), "chat", "-m", alias, "hi"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("echo: hi") and API_KEY not in result.output
