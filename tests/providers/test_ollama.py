@@ -406,7 +406,8 @@ def test_doctor_walks_the_ollama_flow(ollama_server, tmp_path, monkeypatch, caps
     assert stopped["message"].startswith(f"Ollama is not running at {down}")
     assert stopped["fix"].startswith("start it with `ollama serve`")
     assert found["model mistral"]["message"] == (
-        f"model mistral:latest is not pulled on {ollama_server.url}")
+        f"model mistral:latest is not pulled on {ollama_server.url}"
+    )
     assert found["model mistral"]["fix"] == "run `herd pull mistral:latest`"
     assert found["model ready"]["level"] == "ok"
     assert found["model ready"]["message"].startswith("llama3.2:latest pulled (2.0 GB, Q4_K_M)")
