@@ -14,6 +14,12 @@ from typing import Any, Literal
 from modelherd.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+RecoverKpi = Literal["latency_mean", "error_rate", "quality"]
+
+
+def _default_recover_on() -> list[RecoverKpi]:
+    return ["latency_mean", "error_rate"]
+
 
 class AlertSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -49,8 +55,7 @@ class AlertSettings(BaseModel):
     breaker_needs_fallback: bool = True
     #: per-model KPI alerts that also open that model's circuit when they fire (recovery:
     #: calls go to the fallbacks; the half-open probe tries the model again later)
-    recover_on: list[Literal["latency_mean", "error_rate", "quality"]] = Field(
-        default_factory=lambda: ["latency_mean", "error_rate"])
+    recover_on: list[RecoverKpi] = Field(default_factory=_default_recover_on)
 
     #: notifiers: the `modelherd.alerts` logger, and a webhook POSTed as JSON
     log: bool = True
