@@ -96,8 +96,10 @@ class DiskSettings(BaseModel):
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    # OperationalError covers locked / full / I/O trouble: transient, never "corrupt"
-    return not isinstance(exc, sqlite3.OperationalError)
+    # only SQLite's own verdict counts: locked / full / I/O errors are transient, and a
+    # connection closed under us (ProgrammingError) must not move a fresh file aside
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
 
 
 class DiskTier(CacheTier):

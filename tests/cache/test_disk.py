@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,49 @@ def test_missing_cryptography_names_the_pip_command(tmp_path: Path,
     with pytest.raises(PluginLoadError, match=r"cache encryption needs the 'cryptography' "
                        r'package — install it with: pip install "modelherd\[crypto\]"'):
         asyncio.run(herd.start())
+
+
+def test_concurrent_writers_in_three_processes(tmp_path: Path) -> None:
+    db = tmp_path / "busy.sqlite3"
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from modelherd.testing import MockModel, make_herd
+        from modelherd.plugins import cache_disk
+        who = sys.argv[1]
+        model = MockModel()
+        model.enqueue(*[lambda r: "answer to " + r.messages[-1].content] * 1000)
+        herd = make_herd({{"mock": model}}, plugins=(cache_disk,),
+                         config={{"plugins": {{"cache_disk": {{"path": {str(db)!r}}}}}}})
+        async def main():
+            async with herd:
+                # a barrier: all three processes write at the same time
+                pathlib.Path({str(tmp_path)!r}, "ready-" + who).touch()
+                while not pathlib.Path({str(tmp_path)!r}, "go").exists():
+                    await asyncio.sleep(0.005)
+                await asyncio.gather(*(herd.chat("mock", f"{{who}}-{{i}}") for i in range(150)))
+        asyncio.run(main())
+    """).replace("import asyncio, sys", "import asyncio, pathlib, sys")
+    procs = [subprocess.Popen([sys.executable, "-c", script, name]) for name in ("p1", "p2")]
+    herd, _ = cached_herd(echo_model(), plugins=disk(db))
+
+    async def go() -> list[tuple[str, str | None]]:
+        async with herd:
+            deadline = time.monotonic() + 60
+            while not all((tmp_path / f"ready-{n}").exists() for n in ("p1", "p2")):
+                assert time.monotonic() < deadline, "the writer processes did not start"
+                await asyncio.sleep(0.005)
+            (tmp_path / "go").touch()
+            out = await asyncio.gather(*(herd.chat("mock", f"main-{i}") for i in range(150)))
+            return [(r.content, r.cache_tier) for r in out]
+
+    mine = asyncio.run(go())
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    assert mine == [(f"answer to main-{i}", None) for i in range(150)]
+    reader, _model = cached_herd(MockModel(default="not cached"), plugins=disk(db))
+    prompts = [f"{who}-{i}" for who in ("p1", "p2", "main") for i in range(150)]
+    results = ask(reader, prompts)
+    for prompt, (content, tier) in zip(prompts, results, strict=True):
+        # every entry that made it is the right one; a store skipped under the lock is a miss
+        assert content == f"answer to {prompt}" if tier == "disk" else content == "not cached"
+    assert sum(tier == "disk" for _, tier in results) > 400
