@@ -357,7 +357,7 @@ class OpenAIModel(Model):
         try:
             with anyio.fail_after(timeout):
                 page = await self.client().models.list()
-            return [m.id for m in page.data]
+            return _model_ids(page)
         except Exception:
             return None
 
@@ -424,8 +424,16 @@ class OpenAIModel(Model):
         )
         try:
             page = await self.client().models.list()
-            ids = [m.id for m in page.data]
+            ids = _model_ids(page)
         except Exception as exc:
+            import openai
+
+            if isinstance(exc, openai.NotFoundError):  # a server without GET /models
+                return Health(
+                    ok=True,
+                    detail=f"{self.base_url} answers (it lists no models)",
+                    latency_s=time.perf_counter() - started,
+                )
             return as_health(await self.map_error(exc, request))
         latency = time.perf_counter() - started
         if self.spec.model and ids and self.spec.model not in ids:
@@ -478,6 +486,11 @@ async def _post(client: Any, params: dict[str, Any], *, stream: bool) -> Any:
             stream_cls=_TYPES[1],
         )
     return await client.post("/chat/completions", body=body, cast_to=_TYPES[0], options=options)
+
+
+def _model_ids(page: Any) -> list[str]:
+    # Gemini's compatible endpoint lists "models/gemini-2.5-flash" but takes the bare id
+    return [str(m.id).removeprefix("models/") for m in page.data]
 
 
 def _detail(exc: Any) -> str:

@@ -43,8 +43,9 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
         return max(float(raw), 0.0)
     except ValueError:
         pass
-    parsed = email.utils.parsedate_to_datetime(raw) if raw else None
-    if parsed is None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):  # neither seconds nor an HTTP date: ignore it
         return None
     return max(parsed.timestamp() - time.time(), 0.0)
 

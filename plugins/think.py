@@ -54,6 +54,9 @@ class ThinkSplitter:
             return chunk  # the common case: plain text, no tag in sight
         text = self._buf + chunk
         self._buf = ""
+        if self._strip:
+            text = text.lstrip()
+            self._strip = not text
         out: list[str] = []
         while text:
             tag = CLOSE if self._in_think else OPEN
@@ -68,12 +71,11 @@ class ThinkSplitter:
             if not self._in_think:
                 self._started = True
             self._in_think = not self._in_think
-            self._strip = not self._in_think
-        visible = "".join(out)
-        if self._strip:
-            visible = visible.lstrip()
-            self._strip = not visible
-        return visible
+            if not self._in_think:
+                # models put blank lines after </think>; they may come in the next chunk
+                text = text.lstrip()
+                self._strip = not text
+        return "".join(out)
 
     def flush(self) -> str:
         """End of the answer: a held-back partial tag was plain text after all."""
