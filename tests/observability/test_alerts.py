@@ -403,3 +403,24 @@ def test_bad_alert_settings_say_what_to_fix() -> None:
         parse_settings({"error_rate": 5}, "plugins.toml")
     assert str(err.value).startswith("plugins.toml: [plugins.alerts] error_rate: Input should "
                                      "be less than or equal to 1")
+
+
+def test_a_broken_on_alert_plugin_does_not_stop_the_others() -> None:
+    class Broken:
+        @hookimpl
+        def on_alert(self, alert: Any, herd: Any) -> None:
+            raise RuntimeError("notifier bug")
+
+    recorder = Recorder()
+    model = MockModel()
+    model.enqueue(*[ProviderError("down")] * 2)
+    herd = _herd({"mock": model}, recorder, breaker_failures=2, breaker_needs_fallback=False)
+    herd.register_plugin(Broken(), name="broken-notifier")
+
+    async def main() -> None:
+        async with herd:
+            errors = await _calls(herd, "mock", 2)
+            assert all(isinstance(e, ProviderError) for e in errors)
+
+    anyio.run(main)
+    assert recorder.events("circuit_open", "mock") == ["firing"]

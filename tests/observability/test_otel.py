@@ -333,3 +333,18 @@ def test_a_call_left_open_does_not_swallow_the_next(receiver: OtlpReceiver) -> N
     (span,) = receiver.wait_spans(1)
     assert [e.name for e in span.events] == []
     assert attributes(span)["herd.attempts"] == 1
+
+
+def test_missing_sdk_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from modelherd import MissingDependencyError
+    from modelherd.plugins.otel_export import Exporters
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk", None)  # import now fails
+    cfg = resolve(parse_settings({"enabled": True}, "x"), {})
+    with pytest.raises(MissingDependencyError) as err:
+        Exporters(cfg)
+    assert str(err.value) == (
+        "tracing ([plugins.otel] or OTEL_EXPORTER_OTLP_ENDPOINT) needs the 'opentelemetry-sdk' "
+        'package — install it with: pip install "modelherd[otel]"')
