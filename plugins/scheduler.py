@@ -299,7 +299,8 @@ class Scheduler:
         self.durations.append(duration)
         self.latency.setdefault(alias, deque(maxlen=64)).append(duration)
         self._hand_over()
-        self.evaluate()
+        if self.machine.state != "low":  # a release can only lower the load: in "low"
+            self.evaluate()              # there is nothing to recompute (the ticker does)
 
     # ---- actions outside admission -------------------------------------------
 
