@@ -179,3 +179,45 @@ def test_unwritable_status_dir_is_a_warning(tmp_path: Path,
     (record,) = [r for r in caplog.records if "status file" in r.getMessage()]
     assert record.levelname == "WARNING"
     assert "set [plugins.alerts] status_dir or HERD_STATUS_DIR" in record.getMessage()
+
+
+def test_nvml_readings_are_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU on this box: a stand-in `pynvml` with NVML's API checks the mapping (two
+    devices, the busiest counts). The real NVML path runs only where a GPU is present."""
+    import sys
+    import types
+
+    class Util:
+        def __init__(self, gpu: int) -> None:
+            self.gpu = gpu
+
+    class Mem:
+        def __init__(self, used: int, total: int) -> None:
+            self.used, self.total = used, total
+
+    fake = types.ModuleType("pynvml")
+    calls: list[str] = []
+    fake.nvmlInit = lambda: calls.append("init")  # type: ignore[attr-defined]
+    fake.nvmlShutdown = lambda: calls.append("shutdown")  # type: ignore[attr-defined]
+    fake.nvmlDeviceGetCount = lambda: 2  # type: ignore[attr-defined]
+    fake.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
+    fake.nvmlDeviceGetUtilizationRates = lambda h: Util([35, 90][h])  # type: ignore[attr-defined]
+    fake.nvmlDeviceGetMemoryInfo = (  # type: ignore[attr-defined]
+        lambda h: Mem([8, 60][h] * 2**30, 80 * 2**30))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    sampler = resource_monitor.ResourceSampler()
+    sample = sampler.sample()
+    assert sample["gpu_percent"] == 90.0
+    assert sample["gpu_memory_percent"] == pytest.approx(75.0)
+    assert sample["gpu_memory_used_bytes"] == 68 * 2**30
+    assert len(sample["gpus"]) == 2
+    sampler.stop()
+    assert calls == ["init", "shutdown"]
+
+    def no_driver() -> None:
+        raise OSError("NVML Shared Library Not Found")
+
+    fake.nvmlInit = no_driver  # type: ignore[attr-defined]
+    quiet = resource_monitor.ResourceSampler()
+    assert quiet.sample()["gpu_percent"] is None
+    assert quiet.nvml is not None and quiet.nvml.failed
