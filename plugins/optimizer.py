@@ -18,6 +18,7 @@ owns eviction then.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable
 from contextlib import asynccontextmanager
@@ -93,9 +94,10 @@ def ollama_facts(spec: ModelSpec, timeout: float = 3.0) -> Any:
     import httpx
 
     from .gguf_estimate import facts_from_ollama_show
+    from .ollama_provider import normalize_host
 
-    host = str(spec.settings.get("host") or spec.settings.get("base_url") or "http://127.0.0.1:11434")
-    reply = httpx.post(f"{host.rstrip('/')}/api/show", json={"model": spec.model}, timeout=timeout)
+    host = normalize_host(spec.settings.get("host") or os.environ.get("OLLAMA_HOST"))
+    reply = httpx.post(f"{host}/api/show", json={"model": spec.model}, timeout=timeout)
     reply.raise_for_status()
     return facts_from_ollama_show(spec.model, reply.json())
 

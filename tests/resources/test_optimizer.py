@@ -166,3 +166,51 @@ async def test_variants_best_quality_that_fits_serves_the_call(
     opt.choose_variants()
     assert opt.variant_choice == {}
     await herd.aclose()
+
+
+SHOW = {"details": {"family": "llama", "quantization_level": "Q4_K_M"},
+        "model_info": {"general.architecture": "llama", "general.parameter_count": 1_235_814_400,
+                       "llama.block_count": 16, "llama.context_length": 131072,
+                       "llama.embedding_length": 2048, "llama.attention.head_count": 32,
+                       "llama.attention.head_count_kv": 8, "llama.vocab_size": 128256}}
+
+
+def test_plan_for_ollama_reads_api_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a loopback stand-in for Ollama's HTTP API (no Ollama server here): it
+    answers /api/show with the published shape for llama3.2:1b."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    asked: list[dict[str, object]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            asked.append({"path": self.path, **json.loads(body)})
+            data = json.dumps(SHOW).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _no_gpu(monkeypatch)
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        herd = herd_with({"o": {"provider": "ollama", "model": "llama3.2:1b", "host": host}})
+        plan = plan_for(herd, "o", OptimizerSettings(n_ctx=8192))
+        assert asked == [{"path": "/api/show", "model": "llama3.2:1b"}]
+        assert plan.facts.n_layers == 16 and plan.n_ctx == 8192
+        assert plan.ollama_options() == {"num_ctx": 8192, "num_gpu": 0}
+        assert plan.estimate.kv_cache == 16 * 8 * (64 + 64) * 2 * 8192  # head_dim 2048/32
+    finally:
+        server.shutdown()
+    herd = herd_with({"o": {"provider": "ollama", "model": "llama3.2:1b", "host": "127.0.0.1:1"}})
+    with pytest.raises(ConfigError, match=r"cannot ask Ollama about 'llama3.2:1b' \(ConnectError"):
+        plan_for(herd, "o")
