@@ -8,6 +8,8 @@ psutil minus a reserve, and says why in `Device.note`.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +28,16 @@ class Device:
     note: str = ""
 
 
+def nvidia_driver_absent() -> bool:
+    """True when this is Linux without the NVIDIA kernel driver: NVML cannot work, and
+    asking it costs ~0.5 s (its library search), so every caller skips it."""
+    return sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia")
+
+
 def read_gpus() -> tuple[list[Device], str]:
     """The NVIDIA GPUs NVML reports, and why there are none when the list is empty."""
+    if nvidia_driver_absent():
+        return [], "no NVIDIA driver (/proc/driver/nvidia is absent)"
     try:
         import pynvml
     except ImportError:

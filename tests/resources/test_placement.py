@@ -147,7 +147,21 @@ def _fake_pynvml(devices: list[tuple[str, int, int]], init_error: bool = False) 
     return mod
 
 
-def test_nvml_gpus_read_through_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def nvidia_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend the NVIDIA kernel driver is there, so NVML is asked (the fake one)."""
+    monkeypatch.setattr(device_memory, "nvidia_driver_absent", lambda: False)
+
+
+def test_driver_check_skips_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_memory.sys, "platform", "linux")
+    monkeypatch.setattr(device_memory.os.path, "exists", lambda path: False)
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([("never asked", 1, 1)]))
+    assert read_gpus() == ([], "no NVIDIA driver (/proc/driver/nvidia is absent)")
+
+
+def test_nvml_gpus_read_through_pynvml(monkeypatch: pytest.MonkeyPatch,
+                                       nvidia_driver: None) -> None:
     fake = _fake_pynvml([("NVIDIA H100 80GB HBM3", 80 * GiB, 70 * GiB),
                          ("NVIDIA H100 80GB HBM3", 80 * GiB, 20 * GiB)])
     monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -158,7 +172,7 @@ def test_nvml_gpus_read_through_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fake.calls == ["init", "shutdown"]
 
 
-def test_no_nvml_degrades_to_ram(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_nvml_degrades_to_ram(monkeypatch: pytest.MonkeyPatch, nvidia_driver: None) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([], init_error=True))
     gpus, ram_device, why = device_memory.read_devices(reserve=1 * GiB)
     assert gpus == [] and why == "NVML unavailable: NVML Shared Library Not Found"
