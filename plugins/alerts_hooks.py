@@ -72,7 +72,13 @@ class AlertHooks:
                            else None)
             if settings.breaker else None
         )
-        self._ctx_len: dict[str, int | None] = {}
+        #: context length per alias: 0 = not looked up yet, -1 = unknown
+        self._ctx_len: dict[str, int] = {}
+        # bound once: the call path reads them without attribute chains
+        self._models = self.stats.models
+        self._append = self.stats.records.append
+        self._clock = self.stats.clock
+        self._circuits: dict[str, Any] = self.breaker.circuits if self.breaker else {}
         self._circuits_firing: dict[str, Alert] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -86,46 +92,48 @@ class AlertHooks:
 
     # ---- the call path -------------------------------------------------------
 
+    # The three hooks below run on every call: plain dict lookups and one deque append,
+    # no method calls that can be avoided (bench/observability.py measures them).
+
     @hookimpl(tryfirst=True)
     def before_call(self, request: ChatRequest, herd: Herd) -> None:
         alias = request.alias
-        if self.breaker is not None:
-            self.breaker.check(alias)  # raises CircuitOpenError when open
-        live = self.stats.models.get(alias) or self.stats.model(alias)
+        if alias in self._circuits:  # only a model that has failed has a circuit
+            self.breaker.check(alias)  # type: ignore[union-attr]  # raises when open
+        live = self._models.get(alias) or self.stats.model(alias)
         live.inflight += 1
         request.context[_MARK] = alias
-        options = request.options
-        temperature = options.get("temperature")
-        if temperature is not None:
-            live.temperature = temperature
-        if alias not in self._ctx_len:
-            self._ctx_len[alias] = _context_length(herd, alias, options)
 
     @hookimpl
     def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
         if response.cache_tier is not None:
-            self.stats.add(request.alias, HIT)
+            self._append((self._clock(), request.alias, HIT, 0.0, 0, 0, -1))
             return
         alias = response.alias or request.alias
-        live = self.stats.models.get(alias) or self.stats.model(alias)
+        live = self._models.get(alias) or self.stats.model(alias)
         if live.inflight > 0:
             live.inflight -= 1
         usage = response.usage
         valid = request.context.get("valid")
-        self.stats.add(alias, OK, response.latency_s, usage.input_tokens, usage.output_tokens,
-                       -1 if valid is None else int(bool(valid)))
-        ctx_len = self._ctx_len.get(alias)
-        if ctx_len:
+        self._append((self._clock(), alias, OK, response.latency_s, usage.input_tokens,
+                      usage.output_tokens, -1 if valid is None else (1 if valid else 0)))
+        temperature = request.options.get("temperature")
+        if temperature is not None:
+            live.temperature = temperature
+        ctx_len = self._ctx_len.get(alias, 0)
+        if ctx_len == 0:
+            ctx_len = self._ctx_len[alias] = _context_length(herd, alias, request.options) or -1
+        if ctx_len > 0:
             live.context_use = usage.input_tokens / ctx_len
-        if self.breaker is not None:
-            self.breaker.success(alias)
+        if alias in self._circuits:
+            self.breaker.success(alias)  # type: ignore[union-attr]
 
     @hookimpl
     def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
         context = request.context
         alias = context.pop(_MARK, None)
         if alias is not None:
-            live = self.stats.models.get(alias)
+            live = self._models.get(alias)
             if live is not None and live.inflight > 0:
                 live.inflight -= 1
         if context.get("final"):
