@@ -30,7 +30,7 @@ class ParsedAnswer:
 
 
 def answer_schema(
-    labels: Sequence[str] | None, label_key: str = "answer", reasoning_chars: int = 240
+    labels: Sequence[str] | None, label_key: str = "answer", reasoning_chars: int = 160
 ) -> dict[str, Any]:
     """The JSON schema of one answer: a label (an enum when labels are known), a
     confidence and a short reasoning."""

@@ -131,6 +131,19 @@ class _Loaded:
         self.load_s = load_s
         self.lock = threading.Lock()
         self.users = 0
+        #: the cancel event of the call holding `lock` (None between calls)
+        self.cancel: threading.Event | None = None
+        # llama.cpp calls logits processors from C, where a raised exception is only
+        # printed and generation goes on; Llama.eval is plain Python and runs before
+        # every token, so a check there really stops a generation nobody awaits.
+        evaluate = llama.eval
+
+        def eval_unless_cancelled(tokens: Any) -> Any:
+            if self.cancel is not None and self.cancel.is_set():
+                raise _Cancelled
+            return evaluate(tokens)
+
+        llama.eval = eval_unless_cancelled
 
 
 #: (path, load params) -> loaded model: a file loads once per process however many
@@ -313,15 +326,16 @@ class LlamaCppModel(Model):
                     f"'{request.alias}' (llamacpp) call was cancelled before it started"
                 )
             self._maybe_reset(loaded)
+            loaded.cancel = cancel
             try:
-                out = loaded.llama.create_chat_completion(
-                    **kwargs, logits_processor=_cancel_processor(cancel)
-                )
+                out = loaded.llama.create_chat_completion(**kwargs)
             except _Cancelled:
                 raise CallTimeoutError(
                     f"'{request.alias}' (llamacpp) generation was cancelled — the call timed out "
                     f"or its caller went away"
                 ) from None
+            finally:
+                loaded.cancel = None
         elapsed = time.perf_counter() - started
         choice = out["choices"][0]
         usage = out.get("usage") or {}
@@ -357,9 +371,8 @@ class LlamaCppModel(Model):
         chunks: Iterator[dict[str, Any]] | None = None
         try:
             self._maybe_reset(loaded)
-            chunks = loaded.llama.create_chat_completion(
-                **kwargs, stream=True, logits_processor=_cancel_processor(cancel)
-            )
+            loaded.cancel = cancel
+            chunks = loaded.llama.create_chat_completion(**kwargs, stream=True)
             parts: list[str] = []
             finish: str | None = None
             count = 0
@@ -389,6 +402,7 @@ class LlamaCppModel(Model):
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     await anyio.to_thread.run_sync(close)
+            loaded.cancel = None
             loaded.lock.release()
 
     async def health(self) -> Health:
@@ -406,20 +420,7 @@ def _next_or_none(iterator: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 class _Cancelled(Exception):
-    """Raised inside llama.cpp's sampling loop to stop a generation nobody awaits."""
-
-
-def _cancel_processor(cancel: threading.Event) -> Any:
-    # create_chat_completion takes no stopping criteria, but it runs a logits processor
-    # before sampling each token: raising there is the one way to stop between tokens.
-    from llama_cpp import LogitsProcessorList
-
-    def check(_input_ids: Any, scores: Any) -> Any:
-        if cancel.is_set():
-            raise _Cancelled
-        return scores
-
-    return LogitsProcessorList([check])
+    """Raised from Llama.eval (between tokens) to stop a generation nobody awaits."""
 
 
 @hookimpl
