@@ -7,10 +7,12 @@ model with no judgment: they assert shapes and invariants, never that a decision
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from modelherd import Herd
 from modelherd.agents import copybot, market_data, rbi, risk, swarm, trading
@@ -106,3 +108,21 @@ def test_stragglers_on_the_embedded_model_really_stop(herd: Herd) -> None:
     first = next(m for m in result.members if m.status == "ok")
     assert first.latency_s is not None
     assert result.elapsed_s < first.latency_s + 1.0
+
+
+def test_a_cancelled_generation_frees_the_model_at_once(herd: Herd) -> None:
+    """Cancelling a caller stops llama.cpp between tokens: the model's lock is free again
+    long before a 256-token generation could have finished."""
+
+    async def go() -> float:
+        with anyio.move_on_after(0.4):
+            await herd.chat("local", "Write a very long story about the sea.", max_tokens=256,
+                            cache="no-store", seed=11)
+        model = herd.get_model("local")
+        loaded = model.loaded  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        while loaded is not None and loaded.lock.locked():
+            await anyio.sleep(0.01)
+        return time.perf_counter() - started
+
+    assert run(herd, go()) < 1.5
