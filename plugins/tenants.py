@@ -292,6 +292,9 @@ class Tenants:
                          f"'{request.alias}' is not in {sorted(tenant.allowed)}", None)
         if limits.memory_share < 1.0 and request.provider in LOCAL_PROVIDERS:
             await self._check_memory(tenant, request.alias)
+        if self._remote() is None:
+            self._admit_local(tenant)  # no awaits on the in-process path
+            return
         if tenant.rpm is not None:
             wait = await self._bucket(tenant, "rpm", tenant.rpm, 1.0, "take")
             if wait:
@@ -308,6 +311,24 @@ class Tenants:
                              f"{used} of {limits.daily_tokens} tokens used today, resets at "
                              f"00:00 UTC", seconds_to_utc_midnight())
 
+    def _admit_local(self, tenant: Tenant) -> None:
+        limits = tenant.limits
+        if tenant.rpm is not None:
+            wait = tenant.rpm.take(1.0)
+            if wait:
+                self._refuse(tenant, "requests_per_minute",
+                             f"{limits.requests_per_minute:g}/min", wait)
+        if tenant.tpm is not None:
+            wait = tenant.tpm.wait_positive()
+            if wait:
+                self._refuse(tenant, "tokens_per_minute", f"{limits.tokens_per_minute:g}/min", wait)
+        if limits.daily_tokens is not None:
+            used = tenant.daily.current()
+            if used >= limits.daily_tokens:
+                self._refuse(tenant, "daily_tokens",
+                             f"{used} of {limits.daily_tokens} tokens used today, resets at "
+                             f"00:00 UTC", seconds_to_utc_midnight())
+
     async def _day_used(self, tenant: Tenant) -> int:
         remote = self._remote()
         if remote is not None:
@@ -319,6 +340,12 @@ class Tenants:
 
     async def charge(self, tenant: Tenant, tokens: int) -> None:
         """Tokens are known only after the call: charge them, into debt if need be."""
+        if self._remote() is None:
+            if tenant.tpm is not None:
+                tenant.tpm.charge(float(tokens))
+            if tenant.limits.daily_tokens is not None:
+                tenant.daily.add(tokens)
+            return
         if tenant.tpm is not None:
             await self._bucket(tenant, "tpm", tenant.tpm, float(tokens), "debt")
         if tenant.limits.daily_tokens is not None:

@@ -60,16 +60,17 @@ def utc_day() -> str:
 class DailyCounter:
     """Tokens used today (UTC); resets at midnight UTC."""
 
-    __slots__ = ("day", "used")
+    __slots__ = ("reset_at", "used")
 
     def __init__(self) -> None:
-        self.day = utc_day()
         self.used = 0
+        self.reset_at = time.time() + seconds_to_utc_midnight()
 
     def current(self) -> int:
-        today = utc_day()
-        if today != self.day:
-            self.day, self.used = today, 0
+        now = time.time()
+        if now >= self.reset_at:  # a float compare per call, not a date format
+            self.used = 0
+            self.reset_at = now + seconds_to_utc_midnight()
         return self.used
 
     def add(self, amount: int) -> None:

@@ -230,3 +230,15 @@ async def test_unreachable_redis_falls_back_to_local_with_one_warning(
     assert "enforcing quotas per process" in warnings[0]
     assert "s3cret" not in warnings[0]
     await herd.aclose()
+
+
+def test_daily_counter_resets_at_utc_midnight(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelherd.plugins import token_bucket
+
+    counter = token_bucket.DailyCounter()
+    counter.add(40)
+    assert counter.current() == 40
+    later = counter.reset_at + 1
+    monkeypatch.setattr(token_bucket.time, "time", lambda: later)
+    assert counter.current() == 0
+    assert counter.reset_at > later
