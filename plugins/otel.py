@@ -76,11 +76,35 @@ def startup(herd: Herd) -> None:
     hooks = OtelHooks(pump, cfg.capture_content)
     sink = OtelMetricSink(pump) if exporters.meter is not None else None
     hooks.runtime = _Runtime(exporters, pump, hooks, sink)  # type: ignore[attr-defined]
+    if exporters.meter is not None:
+        _resource_gauges(herd, exporters.meter)
     pump.start()
     herd.register_plugin(hooks, name=HOOKS_NAME)
     if sink is not None:
         herd.register_plugin(sink, name=METRICS_NAME)
     log.debug("tracing to %s, metrics to %s", cfg.traces_endpoint, cfg.metrics_endpoint)
+
+
+def _resource_gauges(herd: Herd, meter: Any) -> None:
+    """Export the resource sampler's latest reading as observable gauges.
+
+    Read by the metric reader's thread at collection time: the sampler never calls
+    on_metric, and a herd without the resource_monitor plugin exports none.
+    """
+    from opentelemetry.metrics import Observation
+
+    from .resource_monitor import GAUGES, sampler_for
+
+    def observe(key: str, scale: float) -> Any:
+        def callback(options: Any) -> list[Any]:
+            sampler = sampler_for(herd)
+            value = sampler.latest.get(key) if sampler is not None else None
+            return [] if value is None else [Observation(value * scale)]
+
+        return callback
+
+    for key, (name, unit, scale) in GAUGES.items():
+        meter.create_observable_gauge(name, callbacks=[observe(key, scale)], unit=unit)
 
 
 def _runtime(herd: Herd) -> _Runtime | None:

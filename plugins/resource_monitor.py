@@ -5,9 +5,9 @@ thread samples every `interval_s` seconds (2 s by default, ~0.1 ms of CPU each) 
 adds nothing to a model call. NVML (nvidia-ml-py) is imported and initialised lazily
 in that thread; with no NVIDIA GPU or driver the GPU fields stay None, silently.
 
-The latest sample feeds the resource KPIs of the alerts plugin and `herd top`, and,
-when some plugin listens to `on_metric` (OpenTelemetry), is emitted as gauges —
-from the sampler thread, so on_metric implementations must be thread-safe.
+The latest sample feeds the resource KPIs of the alerts plugin and `herd top`; the
+otel plugin exports it as observable gauges (read at metric collection time, see
+`GAUGES`), so no `on_metric` call ever comes from the sampler thread.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.errors import ConfigError
-from modelherd.types import Metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
@@ -31,8 +30,8 @@ log = logging.getLogger("modelherd.resources")
 
 SAMPLER_NAME = "resource-sampler"
 
-#: sample key -> (metric name, unit, scale) for the gauges sent to on_metric
-_GAUGES = {
+#: sample key -> (metric name, unit, scale) for the gauges the otel plugin exports
+GAUGES = {
     "cpu_percent": ("system.cpu.utilization", "1", 0.01),
     "memory_percent": ("system.memory.utilization", "1", 0.01),
     "process_rss_bytes": ("process.memory.usage", "By", 1.0),
@@ -160,7 +159,6 @@ class ResourceSampler:
             out.update(self.nvml.sample())
         self.latest = out
         self.history.append((now, out))
-        self._emit(out)
         return out
 
     def window_mean(self, seconds: float) -> dict[str, Any]:
@@ -176,15 +174,6 @@ class ResourceSampler:
             if values:
                 out[key] = sum(values) / len(values)
         return out
-
-    def _emit(self, sample: dict[str, Any]) -> None:
-        herd = self.herd
-        if herd is None or not herd.wants_metrics:
-            return
-        for key, (name, unit, scale) in _GAUGES.items():
-            value = sample.get(key)
-            if value is not None:
-                herd.emit(Metric(name, value * scale, unit, "gauge"))
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -234,6 +234,25 @@ def test_metrics_reach_the_receiver(receiver: OtlpReceiver) -> None:
     assert "herd.inflight" in metrics
 
 
+def test_resource_gauges_are_exported(receiver: OtlpReceiver) -> None:
+    from modelherd.plugins import resource_monitor
+
+    table = {"enabled": True, "endpoint": receiver.endpoint, "export_interval_s": 60}
+    herd = make_herd(config={"plugins": {"otel": table,
+                                         "resource_monitor": {"interval_s": 60}}},
+                     plugins=(otel, resource_monitor))
+
+    async def main() -> None:
+        async with herd:
+            otel.force_flush(herd)
+
+    anyio.run(main)
+    metrics = receiver.metrics()
+    cpu = metrics["system.cpu.utilization"][-1].gauge.data_points[0].as_double
+    assert 0 <= cpu <= 64  # a share of one CPU, x cores at most
+    assert metrics["process.memory.usage"][-1].gauge.data_points[0].as_double > 0
+
+
 def test_collector_down_is_a_warning_not_an_error(
     receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
