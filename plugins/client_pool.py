@@ -2,8 +2,9 @@
 
 SDK clients hold sockets bound to the event loop that opened them, so the pool is
 keyed by the running loop too: `herd.chat_sync` and a test's own loop each get their
-own client instead of a broken shared one. Clients are made lazily on first use and
-closed by the plugins' `shutdown` hook (`await herd.aclose()`).
+own client instead of a broken shared one. Clients are made lazily on first use.
+A client is closed when the last model using it is closed (`Model.aclose`, which
+`herd.aclose()` and residency eviction call) or by the plugins' `shutdown` hook.
 """
 
 from __future__ import annotations
@@ -14,31 +15,55 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 
+class _Entry:
+    __slots__ = ("client", "loop", "owners")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: Any) -> None:
+        self.loop = weakref.ref(loop)
+        self.client = client
+        self.owners: set[int] = set()
+
+
 class ClientPool:
     def __init__(self) -> None:
-        self._clients: dict[tuple[int, Hashable], tuple[weakref.ref[Any], Any]] = {}
+        self._entries: dict[tuple[int, Hashable], _Entry] = {}
 
-    def get(self, key: Hashable, factory: Callable[[], Any]) -> Any:
+    def get(self, key: Hashable, factory: Callable[[], Any], owner: object | None = None) -> Any:
         loop = asyncio.get_running_loop()
         slot = (id(loop), key)
-        entry = self._clients.get(slot)
-        if entry is not None and entry[0]() is loop:
-            return entry[1]
-        client = factory()
-        self._clients[slot] = (weakref.ref(loop), client)
-        return client
+        entry = self._entries.get(slot)
+        if entry is None or entry.loop() is not loop:
+            entry = self._entries[slot] = _Entry(loop, factory())
+        if owner is not None:
+            entry.owners.add(id(owner))
+        return entry.client
 
     def __len__(self) -> int:
-        return len(self._clients)
+        return len(self._entries)
+
+    async def release(self, owner: object) -> None:
+        """`owner` is done: close the clients in this loop nobody else uses."""
+        loop = asyncio.get_running_loop()
+        for slot, entry in list(self._entries.items()):
+            if id(owner) not in entry.owners:
+                continue
+            entry.owners.discard(id(owner))
+            if not entry.owners and entry.loop() is loop:
+                self._entries.pop(slot, None)
+                await _close(entry.client)
 
     async def aclose_current_loop(self) -> None:
         """Close the clients opened in the running loop (others belong to other loops)."""
         loop = asyncio.get_running_loop()
-        for slot, (ref, client) in list(self._clients.items()):
-            owner = ref()
+        for slot, entry in list(self._entries.items()):
+            owner = entry.loop()
             if owner is None or owner.is_closed():
-                self._clients.pop(slot, None)  # its loop is gone; sockets went with it
+                self._entries.pop(slot, None)  # its loop is gone; sockets went with it
             elif owner is loop:
-                self._clients.pop(slot, None)
-                close = getattr(client, "close", None) or client.aclose
-                await close()
+                self._entries.pop(slot, None)
+                await _close(entry.client)
+
+
+async def _close(client: Any) -> None:
+    close = getattr(client, "close", None) or client.aclose
+    await close()

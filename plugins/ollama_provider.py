@@ -175,7 +175,7 @@ class OllamaModel(Model):
     # ---- client ----------------------------------------------------------------
 
     def client(self) -> Any:
-        return _POOL.get(self.host, self._new_client)
+        return _POOL.get(self.host, self._new_client, self)
 
     def _new_client(self) -> Any:
         try:
@@ -378,6 +378,11 @@ class OllamaModel(Model):
         from .ollama_admin import diagnose
 
         return await diagnose(self)
+
+    async def aclose(self) -> None:
+        """Close the client unless another alias still uses it. The model stays loaded
+        in Ollama (its keep_alive decides); `unload()` frees it explicitly."""
+        await _POOL.release(self)
 
     async def unload(self) -> bool:
         """Free the model's memory now (keep_alive 0). True if the server confirmed."""

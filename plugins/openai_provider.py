@@ -193,7 +193,7 @@ class OpenAIModel(Model):
             settings.organization,
             tuple(sorted(settings.headers.items())),
         )
-        return _POOL.get(key, self._new_client)
+        return _POOL.get(key, self._new_client, self)
 
     def _new_client(self) -> Any:
         try:
@@ -409,6 +409,10 @@ class OpenAIModel(Model):
                 f"connection to {name} failed ({type(exc).__name__}) — the call can be retried"
             )
         return self._bad_body(request, f"something the SDK could not read ({type(exc).__name__})")
+
+    async def aclose(self) -> None:
+        """Close this model's SDK client unless another alias still uses it."""
+        await _POOL.release(self)
 
     # ---- health / lifecycle ----------------------------------------------------
 

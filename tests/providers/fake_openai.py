@@ -217,7 +217,14 @@ def make_app(recorder: Recorder) -> web.Application:
             {
                 "object": "list",
                 "data": [
-                    {"id": m, "object": "model", "created": 1, "owned_by": "system"} for m in MODELS
+                    # Gemini's compatible endpoint lists ids as "models/<id>"
+                    {
+                        "id": ("models/" if request.path.startswith("/gemini") else "") + m,
+                        "object": "model",
+                        "created": 1,
+                        "owned_by": "system",
+                    }
+                    for m in MODELS
                 ],
             }
         )
@@ -225,4 +232,7 @@ def make_app(recorder: Recorder) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/gemini/v1/chat/completions", completions)
+    app.router.add_get("/gemini/v1/models", models)
+    app.router.add_post("/bare/v1/chat/completions", completions)  # a server without /models
     return app

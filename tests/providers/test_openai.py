@@ -371,3 +371,41 @@ def test_herd_chat_cli(openai_server, tmp_path, monkeypatch, alias, provider, ke
     result = CliRunner().invoke(make_cli(), ["--config", str(config), "chat", "-m", alias, "hi"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("echo: hi") and API_KEY not in result.output
+
+
+def test_health_with_gemini_ids_and_servers_without_a_model_list(openai_server, herds):
+    import asyncio
+
+    for prefix, detail in (("/gemini", "(5 models listed)"), ("/bare", "(it lists no models)")):
+        table = {
+            "provider": "gemini",
+            "model": "gpt-5.4",
+            "base_url": f"{openai_server.url}{prefix}/v1",
+        }
+        herd = provider_herd(openai_provider, {"m": table}, {"GEMINI_API_KEY": API_KEY})
+        herds.append(herd)
+        health = asyncio.run(_closing(herd, herd.get_model("m").health()))
+        assert health.ok and health.detail.endswith(detail), health
+        assert herd.chat_sync("m", "x").content == "echo: x"
+
+
+def test_unloading_one_alias_keeps_the_shared_client_for_the_other(openai_server):
+    import asyncio
+
+    table = {"provider": "openai", "model": "echo-model", "base_url": f"{openai_server.url}/v1"}
+    herd = provider_herd(openai_provider, {"a": table, "b": dict(table)}, ENV)
+
+    async def go() -> tuple[bool, str, int]:
+        await herd.chat("a", "x")
+        await herd.chat("b", "y")
+        shared = herd.get_model("b").client()
+        await herd.unload_model("a")  # residency eviction of one alias
+        still_open = herd.get_model("b").client() is shared
+        answer = (await herd.chat("b", "z")).content
+        await herd.unload_model("b")
+        left = len(openai_provider._POOL)
+        await herd.aclose()
+        return still_open, answer, left
+
+    still_open, answer, left = asyncio.run(go())
+    assert still_open and answer == "echo: z" and left == 0
