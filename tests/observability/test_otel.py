@@ -367,3 +367,35 @@ def test_missing_sdk_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> N
     assert str(err.value) == (
         "tracing ([plugins.otel] or OTEL_EXPORTER_OTLP_ENDPOINT) needs the 'opentelemetry-sdk' "
         'package — install it with: pip install "modelherd[otel]"')
+
+
+def test_the_real_swarm_shows_as_one_tree(receiver: OtlpReceiver) -> None:
+    """The swarm agent (anyio task group, watchdog, early stop) under agent_span."""
+    swarm = pytest.importorskip("modelherd.agents.swarm")
+    members = {f"m{i}": MockModel(default='{"answer": "yes"}') for i in range(3)}
+    herd = _herd(receiver, members)
+    herd.register_plugin(swarm, name="swarm-agent")
+
+    async def main() -> None:
+        async with herd:
+            agent = herd.agent("swarm", members=list(members), samples=1, save=False,
+                               labels=["yes", "no"], early_stop=False)
+            async with otel.agent_span(herd, "swarm"):
+                result = await agent.ask("Is the sky blue?")
+            assert result.consensus is not None
+            otel.force_flush(herd)
+
+    anyio.run(main)
+    spans = receiver.wait_spans(4)
+    by_id = {s.span_id: s for s in spans}
+    (root,) = [s for s in spans if s.parent_span_id == b""]
+    assert root.name == "invoke_agent swarm"
+
+    def under_root(span: Any) -> bool:
+        while span.parent_span_id:
+            span = by_id[span.parent_span_id]
+        return span is root
+
+    chats = [s for s in spans if s.name.startswith("chat ")]
+    assert len(chats) == 3 and all(under_root(s) for s in chats)
+    assert {attributes(s)["gen_ai.agent.name"] for s in chats} == {"swarm"}
