@@ -2,7 +2,8 @@
 
 Sequential calls to a zero-latency MockModel through the whole pipeline, p50 of
 each configuration against the same herd with neither feature configured (measured
-in the same run, interleaved in rounds so machine noise hits all alike).
+in the same run, interleaved in rounds; the best round counts, because on a shared
+machine other processes can only add time).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from modelherd.plugins import tenants as tenants_plugin
 from modelherd.testing import MockModel, make_herd
 
 CALLS = 2000
-ROUNDS = 5
+ROUNDS = 7
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "neither (default)": {},
@@ -51,10 +52,11 @@ async def main() -> None:
     for _ in range(ROUNDS):
         for name, config in CONFIGS.items():
             p50s[name].append(statistics.median(await run(config)))
-    base = statistics.median(p50s["neither (default)"])
-    print(f"{CALLS} calls x {ROUNDS} rounds, zero-latency MockModel, p50 per call")
+    # the best round's p50: on a shared machine, other processes only ever add time
+    base = min(p50s["neither (default)"])
+    print(f"{CALLS} calls x {ROUNDS} rounds, zero-latency MockModel, best round's p50 per call")
     for name, values in p50s.items():
-        p50 = statistics.median(values)
+        p50 = min(values)
         print(f"{name:22} {p50 * 1e6:7.1f} µs   (+{(p50 - base) * 1e6:5.1f} µs)")
 
 
