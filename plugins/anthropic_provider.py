@@ -178,7 +178,12 @@ class AnthropicModel(Model):
             )
         settings = self.settings
         assert isinstance(settings, AnthropicSettings)
-        http_client = anthropic.DefaultAioHttpClient() if self.transport == "aiohttp" else None
+        http_client = None  # None: the SDK's default httpx transport
+        if self.transport == "aiohttp":
+            try:
+                http_client = anthropic.DefaultAioHttpClient()
+            except RuntimeError:  # the SDK's aiohttp extra is missing: stay on httpx
+                self.transport = "httpx"
         return anthropic.AsyncAnthropic(
             api_key=self._key,
             base_url=self.base_url,

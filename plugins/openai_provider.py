@@ -210,7 +210,12 @@ class OpenAIModel(Model):
             )
         settings = self.settings
         assert isinstance(settings, OpenAISettings)
-        http_client = openai.DefaultAioHttpClient() if self.transport == "aiohttp" else None
+        http_client = None  # None: the SDK's default httpx transport
+        if self.transport == "aiohttp":
+            try:
+                http_client = openai.DefaultAioHttpClient()
+            except RuntimeError:  # the SDK's aiohttp extra is missing: stay on httpx
+                self.transport = "httpx"
         return openai.AsyncOpenAI(
             api_key=self._key or "not-needed",  # self-hosted servers ignore it; the SDK wants one
             base_url=self.base_url,
