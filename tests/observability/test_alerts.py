@@ -69,7 +69,7 @@ def test_latency_alert_fires_once_and_resolves_once(caplog: pytest.LogCaptureFix
             assert hooks is not None
             await _calls(herd, "mock", 4)
             assert hooks.evaluate() == []
-            model.latency = 0.06  # the model slows down
+            model.latency = 0.1  # the model slows down (window mean >= 0.05 s)
             await _calls(herd, "mock", 4)
             fired = hooks.evaluate()
             assert {(a.kpi, a.scope, a.state) for a in fired} == {
@@ -141,7 +141,7 @@ def test_breaker_opens_fallback_answers_then_probe_closes_it() -> None:
     recorder = Recorder()
     herd = _herd({"primary": primary, "backup": backup}, recorder,
                  fallbacks={"primary": ["backup"]}, breaker_failures=3,
-                 breaker_cooldown_s=0.3)
+                 breaker_cooldown_s=1.0)
 
     async def main() -> None:
         async with herd:
@@ -155,12 +155,12 @@ def test_breaker_opens_fallback_answers_then_probe_closes_it() -> None:
             assert [a.content for a in more] == ["from backup"] * 3
             assert all(a.fallback_from == "primary" for a in more)
             assert len(primary.history) == 3
-            await anyio.sleep(0.35)
+            await anyio.sleep(1.05)
             # half-open: one probe goes to primary, fails (4th queued error): open again
             probe = await _calls(herd, "primary", 1)
             assert probe[0].content == "from backup" and len(primary.history) == 4
             assert hooks.breaker.state("primary") == "open"
-            await anyio.sleep(0.35)
+            await anyio.sleep(1.05)
             healed = await _calls(herd, "primary", 2)  # probe succeeds: closed
             assert [a.content for a in healed] == ["from primary"] * 2
             assert hooks.breaker.state("primary") == "closed"
