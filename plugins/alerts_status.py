@@ -8,8 +8,9 @@ is `<status_dir>/status-<pid>.json`, rewritten atomically (write + rename) every
 `herd.aclose()`. A file whose process is gone is ignored (and cleaned up) by readers.
 
 Default directory: platformdirs' user runtime dir + "/modelherd" (on Linux
-`$XDG_RUNTIME_DIR/modelherd`, e.g. /run/user/1000/modelherd), overridable with
-`[plugins.alerts] status_dir` or `HERD_STATUS_DIR`.
+`$XDG_RUNTIME_DIR/modelherd`, e.g. /run/user/1000/modelherd), or `<tmp>/modelherd-<uid>`
+where there is no runtime dir; overridable with `[plugins.alerts] status_dir` or
+`HERD_STATUS_DIR`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ def default_status_dir(configured: str | None = None) -> Path:
         return Path(env).expanduser()
     import platformdirs
 
-    return Path(platformdirs.user_runtime_dir("modelherd"))
+    runtime = Path(platformdirs.user_runtime_dir("modelherd"))
+    if runtime.parent.is_dir():
+        return runtime
+    # no per-user runtime dir (containers, service accounts): a per-user temp dir
+    import tempfile
+
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"modelherd-{uid}"
 
 
 def status_path(directory: Path, pid: int | None = None) -> Path:

@@ -213,3 +213,16 @@ def test_nvml_readings_are_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
     quiet = resource_monitor.ResourceSampler()
     assert quiet.sample()["gpu_percent"] is None
     assert quiet.nvml is not None and quiet.nvml.failed
+
+
+def test_default_status_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from modelherd.plugins.alerts_status import default_status_dir
+
+    monkeypatch.delenv("HERD_STATUS_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert default_status_dir() == tmp_path / "modelherd"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
+    assert default_status_dir().name.startswith("modelherd-")
+    monkeypatch.setenv("HERD_STATUS_DIR", str(tmp_path / "mine"))
+    assert default_status_dir() == tmp_path / "mine"
+    assert default_status_dir("/x/y") == Path("/x/y")
