@@ -34,8 +34,12 @@ def _target(ctx: click.Context, model: str | None, host: str | None) -> Any:
     spec: ModelSpec | None = None
     if herd is not None and model and model in herd.config.models:
         candidate = herd.config.spec(model)
-        if candidate.provider == "ollama":
-            spec = candidate
+        if candidate.provider != "ollama":
+            raise click.UsageError(
+                f"'{model}' is served by {candidate.provider}, not Ollama — give an Ollama "
+                f"alias or model name (e.g. llama3.2)"
+            )
+        spec = candidate
     if spec is None:
         name = (model or "").removeprefix("ollama/")
         spec = ModelSpec(alias=name or "ollama", provider="ollama", model=name)

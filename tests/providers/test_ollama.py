@@ -411,3 +411,12 @@ def test_doctor_walks_the_ollama_flow(ollama_server, tmp_path, monkeypatch, caps
     assert found["model mistral"]["fix"] == "run `herd pull mistral:latest`"
     assert found["model ready"]["level"] == "ok"
     assert found["model ready"]["message"].startswith("llama3.2:latest pulled (2.0 GB, Q4_K_M)")
+
+
+def test_cli_pull_refuses_a_cloud_alias(cli_config, capsys):
+    code, _, err = run_cli(["--config", cli_config, "pull", "claude"], capsys)
+    assert code == 2
+    assert (
+        "'claude' is served by anthropic, not Ollama — give an Ollama alias or model "
+        "name (e.g. llama3.2)"
+    ) in err
