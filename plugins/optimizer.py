@@ -197,11 +197,21 @@ class Optimizer:
         user_set = self.user_keys.get(request.alias)
         if user_set is None:
             user_set = self.user_keys[request.alias] = set(herd.resolve(request.alias).settings)
+        added = []
         for key, value in wanted.items():
             if key not in request.options and key not in user_set:
                 request.options[key] = value
+                added.append(key)
         request.context["herd.placement"] = placement.reason
+        request.context["herd.placed_keys"] = added
         return None
+
+    @hookimpl
+    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
+        # the kernel copies the failed attempt's options into the fallback's request:
+        # take the placement back out, so a cloud fallback never sees n_gpu_layers
+        for key in request.context.pop("herd.placed_keys", ()):
+            request.options.pop(key, None)
 
     @hookimpl
     def acquire_admission(self, request: ChatRequest, herd: Herd) -> Any:

@@ -304,7 +304,7 @@ class Scheduler:
 
     # ---- actions outside admission -------------------------------------------
 
-    @hookimpl
+    @hookimpl(tryfirst=True)  # a guard: before optimizers write placement options
     def before_call(self, request: ChatRequest, herd: Herd) -> ChatResponse | None:
         # spill: the primary attempt of a call admitted while "high" goes to a fallback
         if (request.context.get("herd.spill_from") == request.alias and self.active("spill")

@@ -16,6 +16,7 @@ from modelherd.errors import ConfigError
 from modelherd.plugins import optimizer
 from modelherd.plugins.optimizer import Optimizer, OptimizerSettings, make_plan_command, plan_for
 from modelherd.testing import MockModel
+from modelherd.types import ChatRequest
 
 GiB = 1024**3
 pytestmark = pytest.mark.anyio
@@ -214,3 +215,43 @@ def test_plan_for_ollama_reads_api_show(monkeypatch: pytest.MonkeyPatch) -> None
     herd = herd_with({"o": {"provider": "ollama", "model": "llama3.2:1b", "host": "127.0.0.1:1"}})
     with pytest.raises(ConfigError, match=r"cannot ask Ollama about 'llama3.2:1b' \(ConnectError"):
         plan_for(herd, "o")
+
+
+async def test_placement_options_never_reach_a_fallback(
+        monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]) -> None:
+    """A local primary that fails hands its call to a cloud fallback without n_ctx & co."""
+    from modelherd import hookimpl
+    from modelherd.errors import ProviderUnavailableError
+    from modelherd.provider import Model
+    from modelherd.testing import MockProvider
+    from modelherd.types import ModelSpec
+
+    _no_gpu(monkeypatch)
+    failing = MockModel()
+    seen: list[dict[str, object]] = []
+
+    def fail(request: ChatRequest) -> Exception:
+        seen.append(dict(request.options))  # what the provider got, at call time
+        return ProviderUnavailableError("llama.cpp could not load it")
+
+    failing.enqueue(*[fail] * 5)
+    cloud = MockModel()
+
+    class Serve:
+        """Serves the llamacpp alias with a MockModel that fails (no real load)."""
+
+        @hookimpl(tryfirst=True)
+        def provide_model(self, spec: ModelSpec, herd: Herd) -> Model | None:
+            return failing if spec.alias == "loc" else None
+
+    provider = MockProvider()
+    provider.add("cloud", cloud)
+    herd = herd_with({"loc": {"provider": "llamacpp", "path": str(gguf_file()),
+                              "fallbacks": ["cloud"]},
+                      "cloud": {"provider": "mock"}},
+                     {"enabled": True}, extra=(provider, Serve()))
+    response = await herd.chat("loc", "hi", temperature=0.5)
+    assert response.alias == "cloud" and response.fallback_from == "loc"
+    assert seen and "n_ctx" in seen[0] and seen[0]["use_mmap"] is True  # the primary got it
+    assert cloud.history[0].options == {"temperature": 0.5}  # the fallback did not
+    await herd.aclose()
