@@ -60,7 +60,7 @@ _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 _CONFIDENCE = re.compile(r"confidence\W{0,3}\s*([0-9]*\.?[0-9]+)\s*(%?)", re.IGNORECASE)
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+def json_object(text: str) -> dict[str, Any] | None:
     candidates = [text]
     candidates += [m.group(1) for m in _FENCE.finditer(text)]
     start, end = text.find("{"), text.rfind("}")
@@ -108,7 +108,7 @@ def parse_answer(
     """Read a label, a confidence (0..1 or None) and a reasoning from a model's text."""
     if not text or not text.strip():
         raise ParseError("the answer is empty")
-    obj = _json_object(text)
+    obj = json_object(text)
     if obj is not None:
         lowered = {str(k).lower(): v for k, v in obj.items()}
         for key in label_keys:

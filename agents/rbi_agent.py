@@ -23,7 +23,7 @@ from modelherd.errors import ConfigError, HerdError
 from pydantic import BaseModel, Field
 
 from . import storage
-from .answers import _json_object
+from .answers import json_object
 from .caveats import model_note
 from .market_data import fetch_candles
 from .sandbox import Limits, isolation_note, network_namespace_available, run_backtest
@@ -186,7 +186,7 @@ class RBIAgent(Agent):
             text = await self._ask(s.research_model, prompt, s.spec_max_tokens, SPEC_SCHEMA)
         except HerdError as exc:
             return {"name": "idea", "entry": idea[:240], "exit": "", "indicators": []}, str(exc)
-        spec = _json_object(text)
+        spec = json_object(text)
         if not spec or not isinstance(spec.get("entry"), str):
             return ({"name": "idea", "entry": idea[:240], "exit": "", "indicators": []},
                     "the research answer was not a spec; the idea text is used as the spec")

@@ -119,7 +119,7 @@ def test_a_cancelled_generation_frees_the_model_at_once(herd: Herd) -> None:
             await herd.chat("local", "Write a very long story about the sea.", max_tokens=256,
                             cache="no-store", seed=11)
         model = herd.get_model("local")
-        loaded = model.loaded  # type: ignore[attr-defined]
+        loaded = model.loaded
         started = time.perf_counter()
         while loaded is not None and loaded.lock.locked():
             await anyio.sleep(0.01)
