@@ -30,13 +30,16 @@ def default_status_dir(configured: str | None = None) -> Path:
     env = os.environ.get("HERD_STATUS_DIR")
     if env:
         return Path(env).expanduser()
-    import platformdirs
-
-    runtime = Path(platformdirs.user_runtime_dir("modelherd"))
-    if runtime.parent.is_dir():
-        return runtime
-    # no per-user runtime dir (containers, service accounts): a per-user temp dir
+    import sys
     import tempfile
+
+    if not (sys.platform.startswith("linux") and not os.environ.get("XDG_RUNTIME_DIR")):
+        import platformdirs
+
+        runtime = Path(platformdirs.user_runtime_dir("modelherd"))
+        if runtime.parent.is_dir():
+            return runtime
+    # no per-user runtime dir (containers, service accounts): a per-user temp dir
 
     uid = os.getuid() if hasattr(os, "getuid") else 0
     return Path(tempfile.gettempdir()) / f"modelherd-{uid}"

@@ -176,12 +176,13 @@ class ResourceSampler:
         return out
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        # wait first: start() took a host reading already, and the first GPU reading
+        # imports NVML (~20 ms holding the GIL) — better not during the herd's first call
+        while not self._stop.wait(self.interval_s):
             try:
                 self.sample()
             except Exception as exc:  # never let the sampler die on one bad reading
                 log.debug("resource sample failed: %s", exc)
-            self._stop.wait(self.interval_s)
 
     def start(self) -> None:
         if self._thread is None:
