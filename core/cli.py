@@ -248,12 +248,22 @@ def models_cmd(ctx: click.Context, check: bool, timeout: float, as_json: bool) -
         why = escape(" — ".join(x for x in (row.get("reason"), row.get("fix")) if x))
         cells = [name, row["provider"], row["model"], ok, why]
         if check:
-            h = row.get("health")
-            cells.append(
-                "-" if h is None else ("[green]ok" if h["ok"] else f"[red]{escape(h['detail'])}")
-            )
+            cells.append(_health_cell(row.get("health")))
         table.add_row(*cells)
     _console().print(table)
+
+
+def _health_cell(health: dict[str, Any] | None) -> str:
+    """The live-check column: ok with its detail, or the failure with its fix."""
+    from rich.markup import escape
+
+    if health is None:
+        return "-"
+    detail = escape(health.get("detail") or "")
+    if health["ok"]:
+        return f"[green]ok[/green] {detail}".strip()
+    fix = escape(health.get("fix") or "")
+    return f"[red]{detail}[/red]" + (f" — {fix}" if fix else "")
 
 
 # ---- herd chat -----------------------------------------------------------------
