@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .token_bucket import DailyCounter, SlotPool, TokenBucket, seconds_to_utc_midnight
 
 if TYPE_CHECKING:
+    import click
     from modelherd.kernel import Herd
 
     from .tenant_redis import RedisLimits
@@ -469,6 +470,13 @@ def _safe_url(url: str | None) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from .tenants_cli import make_tenants_command
+
+    cli.add_command(make_tenants_command())
 
 
 @hookimpl

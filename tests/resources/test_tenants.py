@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 from modelherd import Herd
@@ -242,3 +243,26 @@ def test_daily_counter_resets_at_utc_midnight(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(token_bucket.time, "time", lambda: later)
     assert counter.current() == 0
     assert counter.reset_at > later
+
+
+def test_herd_tenants_command(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+    from modelherd.plugins.tenants_cli import make_tenants_command
+
+    config = tmp_path / "plugins.toml"
+    config.write_text('[tenants.alice]\ntier = "premium"\nrequests_per_minute = 1200\n'
+                      '[tiers.basic]\ndaily_tokens = 0\n')
+    result = CliRunner().invoke(make_tenants_command(), ["--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["alice"]["tier"] == "premium" and rows["alice"]["requests_per_minute"] == 1200
+    assert rows["alice"]["tokens_per_minute"] == 1_000_000
+    assert rows["basic"]["daily_tokens"] is None  # 0 switched it off
+    table = CliRunner().invoke(make_tenants_command(), ["--config", str(config)])
+    assert table.exit_code == 0 and "alice" in table.output and "dedicated" in table.output
+    config.write_text('[tenants.bob]\ntier = "gold"\n')
+    bad = CliRunner().invoke(make_tenants_command(), ["--config", str(config)])
+    assert bad.exit_code == 2
+    assert "[tenants.bob] tier: unknown tier 'gold'" in bad.output
