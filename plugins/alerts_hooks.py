@@ -50,6 +50,12 @@ def _context_length(herd: Herd, alias: str, options: dict[str, Any]) -> int | No
         value = settings.get(key)
         if isinstance(value, int) and value > 0:
             return value
+    # the provider's validated settings carry its defaults (llamacpp: n_ctx = 2048)
+    parsed = getattr(model, "settings", None) if model is not None else None
+    for key in _CONTEXT_KEYS:
+        value = getattr(parsed, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
     value = getattr(model, "context_length", None) if model is not None else None
     return value if isinstance(value, int) and value > 0 else None
 

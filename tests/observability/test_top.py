@@ -226,3 +226,19 @@ def test_default_status_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("HERD_STATUS_DIR", str(tmp_path / "mine"))
     assert default_status_dir() == tmp_path / "mine"
     assert default_status_dir("/x/y") == Path("/x/y")
+
+
+def test_context_length_from_the_providers_own_settings() -> None:
+    from modelherd.plugins.alerts_hooks import _context_length
+    from modelherd.provider import ProviderSettings
+
+    class WithContext(ProviderSettings):
+        n_ctx: int = 2048  # as llamacpp's settings default it
+
+    model = MockModel()
+    herd = make_herd({"m": model})
+    herd.get_model("m")
+    assert _context_length(herd, "m", {}) is None
+    model.settings = WithContext()
+    assert _context_length(herd, "m", {}) == 2048
+    assert _context_length(herd, "m", {"num_ctx": 8192}) == 8192  # the call's option wins
