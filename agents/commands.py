@@ -310,7 +310,8 @@ def rbi_command(ctx: click.Context, idea: str, max_rounds: int | None, model: st
     for column in ("round", "model", "ok", "error"):
         table.add_column(column, overflow="fold")
     for r in result.rounds:
-        table.add_row(str(r.round), r.model, "yes" if r.ok else "no", (r.error or "")[-160:])
+        last = (r.error or "").strip().splitlines()[-1:] or [""]
+        table.add_row(str(r.round), r.model, "yes" if r.ok else "no", last[0][:160])
     console.print(table)
     if result.status == "duplicate":
         console.print(f"already researched (idea {result.idea_hash}); --force to run again")
