@@ -124,3 +124,14 @@ def test_copybot_command(herd_factory: Any) -> None:
     out = invoke(commands.copybot_command, [], herd).output
     assert "copybot · following sample-fund · paper" in out
     assert "short positions are not mirrored" in out
+
+
+def test_rbi_command(herd_factory: Any) -> None:
+    from test_rbi import FIXED, SPEC, fenced
+
+    herd = herd_factory({"m": mock("m", SPEC, fenced(FIXED))}, {})
+    out = invoke(commands.rbi_command, ["SMA cross idea", "-m", "m", "--rounds", "1"], herd).output
+    assert "backtest ok: return " in out and "Sharpe" in out and "trades" in out
+    assert "sandbox: network: " in out
+    again = invoke(commands.rbi_command, ["sma cross  IDEA", "-m", "m"], herd).output
+    assert "already researched (idea " in again and "--force to run again" in again
