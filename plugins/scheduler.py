@@ -222,6 +222,7 @@ class Scheduler:
 
     async def enter(self, request: ChatRequest) -> float:
         """Wait for a slot (or be shed); returns the seconds waited."""
+        self.last_call = time.monotonic()  # a call ends "idle" at once
         state = self.evaluate()
         if state != "low":
             if self.active("shed") and request.priority <= self.s.shed_priority:

@@ -207,6 +207,13 @@ class Tenants:
             from .tenant_redis import RedisLimits
 
             self.redis = RedisLimits(self.settings.redis_url, self.settings.key_prefix)
+        except ImportError:
+            self.warned = True
+            self.redis_down_until = float("inf")
+            log.warning('tenants: redis_url is set but the redis package is missing — '
+                        'pip install "modelherd[redis]"; enforcing quotas per process')
+            return
+        try:
             await self.redis.ping()
         except Exception as exc:
             self._redis_failed(exc)

@@ -266,3 +266,17 @@ def test_herd_tenants_command(tmp_path: Path) -> None:
     bad = CliRunner().invoke(make_tenants_command(), ["--config", str(config)])
     assert bad.exit_code == 2
     assert "[tenants.bob] tier: unknown tier 'gold'" in bad.output
+
+
+async def test_missing_redis_package_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    herd = herd_for({"x": {"tier": "basic"}}, settings={"redis_url": "redis://127.0.0.1:1/0"})
+    with caplog.at_level(logging.WARNING, logger="modelherd.tenants"):
+        await herd.chat("mock", "hi", tenant="x")
+    assert [r.getMessage() for r in caplog.records] == [
+        'tenants: redis_url is set but the redis package is missing — pip install '
+        '"modelherd[redis]"; enforcing quotas per process']
+    await herd.aclose()
