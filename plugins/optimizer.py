@@ -11,8 +11,8 @@ Default `enabled = "auto"`: on when NVML sees a GPU or a `memory_budget_gb` is
 set; on a CPU-only machine without a budget the embedded model needs no placing,
 so no per-call hook is registered (bench/overhead.py stays untouched).
 With `memory_budget_gb`, loading a model first evicts the least recently used idle
-local models until the new one fits — unless a `residency` plugin is loaded, which
-owns eviction then.
+local models until the new one fits — unless the `residency` plugin is active (its
+`residency-manager` is registered), which owns eviction then.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def plan_for(herd: Herd, alias: str, settings: OptimizerSettings | None = None) 
 class Optimizer:
     """The per-call half, registered from `startup` only when the optimizer is on."""
 
-    def __init__(self, herd: Herd, settings: OptimizerSettings, own_eviction: bool) -> None:
+    def __init__(self, herd: Herd, settings: OptimizerSettings, own_eviction: bool = True) -> None:
         self.herd = herd
         self.settings = settings
         self.plans: dict[str, Placement | None] = {}
@@ -222,6 +222,8 @@ class Optimizer:
             request.alias, request.provider, request.model = variant, spec.provider, spec.model
         if not self.own_eviction or request.provider not in LOCAL_PROVIDERS:
             return None
+        if herd.pm.get_plugin("residency-manager") is not None:
+            return None  # the residency plugin is active: it owns eviction
         return self._make_room(request.alias)
 
     @asynccontextmanager
@@ -257,11 +259,23 @@ class Optimizer:
                 break
             if self.in_flight.get(name, 0):
                 continue  # busy: never pull a model from under a running call
-            if await self.herd.unload_model(name):
+            if await unload_local(self.herd, name):
                 evicted.append(name)
                 log.info("optimizer: unloaded idle '%s' to make room for '%s'", name, alias)
             held.pop(name)
         return evicted
+
+
+async def unload_local(herd: Herd, alias: str) -> bool:
+    """Free a local model: Ollama's server copy first (keep_alive 0), then the Model."""
+    model = herd.loaded_models().get(alias)
+    unload = getattr(model, "unload", None)
+    if unload is not None:
+        try:
+            await unload()
+        except Exception as exc:  # best effort: the server's own keep_alive still applies
+            log.warning("could not unload '%s' from its server: %s", alias, exc)
+    return await herd.unload_model(alias)
 
 
 def _is_loaded(herd: Herd, alias: str) -> bool:
@@ -287,8 +301,7 @@ def startup(herd: Herd) -> Awaitable[None] | None:
         enabled = has_local and (settings.memory_budget_gb is not None or _gpu_present())
     if not enabled:
         return None
-    residency = herd.pm.get_plugin("residency") is not None
-    optimizer = Optimizer(herd, settings, own_eviction=not residency)
+    optimizer = Optimizer(herd, settings)
     herd.register_plugin(optimizer, name="optimizer-calls")
     herd.__dict__["_optimizer_plugin"] = optimizer  # for shutdown
     return optimizer.warm()

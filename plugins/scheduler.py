@@ -35,6 +35,7 @@ from modelherd.types import ChatRequest, ChatResponse, Metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .load_state import LEVEL, LoadStateMachine, Signals, Thresholds
+from .optimizer import unload_local
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
@@ -322,7 +323,7 @@ class Scheduler:
             if not getattr(model, "is_local", False) or self.by_alias.get(alias, 0):
                 continue
             idle_for = now - self.last_used.get(alias, self.last_call)
-            if idle_for >= self.s.idle_unload_after_s and await self.herd.unload_model(alias):
+            if idle_for >= self.s.idle_unload_after_s and await unload_local(self.herd, alias):
                 done.append(alias)
                 log.info("scheduler: unloaded idle local model '%s'", alias)
         return done

@@ -91,7 +91,7 @@ async def test_make_room_evicts_lru_idle_models(gguf_file: Callable[..., Path]) 
     models = {name: {"provider": "llamacpp", "path": str(path)} for name in ("a", "b", "c")}
     herd = herd_with(models)
     settings = OptimizerSettings(memory_budget_gb=1.0)
-    opt = Optimizer(herd, settings, own_eviction=True)
+    opt = Optimizer(herd, settings)
     plan = plan_for(herd, "a", settings)
     # each "model" holds 0.4 GiB; a and b are loaded, a used longest ago
     plan.estimate.weights += int(0.4 * GiB) - plan.estimate.total
@@ -255,3 +255,30 @@ async def test_placement_options_never_reach_a_fallback(
     assert seen and "n_ctx" in seen[0] and seen[0]["use_mmap"] is True  # the primary got it
     assert cloud.history[0].options == {"temperature": 0.5}  # the fallback did not
     await herd.aclose()
+
+
+async def test_eviction_unloads_server_side_models_and_defers_to_residency(
+        gguf_file: Callable[..., Path]) -> None:
+    path = gguf_file()
+    herd = herd_with({n: {"provider": "llamacpp", "path": str(path)} for n in ("a", "b")},
+                     {"memory_budget_gb": 0.5})
+    opt = Optimizer(herd, OptimizerSettings(memory_budget_gb=0.5))
+    plan = plan_for(herd, "a", opt.settings)
+    plan.estimate.weights += int(0.4 * GiB) - plan.estimate.total
+    opt.plans.update({"a": plan, "b": plan})
+    unloaded: list[str] = []
+
+    class ServerModel(MockModel):
+        """Like the Ollama provider's Model: `unload()` frees the server's copy."""
+
+        async def unload(self) -> bool:
+            unloaded.append("a")
+            return True
+
+    herd._models["a"] = ServerModel()
+    assert await opt.evict_for("b") == ["a"]
+    assert unloaded == ["a"]
+    request = herd.build_request("b", "hi")
+    assert opt.acquire_admission(request=request, herd=herd) is not None
+    herd.register_plugin(object(), name="residency-manager")
+    assert opt.acquire_admission(request=request, herd=herd) is None
