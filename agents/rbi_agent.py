@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import re
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 import anyio
 from modelherd import Agent, AgentSettings
-from modelherd.errors import ConfigError, HerdError
+from modelherd.errors import ConfigError, HerdError, MissingDependencyError
 from pydantic import BaseModel, Field
 
 from . import storage
@@ -204,6 +205,9 @@ class RBIAgent(Agent):
             previous = RBIResult.model_validate(storage.read_json(saved))
             previous.status, previous.reason = "duplicate", f"idea {digest} was researched before"
             return previous
+        for package in ("backtesting", "pandas"):  # the child imports them: check here
+            if importlib.util.find_spec(package) is None:
+                raise MissingDependencyError(package, "rbi", "the rbi agent")
         namespace = network_namespace_available()
         if s.require_network_namespace and not namespace:
             raise ConfigError("[agents.rbi] require_network_namespace = true, but `unshare -rn` "

@@ -87,6 +87,7 @@ def test_risk_breach_never_empties_the_portfolio(herd: Herd) -> None:
 
 
 def test_rbi_rounds_are_recorded(herd: Herd) -> None:
+    pytest.importorskip("backtesting", reason='needs: pip install "modelherd[rbi]"')
     agent = herd.agent("rbi", max_rounds=0, spec_max_tokens=64, code_max_tokens=128,
                        timeout_s=30)
     result = run(herd, agent.run(idea="Buy when the close crosses above its 20-day average"))

@@ -13,7 +13,9 @@ import pytest
 from agent_helpers import mock
 from modelherd.agents.rbi_agent import extract_code, idea_hash
 from modelherd.agents.sandbox import Limits, network_namespace_available, run_backtest
-from modelherd.errors import ConfigError
+from modelherd.errors import ConfigError, MissingDependencyError
+
+pytest.importorskip("backtesting", reason='the rbi tests need: pip install "modelherd[rbi]"')
 
 SPEC = json.dumps({"name": "SMA cross", "entry": "fast SMA crosses above slow",
                    "exit": "fast crosses below slow", "indicators": ["SMA"]})
@@ -137,3 +139,17 @@ def test_sandbox_blocks_the_network(tmp_path: Path) -> None:
         assert raw.isolation.startswith("network: empty namespace (unshare -rn)")
     finally:
         server.close()
+
+
+def test_missing_backtesting_says_which_extra(herd_factory: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "backtesting" else real(name, *a))
+    herd = herd_factory({"m": mock("m")}, {"rbi": {"research_model": "m"}})
+    with pytest.raises(MissingDependencyError, match=r"the rbi agent needs the 'backtesting' "
+                                                     r"package — install it with: pip install "
+                                                     r'"modelherd\[rbi\]"'):
+        run_rbi(herd, "an idea")
