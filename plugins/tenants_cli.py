@@ -25,7 +25,7 @@ def make_tenants_command() -> click.Command:
         from modelherd.errors import ConfigError
         from modelherd.kernel import Herd
 
-        from .tenants import build_tenants, build_tiers
+        from .tenants_core import build_tenants, build_tiers
 
         root = ctx.find_root().params or {}
         try:

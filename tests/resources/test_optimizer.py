@@ -13,8 +13,13 @@ from click.testing import CliRunner
 from modelherd import Herd
 from modelherd.config import HerdConfig
 from modelherd.errors import ConfigError
-from modelherd.plugins import optimizer
-from modelherd.plugins.optimizer import Optimizer, OptimizerSettings, make_plan_command, plan_for
+from modelherd.plugins import optimizer, optimizer_core
+from modelherd.plugins.optimizer_core import (
+    Optimizer,
+    OptimizerSettings,
+    make_plan_command,
+    plan_for,
+)
 from modelherd.testing import MockModel
 from modelherd.types import ChatRequest
 
@@ -83,7 +88,7 @@ def test_plan_for_errors_name_the_fix(gguf_file: Callable[..., Path]) -> None:
         plan_for(herd, "gone")
     bad = herd_with({}, {"kv_types": ["q5_1"]})
     with pytest.raises(ConfigError, match=r"test.toml: \[plugins.optimizer\] kv_types.0: "):
-        optimizer.load_settings(bad)
+        optimizer_core.load_settings(bad)
 
 
 async def test_make_room_evicts_lru_idle_models(gguf_file: Callable[..., Path]) -> None:

@@ -8,8 +8,9 @@ import pytest
 from modelherd import Herd, hookimpl
 from modelherd.errors import ConfigError, OverloadedError
 from modelherd.plugins import scheduler as scheduler_plugin
+from modelherd.plugins import scheduler_core
 from modelherd.plugins.load_state import LoadStateMachine, Signals, Thresholds, pressure
-from modelherd.plugins.scheduler import Scheduler
+from modelherd.plugins.scheduler_core import Scheduler
 from modelherd.testing import MockModel, make_herd
 from modelherd.types import Metric
 
@@ -91,7 +92,7 @@ def test_bad_settings_one_line() -> None:
     herd = make_herd(config={"plugins": {"scheduler": {"actions": {"low": ["shed"]}}}})
     with pytest.raises(ConfigError, match=r"test config: \[plugins.scheduler\] settings: Value "
                                           r"error, actions.low: shed cannot run in state low"):
-        scheduler_plugin.load_settings(herd)
+        scheduler_core.load_settings(herd)
 
 
 async def test_priority_queue_serves_higher_priority_first() -> None:

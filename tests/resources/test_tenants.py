@@ -12,7 +12,8 @@ import pytest
 from modelherd import Herd
 from modelherd.errors import ConfigError, QuotaExceededError
 from modelherd.plugins import tenants as tenants_plugin
-from modelherd.plugins.tenants import DEFAULT_TIERS, build_tenants, build_tiers
+from modelherd.plugins import tenants_core
+from modelherd.plugins.tenants_core import DEFAULT_TIERS, build_tenants, build_tiers
 from modelherd.testing import MockModel, make_herd
 from modelherd.types import ChatRequest
 
@@ -159,7 +160,7 @@ async def test_allowed_models_unknown_tenant_and_priority() -> None:
 
 async def test_memory_share_refuses_models_bigger_than_the_share(tmp_path: object) -> None:
     herd = herd_for({"b": {"tier": "basic"}}, settings={"local_memory_gb": 1})
-    plugin = tenants_plugin.Tenants(herd, tenants_plugin.TenantsSettings(local_memory_gb=1),
+    plugin = tenants_core.Tenants(herd, tenants_core.TenantsSettings(local_memory_gb=1),
                                     build_tenants({"b": {"tier": "basic"}}, build_tiers({}, "t"),
                                                   "t"), build_tiers({}, "t"))
     plugin.model_bytes["local"] = int(0.3 * 1024**3)  # > 0.25 x 1 GiB
