@@ -202,3 +202,26 @@ async def test_medium_balances_to_the_least_busy_deployment() -> None:
     assert served.count("west") >= 1 and served.count("east") >= 1
     assert all(r.fallback_from is None for r in results)  # moved at admission, not by failure
     await herd.aclose()
+
+
+async def test_cancelled_waiters_leave_the_books_straight() -> None:
+    herd = sched_herd({"max_concurrency": 1, "queue_timeout_s": 5, "actions": {"critical": []}},
+                      latency=0.05)
+    plugin_ready = asyncio.create_task(herd.chat("mock", "first"))
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.create_task(herd.chat("mock", f"w{i}")) for i in range(3)]
+    await asyncio.sleep(0.01)
+    for task in waiting[:2]:
+        task.cancel()  # e.g. the caller's own timeout
+    await plugin_ready
+    assert (await waiting[2]).content == "ok"
+    for task in waiting[:2]:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    plugin = herd.pm.get_plugin("scheduler-calls")
+    assert isinstance(plugin, Scheduler)
+    assert (plugin.in_flight, plugin.queued) == (0, 0)
+    assert all(count == 0 for count in plugin.by_alias.values())
+    await asyncio.gather(*[herd.chat("mock", f"after{i}") for i in range(3)])
+    assert (plugin.in_flight, plugin.queued) == (0, 0)
+    await herd.aclose()

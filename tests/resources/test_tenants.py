@@ -281,3 +281,22 @@ async def test_missing_redis_package_says_what_to_install(
         'tenants: redis_url is set but the redis package is missing — pip install '
         '"modelherd[redis]"; enforcing quotas per process']
     await herd.aclose()
+
+
+async def test_cancelled_slot_waiter_does_not_leak_a_slot() -> None:
+    herd = herd_for({"c": {"tier": "basic", "max_concurrency": 1, "max_wait_s": 5,
+                           "requests_per_minute": 60000}}, latency=0.05)
+    first = asyncio.create_task(herd.chat("mock", "1", tenant="c"))
+    await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(herd.chat("mock", "2", tenant="c"))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    plugin = herd.pm.get_plugin("tenants-calls")
+    slots = plugin.tenants["c"].slots
+    assert (slots.held, len(slots.waiters)) == (0, 0)
+    await asyncio.gather(*[herd.chat("mock", str(i), tenant="c") for i in range(3)])
+    assert slots.held == 0
+    await herd.aclose()
