@@ -134,3 +134,36 @@ def test_user_csv_folder_wins_over_samples(herd_factory: Any, tmp_path: Path) ->
     (tmp_path / "BAD_1d.csv").write_text("time,open,high,low,close,volume\nx,1,2,3,oops,5\n")
     with pytest.raises(ConfigError, match="line 2 has a non-numeric price or volume — fix it"):
         trade(herd, ["BAD"])
+
+
+def test_a_market_data_plugin_wins_over_the_bundled_sample(herd_factory: Any) -> None:
+    from modelherd import hookimpl
+
+    class FlatFeed:
+        """A third-party source: a flat market for 'XYZ', nothing for other symbols."""
+
+        __name__ = "flat-feed"
+        asked: list[tuple[str, str, int]] = []
+
+        @hookimpl
+        def provide_market_data(
+            self, symbol: str, timeframe: str, limit: int, settings: dict[str, Any]
+        ) -> list[dict[str, float]] | None:
+            self.asked.append((symbol, timeframe, limit))
+            if symbol != "XYZ":
+                return None
+            return [
+                {"time": 1_700_000_000 + 86_400 * i, "open": 10.0, "high": 10.0, "low": 10.0,
+                 "close": 10.0, "volume": 100.0}
+                for i in range(limit)
+            ]
+
+    model = mock("a", answer("NOTHING", 0.9, "action"), answer("NOTHING", 0.9, "action"))
+    herd = herd_factory({"a": model}, {"trading": {"models": ["a"], "samples": 1}})
+    feed = FlatFeed()
+    herd.register_plugin(feed)
+    report = trade(herd, ["XYZ", "BTC"])
+    xyz, btc = report.decisions
+    assert xyz.price == 10.0  # served by the plugin
+    assert btc.price != 10.0  # the plugin returned None: the bundled sample answered
+    assert [a[0] for a in feed.asked] == ["XYZ", "BTC"]
