@@ -14,9 +14,8 @@ from modelherd import hookimpl
 
 @hookimpl
 def register_agents(register: Callable[..., None]) -> None:
-    from .copybot_agent import CopyBotAgent
-
-    register(CopyBotAgent)
+    # by name: listing agents imports none of them
+    register("copybot", "modelherd.agents.copybot_agent:CopyBotAgent")
 
 
 @hookimpl

@@ -14,9 +14,8 @@ from modelherd import hookimpl
 
 @hookimpl
 def register_agents(register: Callable[..., None]) -> None:
-    from .rbi_agent import RBIAgent
-
-    register(RBIAgent)
+    # by name: listing agents imports none of them
+    register("rbi", "modelherd.agents.rbi_agent:RBIAgent")
 
 
 @hookimpl

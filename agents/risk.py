@@ -14,9 +14,8 @@ from modelherd import hookimpl
 
 @hookimpl
 def register_agents(register: Callable[..., None]) -> None:
-    from .risk_agent import RiskAgent
-
-    register(RiskAgent)
+    # by name: listing agents imports none of them
+    register("risk", "modelherd.agents.risk_agent:RiskAgent")
 
 
 def __getattr__(name: str) -> Any:

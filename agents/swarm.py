@@ -14,9 +14,8 @@ from modelherd import hookimpl
 
 @hookimpl
 def register_agents(register: Callable[..., None]) -> None:
-    from .swarm_agent import SwarmAgent
-
-    register(SwarmAgent)
+    # by name: listing agents imports none of them
+    register("swarm", "modelherd.agents.swarm_agent:SwarmAgent")
 
 
 @hookimpl

@@ -14,9 +14,8 @@ from modelherd import hookimpl
 
 @hookimpl
 def register_agents(register: Callable[..., None]) -> None:
-    from .trading_agent import TradingAgent
-
-    register(TradingAgent)
+    # by name: listing agents imports none of them
+    register("trading", "modelherd.agents.trading_agent:TradingAgent")
 
 
 @hookimpl

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
-from .types import ChatRequest, ChatResponse, Metric
+from .types import ChatRequest, ChatResponse, Metric, Usage, trusted
 
 if TYPE_CHECKING:
     from .kernel import Herd
@@ -290,7 +290,15 @@ class TieredCache:
                 except Exception as exc:
                     self._failed(faster, "set", exc)
             # a fresh object per hit: the caller may mutate it (usage too) freely
-            return hit.model_copy(update={"cache_tier": tier.name, "usage": hit.usage.model_copy()})
+            return trusted(
+                ChatResponse,
+                {
+                    **hit.__dict__,
+                    "cache_tier": tier.name,
+                    "usage": trusted(Usage, dict(hit.usage.__dict__)),
+                    "provider_metrics": dict(hit.provider_metrics),
+                },
+            )
         return None
 
     async def store(self, key: str, response: ChatResponse, ttl: float | None) -> None:

@@ -33,8 +33,9 @@ def _own_copy(result: Any) -> Any:
         return result
     usage = getattr(result, "usage", None)
     if usage is not None and hasattr(result, "provider_metrics"):
-        return copy(update={"usage": usage.model_copy(),
-                            "provider_metrics": dict(result.provider_metrics)})
+        return copy(
+            update={"usage": usage.model_copy(), "provider_metrics": dict(result.provider_metrics)}
+        )
     return copy(deep=True)
 
 

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .provider import Model
 from .retry import retry_delay
-from .types import ChatRequest, ChatResponse, Message, Metric, ModelSpec
+from .types import ChatRequest, ChatResponse, Message, Metric, ModelSpec, trusted
 
 hookimpl = pluggy.HookimplMarker("modelherd")
 
@@ -81,7 +81,7 @@ class Herd:
         self._pm: pluggy.PluginManager | None = None
         self.plugin_records: list[loader.PluginRecord] = []
         self._providers: dict[str, type[Model]] | None = None
-        self._agents: dict[str, type[Agent]] | None = None
+        self._agents: dict[str, type[Agent] | str] | None = None
         self._models: dict[str, Model] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._cache: TieredCache | None = None
@@ -189,20 +189,38 @@ class Herd:
         return self._providers
 
     @property
-    def agents(self) -> dict[str, type[Agent]]:
+    def agents(self) -> dict[str, type[Agent] | str]:
+        """Registered agents: name -> class, or "module:Class" until first used."""
         if self._agents is None:
-            found: dict[str, type[Agent]] = {}
+            found: dict[str, type[Agent] | str] = {}
 
-            def register(cls: type[Agent]) -> None:
-                found[cls.name] = cls
+            def register(agent: type[Agent] | str, target: str | None = None) -> None:
+                # register(AgentClass), or register("name", "module:Class") so that
+                # listing agents (the CLI does it at every start) imports none of them
+                if isinstance(agent, str):
+                    if target is None:
+                        raise TypeError('register("name", "module:Class") needs the target')
+                    found[agent] = target
+                else:
+                    found[agent.name] = agent
 
             self.call_each("register_agents", register=register)
             self._agents = found
         return self._agents
 
+    def agent_class(self, name: str) -> type[Agent] | None:
+        """The class of agent `name`, importing it on first use (None if unknown)."""
+        entry = self.agents.get(name)
+        if isinstance(entry, str):
+            module_name, _, attr = entry.partition(":")
+            entry = getattr(loader.import_module(module_name), attr)
+            assert self._agents is not None
+            self._agents[name] = entry
+        return entry
+
     def agent(self, name: str, **settings: Any) -> Agent:
         """Build the agent registered as `name` with its `[agents.<name>]` settings."""
-        cls = self.agents.get(name)
+        cls = self.agent_class(name)
         if cls is None:
             close = difflib.get_close_matches(name, list(self.agents), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
@@ -360,7 +378,7 @@ class Herd:
     ) -> ChatRequest:
         spec = self.resolve(model)
         if isinstance(messages, str):
-            msgs = [Message(role="user", content=messages)]
+            msgs = [trusted(Message, {"role": "user", "content": messages})]
         else:
             msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
         if not msgs:
@@ -370,22 +388,25 @@ class Herd:
                 f"cache={cache!r} is not a cache mode — use one of: {', '.join(sorted(_CACHE_MODES))}"
             )
         merged = {**spec.options, **options} if spec.options else options
-        # every field is either already validated (spec, messages) or checked above;
-        # skipping pydantic's second pass saves a few µs on every call
-        return ChatRequest.model_construct(
-            alias=spec.alias,
-            provider=spec.provider,
-            model=spec.model,
-            messages=msgs,
-            options=merged,
-            tenant=tenant,
-            agent=agent,
-            stream=stream,
-            cache=cache,
-            cache_ttl=cache_ttl,
-            timeout=timeout if timeout is not None else spec.timeout,
-            priority=priority,
-            context={},
+        # every field is either already validated (spec, messages) or checked above:
+        # skipping pydantic's second pass saves several µs on every call
+        return trusted(
+            ChatRequest,
+            {
+                "alias": spec.alias,
+                "provider": spec.provider,
+                "model": spec.model,
+                "messages": msgs,
+                "options": merged,
+                "tenant": tenant,
+                "agent": agent,
+                "stream": stream,
+                "cache": cache,
+                "cache_ttl": cache_ttl,
+                "timeout": timeout if timeout is not None else spec.timeout,
+                "priority": priority,
+                "context": {},
+            },
         )
 
     async def chat(

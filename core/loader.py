@@ -74,14 +74,12 @@ def load_entry_point_plugins(
     allowed = _allowlist(allow)
     records: list[PluginRecord] = []
     found = eps if eps is not None else list(entry_points(group=GROUP))
+    # dist.name / dist.version each parse METADATA with the email parser; most
+    # plugins come from the same few distributions, so parse each one once
+    dist_names: dict[str, tuple[str, str]] = {}
     for ep in sorted(found, key=lambda e: e.name):
-        dist = ep.dist
-        record = PluginRecord(
-            name=ep.name,
-            module=ep.value,
-            distribution=dist.name if dist else "",
-            version=dist.version if dist else "",
-        )
+        name, version = _dist_name_version(ep, dist_names)
+        record = PluginRecord(name=ep.name, module=ep.value, distribution=name, version=version)
         records.append(record)
         if ep.name in disabled or (allowed is not None and ep.name not in allowed):
             record.status = "disabled"
@@ -104,6 +102,17 @@ def load_entry_point_plugins(
             continue
         record.hooks = _hook_names(pm, plugin)
     return records
+
+
+def _dist_name_version(ep: EntryPoint, seen: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    dist = ep.dist
+    if dist is None:
+        return "", ""
+    key = str(getattr(dist, "_path", id(dist)))
+    if key not in seen:
+        metadata = dist.metadata
+        seen[key] = (metadata["Name"] or "", metadata["Version"] or "")
+    return seen[key]
 
 
 def register_object(pm: pluggy.PluginManager, plugin: Any, name: str) -> PluginRecord:
