@@ -20,6 +20,7 @@ from typing import Any, Literal
 import anyio
 from modelherd import Agent, AgentSettings
 from modelherd.errors import CallTimeoutError, ConfigError, HerdError
+from modelherd.plugins.otel import agent_span
 from modelherd.types import Message
 from pydantic import BaseModel, Field, field_validator
 
@@ -66,7 +67,7 @@ class SwarmSettings(AgentSettings):
     @classmethod
     def _members_not_empty(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("needs at least one model alias, e.g. members = [\"local\"]")
+            raise ValueError('needs at least one model alias, e.g. members = ["local"]')
         return value
 
 
@@ -156,8 +157,10 @@ class SwarmAgent(Agent):
                     out.append(Member(name=f"{alias}#{i + 1}", alias=alias, seed=s.seed + i))
         names = [m.name for m in out]
         if len(set(names)) != len(names):  # an alias listed twice: number every entry
-            out = [Member(name=f"{m.name}@{i + 1}", alias=m.alias, seed=m.seed)
-                   for i, m in enumerate(out)]
+            out = [
+                Member(name=f"{m.name}@{i + 1}", alias=m.alias, seed=m.seed)
+                for i, m in enumerate(out)
+            ]
         return out
 
     def _note(self, aliases: list[str]) -> str:
@@ -176,10 +179,11 @@ class SwarmAgent(Agent):
     async def run(self, **kwargs: Any) -> SwarmResult:
         """`run(question=..., labels=None, on_update=None)`."""
         args = kwargs.pop("args", None)  # `herd run swarm "question"` passes the words
-        question = (kwargs.pop("question", None) or kwargs.pop("prompt", None)
-                    or " ".join(args or []))
+        question = (
+            kwargs.pop("question", None) or kwargs.pop("prompt", None) or " ".join(args or [])
+        )
         if not question:
-            raise ConfigError("swarm needs a question — e.g. herd swarm \"Is the sky blue?\"")
+            raise ConfigError('swarm needs a question — e.g. herd swarm "Is the sky blue?"')
         return await self.ask(str(question), **kwargs)
 
     async def ask(
@@ -255,16 +259,21 @@ class SwarmAgent(Agent):
                 with anyio.CancelScope() as own:
                     member_scopes[index] = own
                     response = await self.herd.chat(
-                        member.alias, messages, agent=tag, timeout=s.member_timeout,
-                        validate=valid, **options,
+                        member.alias,
+                        messages,
+                        agent=tag,
+                        timeout=s.member_timeout,
+                        validate=valid,
+                        **options,
                     )
                 if own.cancelled_caught:
                     raise TimeoutError
             except anyio.get_cancelled_exc_class():
                 result.status = "cancelled"
                 result.latency_s = time.perf_counter() - t0
-                result.error = "cancelled: " + (stop_reason[0] if stop_reason else
-                                                f"overall deadline of {s.deadline:g}s passed")
+                result.error = "cancelled: " + (
+                    stop_reason[0] if stop_reason else f"overall deadline of {s.deadline:g}s passed"
+                )
                 _notify(on_update, results)
                 raise
             except (TimeoutError, CallTimeoutError):
@@ -290,8 +299,9 @@ class SwarmAgent(Agent):
                     result.label = parsed.label
                     result.confidence = parsed.confidence
                     result.reasoning = parsed.reasoning
-                    ballots.append(Ballot(member.name, parsed.label, parsed.confidence,
-                                          parsed.reasoning))
+                    ballots.append(
+                        Ballot(member.name, parsed.label, parsed.confidence, parsed.reasoning)
+                    )
             result.latency_s = time.perf_counter() - t0
             member_scopes[index] = None
             pending[0] -= 1
@@ -316,19 +326,25 @@ class SwarmAgent(Agent):
                     if scope is not None:
                         scope.cancel()
 
-        _notify(on_update, results)
-        with anyio.move_on_after(s.deadline):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(cancel_late_members)
-                for index, member in enumerate(members):
-                    tg.start_soon(ask_one, index, member, tg.cancel_scope)
+        # one parent span per run: each member's call is a child in the trace tree
+        # (a no-op unless tracing is on, see docs/observability.md)
+        async with agent_span(
+            self.herd, tag, **{"herd.members": len(members), "herd.strategy": s.strategy}
+        ):
+            _notify(on_update, results)
+            with anyio.move_on_after(s.deadline):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_late_members)
+                    for index, member in enumerate(members):
+                        tg.start_soon(ask_one, index, member, tg.cancel_scope)
 
-        counted = tally(ballots, weighted=s.strategy == "weighted")
-        consensus = _consensus_from(counted, s.strategy, len(ballots), bool(stop_reason))
-        judge: JudgeResult | None = None
-        if s.strategy == "judge":
-            judge, consensus = await self._judge(question, labels, label_key, ballots, counted,
-                                                 bool(stop_reason), tag)
+            counted = tally(ballots, weighted=s.strategy == "weighted")
+            consensus = _consensus_from(counted, s.strategy, len(ballots), bool(stop_reason))
+            judge: JudgeResult | None = None
+            if s.strategy == "judge":
+                judge, consensus = await self._judge(
+                    question, labels, label_key, ballots, counted, bool(stop_reason), tag
+                )
         aliases = [m.alias for m in members] + ([judge.alias] if judge else [])
         result = SwarmResult(
             id=hashlib.blake2b(f"{created}{question}".encode(), digest_size=6).hexdigest(),
@@ -370,20 +386,30 @@ class SwarmAgent(Agent):
             judge.error = "no valid member answers to judge"
             return judge, fallback
         messages = [
-            {"role": "system", "content": "You are the judge of a panel. Read the anonymous "
-                                          "answers and give the best final answer."},
-            {"role": "user", "content": judge_prompt(question, ballots) + "\n\n"
-                                        + format_instructions(labels, label_key)},
+            {
+                "role": "system",
+                "content": "You are the judge of a panel. Read the anonymous "
+                "answers and give the best final answer.",
+            },
+            {
+                "role": "user",
+                "content": judge_prompt(question, ballots)
+                + "\n\n"
+                + format_instructions(labels, label_key),
+            },
         ]
         options: dict[str, Any] = {"max_tokens": s.max_tokens, "temperature": 0.0}
         if s.structured and self._supports_schema(alias):
-            options["response_format"] = {"type": "json_schema",
-                                          "schema": answer_schema(labels, label_key)}
+            options["response_format"] = {
+                "type": "json_schema",
+                "schema": answer_schema(labels, label_key),
+            }
         t0 = time.perf_counter()
         try:
             with anyio.fail_after(s.member_timeout):
-                response = await self.herd.chat(alias, messages, agent=tag,
-                                                timeout=s.member_timeout, **options)
+                response = await self.herd.chat(
+                    alias, messages, agent=tag, timeout=s.member_timeout, **options
+                )
             parsed = parse_answer(response.content, labels, (label_key, "answer"))
         except (TimeoutError, CallTimeoutError):
             judge.status, judge.error = "timeout", f"no answer within {s.member_timeout:g}s"
@@ -403,8 +429,11 @@ class SwarmAgent(Agent):
         assert judge.label is not None
         agree = sum(1 for b in ballots if b.label.lower() == judge.label.lower())
         return judge, Consensus(
-            label=judge.label, confidence=judge.confidence, agreement=agree / len(ballots),
-            decided_by="judge", quorum_reached=quorum_reached,
+            label=judge.label,
+            confidence=judge.confidence,
+            agreement=agree / len(ballots),
+            decided_by="judge",
+            quorum_reached=quorum_reached,
         )
 
 
@@ -419,11 +448,19 @@ def _consensus_from(counted: Any, strategy: str, valid: int, quorum_reached: boo
     if valid == 0:
         return Consensus(label=None, decided_by=decided_by, reason="no valid answers")
     if counted.winner is None:
-        return Consensus(label=None, decided_by=decided_by, tie=counted.tie,
-                         reason=f"tie between {', '.join(counted.tie)}")
-    return Consensus(label=counted.winner, confidence=counted.confidence,
-                     agreement=counted.agreement, decided_by=decided_by,
-                     quorum_reached=quorum_reached)
+        return Consensus(
+            label=None,
+            decided_by=decided_by,
+            tie=counted.tie,
+            reason=f"tie between {', '.join(counted.tie)}",
+        )
+    return Consensus(
+        label=counted.winner,
+        confidence=counted.confidence,
+        agreement=counted.agreement,
+        decided_by=decided_by,
+        quorum_reached=quorum_reached,
+    )
 
 
 def load_result(path: str | Path) -> SwarmResult:

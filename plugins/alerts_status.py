@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def status_path(directory: Path, pid: int | None = None) -> Path:
 def write_status(path: Path, data: dict[str, Any]) -> None:
     """Replace the file atomically: a reader never sees half a JSON document."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    # one temp name per writer thread: two herds in one process share the status
+    # path, and a shared temp name let one writer rename the other's file away
+    tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(json.dumps(data, default=str), encoding="utf-8")
     os.replace(tmp, path)
 

@@ -40,4 +40,6 @@ def _isolated_env(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    # herds started by tests write their `herd top` status files here, not in /tmp
+    monkeypatch.setenv("HERD_STATUS_DIR", str(home / "status"))
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")

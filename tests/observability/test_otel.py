@@ -370,7 +370,7 @@ def test_missing_sdk_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_the_real_swarm_shows_as_one_tree(receiver: OtlpReceiver) -> None:
-    """The swarm agent (anyio task group, watchdog, early stop) under agent_span."""
+    """The swarm agent (anyio task group, watchdog, early stop) traces itself as a tree."""
     swarm = pytest.importorskip("modelherd.agents.swarm")
     members = {f"m{i}": MockModel(default='{"answer": "yes"}') for i in range(3)}
     herd = _herd(receiver, members)
@@ -380,8 +380,8 @@ def test_the_real_swarm_shows_as_one_tree(receiver: OtlpReceiver) -> None:
         async with herd:
             agent = herd.agent("swarm", members=list(members), samples=1, save=False,
                                labels=["yes", "no"], early_stop=False)
-            async with otel.agent_span(herd, "swarm"):
-                result = await agent.ask("Is the sky blue?")
+            # no agent_span here: the swarm opens its own parent span
+            result = await agent.ask("Is the sky blue?")
             assert result.consensus is not None
             otel.force_flush(herd)
 
@@ -398,4 +398,6 @@ def test_the_real_swarm_shows_as_one_tree(receiver: OtlpReceiver) -> None:
 
     chats = [s for s in spans if s.name.startswith("chat ")]
     assert len(chats) == 3 and all(under_root(s) for s in chats)
+    assert all(s.parent_span_id == root.span_id for s in chats)  # members are direct children
+    assert [s.name for s in spans].count("invoke_agent swarm") == 1
     assert {attributes(s)["gen_ai.agent.name"] for s in chats} == {"swarm"}
