@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
-
 from modelherd import Herd
 from modelherd.config import load_config
 
