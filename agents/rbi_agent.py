@@ -41,19 +41,9 @@ SPEC_SCHEMA: dict[str, Any] = {
     "required": ["name", "entry", "exit", "indicators"],
 }
 
-CODE_RULES = """Write Python code for the backtesting.py library (package `backtesting`).
-Rules:
-- Define exactly one class that subclasses backtesting.Strategy, with init() and next().
-- Price data: self.data.Open, .High, .Low, .Close, .Volume (numpy arrays).
-- Indicators: self.I(func, self.data.Close, n); helpers: from backtesting.lib import crossover;
-  from backtesting.test import SMA.
-- Orders: self.buy(), self.sell(), self.position.close().
-- Do not read files, fetch data, plot, or call Backtest: the harness does that.
-Reply with only the code in one ```python block.
-
-Example of the shape (a different strategy):
-```python
-from backtesting import Strategy
+#: the strategy the code model is shown as an example; the tests use it as the known-good
+#: answer, which also proves that the example itself runs in the harness
+EXAMPLE_STRATEGY = '''from backtesting import Strategy
 from backtesting.lib import crossover
 from backtesting.test import SMA
 
@@ -67,7 +57,25 @@ class SmaCross(Strategy):
             self.buy()
         elif crossover(self.slow, self.fast):
             self.position.close()
-```"""
+'''
+
+CODE_RULES = (
+    """Write Python code for the backtesting.py library (package `backtesting`).
+Rules:
+- Define exactly one class that subclasses backtesting.Strategy, with init() and next().
+- Price data: self.data.Open, .High, .Low, .Close, .Volume (numpy arrays).
+- Indicators: self.I(func, self.data.Close, n); helpers: from backtesting.lib import crossover;
+  from backtesting.test import SMA.
+- Orders: self.buy(), self.sell(), self.position.close().
+- Do not read files, fetch data, plot, or call Backtest: the harness does that.
+Reply with only the code in one ```python block.
+
+Example of the shape (a different strategy):
+```python
+"""
+    + EXAMPLE_STRATEGY
+    + "```"
+)
 
 
 class RBISettings(AgentSettings):

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 from agent_helpers import mock
-from modelherd.agents.rbi_agent import extract_code, idea_hash
+from modelherd.agents.rbi_agent import EXAMPLE_STRATEGY, extract_code, idea_hash
 from modelherd.agents.sandbox import Limits, network_namespace_available, run_backtest
 from modelherd.errors import ConfigError, MissingDependencyError
 
@@ -20,22 +20,9 @@ pytest.importorskip("backtesting", reason='the rbi tests need: pip install "mode
 SPEC = json.dumps({"name": "SMA cross", "entry": "fast SMA crosses above slow",
                    "exit": "fast crosses below slow", "indicators": ["SMA"]})
 
-FIXED = '''from backtesting import Strategy
-from backtesting.lib import crossover
-from backtesting.test import SMA
-
-
-class SmaCross(Strategy):
-    def init(self):
-        self.fast = self.I(SMA, self.data.Close, 10)
-        self.slow = self.I(SMA, self.data.Close, 30)
-
-    def next(self):
-        if crossover(self.fast, self.slow):
-            self.buy()
-        elif crossover(self.slow, self.fast):
-            self.position.close()
-'''
+# the example the code prompt shows: a strategy that works, so the test also proves the
+# prompt's own example runs in the harness
+FIXED = EXAMPLE_STRATEGY
 # the planted error: `crossover` is used but never imported
 BROKEN = FIXED.replace("from backtesting.lib import crossover\n", "")
 
