@@ -19,7 +19,6 @@ from modelherd import hookimpl
 from modelherd.errors import (
     BadRequestError,
     BadResponseError,
-    CallTimeoutError,
     ConfigError,
     ConnectionFailedError,
     HerdError,
@@ -41,7 +40,7 @@ from pydantic import Field
 
 from .client_pool import ClientPool
 from .keys import find_key, key_fingerprint, redact
-from .provider_errors import as_health, connect_failure, parse_retry_after, status_error
+from .provider_errors import as_health, parse_retry_after, sdk_connection_error, status_error
 
 _POOL = ClientPool()
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -369,23 +368,9 @@ class AnthropicModel(Model):
         if isinstance(exc, HerdError):
             return exc
         name = f"Anthropic at {self.base_url}"
-        refused = connect_failure(exc)
-        if refused is not None:
-            return ConnectionFailedError(
-                f"cannot reach {name} ({refused}) — check the network, or base_url in "
-                f"[models.{request.alias}]"
-            )
-        if isinstance(exc, anthropic.APITimeoutError):
-            return CallTimeoutError(
-                f"{name} did not answer '{request.alias}' in time — "
-                f"pass a larger timeout= or set [models.{request.alias}] timeout"
-            )
-        if isinstance(exc, anthropic.APIConnectionError):
-            cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
-            return ConnectionFailedError(
-                f"cannot reach {name} ({cause}) — check the network, or base_url in "
-                f"[models.{request.alias}]"
-            )
+        connection = sdk_connection_error(exc, anthropic, name, request.alias)
+        if connection is not None:
+            return connection
         if isinstance(exc, anthropic.APIStatusError):
             status, detail = exc.status_code, _detail(exc)
             error_type = _error_type(exc)

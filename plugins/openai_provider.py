@@ -23,7 +23,6 @@ from modelherd import hookimpl
 from modelherd.errors import (
     BadRequestError,
     BadResponseError,
-    CallTimeoutError,
     ConfigError,
     ConnectionFailedError,
     HerdError,
@@ -44,7 +43,7 @@ from pydantic import Field
 
 from .client_pool import ClientPool
 from .keys import find_key, key_fingerprint, redact
-from .provider_errors import as_health, connect_failure, status_error
+from .provider_errors import as_health, sdk_connection_error, status_error
 from .think import ThinkSplitter, split_think
 
 _POOL = ClientPool()
@@ -372,23 +371,9 @@ class OpenAIModel(Model):
         if isinstance(exc, HerdError):
             return exc
         name = f"{self.vendor} at {self.base_url}"
-        refused = connect_failure(exc)
-        if refused is not None:
-            return ConnectionFailedError(
-                f"cannot reach {name} ({refused}) — check the network, or base_url in "
-                f"[models.{request.alias}]"
-            )
-        if isinstance(exc, openai.APITimeoutError):
-            return CallTimeoutError(
-                f"{name} did not answer '{request.alias}' in time — "
-                f"pass a larger timeout= or set [models.{request.alias}] timeout"
-            )
-        if isinstance(exc, openai.APIConnectionError):
-            cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
-            return ConnectionFailedError(
-                f"cannot reach {name} ({cause}) — check the network, or base_url in "
-                f"[models.{request.alias}]"
-            )
+        connection = sdk_connection_error(exc, openai, name, request.alias)
+        if connection is not None:
+            return connection
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             offered = await self.offered_models() if status == 404 else None

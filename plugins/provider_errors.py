@@ -11,11 +11,13 @@ import difflib
 import email.utils
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from modelherd.errors import (
     AuthenticationError,
     BadRequestError,
     CallTimeoutError,
+    ConnectionFailedError,
     HerdError,
     ModelNotFoundError,
     ProviderError,
@@ -136,6 +138,29 @@ def connect_failure(exc: BaseException) -> str | None:
         if isinstance(current, ConnectionError) or type(current).__name__ == "ClientConnectorError":
             return type(current).__name__
         current = current.__cause__ or current.__context__
+    return None
+
+
+def sdk_connection_error(exc: BaseException, sdk: Any, name: str, alias: str) -> HerdError | None:
+    """A refused connection, a timeout or a connection error from a Stainless-generated
+    SDK (`openai`, `anthropic`: same APITimeoutError / APIConnectionError classes) as
+    the kernel's typed error; None when `exc` is none of those. `name` says who was
+    called ("OpenAI at https://…"), `alias` is the model alias the call was for."""
+    refused = connect_failure(exc)
+    if refused is not None:
+        return ConnectionFailedError(
+            f"cannot reach {name} ({refused}) — check the network, or base_url in [models.{alias}]"
+        )
+    if isinstance(exc, sdk.APITimeoutError):
+        return CallTimeoutError(
+            f"{name} did not answer '{alias}' in time — "
+            f"pass a larger timeout= or set [models.{alias}] timeout"
+        )
+    if isinstance(exc, sdk.APIConnectionError):
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
+        return ConnectionFailedError(
+            f"cannot reach {name} ({cause}) — check the network, or base_url in [models.{alias}]"
+        )
     return None
 
 
