@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from modelherd import Agent, AgentSettings
+from modelherd import Agent
 from modelherd.errors import ConfigError
 from pydantic import BaseModel, Field, ValidationError
 
@@ -26,7 +26,7 @@ from .caveats import model_note
 from .market_data import fetch_candles
 from .portfolio import Fill, load_portfolio, save_portfolio
 from .swarm_agent import SwarmAgent, SwarmResult
-from .trading_agent import ACTIONS, Action, gate, position_prompt
+from .trading_agent import ACTIONS, Action, DecisionSettings, gate, position_prompt
 
 SYSTEM = (
     "You decide whether to copy a position that a tracked fund holds. Answer BUY to "
@@ -46,33 +46,16 @@ class TrackedPortfolio(BaseModel):
     positions: list[TrackedPosition]
 
 
-class CopyBotSettings(AgentSettings):
+class CopyBotSettings(DecisionSettings):
     """`[agents.copybot]` in plugins.toml."""
 
     #: JSON file of the tracked portfolio (default: the bundled sample-fund)
     source: str | None = None
-    models: list[str] = Field(default_factory=lambda: ["local"])
     samples: int = Field(default=1, ge=1, le=64)
-    strategy: Literal["vote", "weighted", "judge"] = "vote"
-    judge: str | None = None
     min_confidence: float = Field(default=0.5, ge=0, le=1)
-    min_agreement: float = Field(default=0.5, ge=0, le=1)
     #: a mirror at confidence 1.0 gets this % of equity; lower confidence, less
     max_position_pct: float = Field(default=20.0, gt=0, le=100)
-    stop_loss_pct: float | None = Field(default=5.0, gt=0)
-    take_profit_pct: float | None = Field(default=10.0, gt=0)
-    timeframe: str = "1d"
-    lookback: int = Field(default=60, ge=10)
     portfolio: str = "copybot"
-    initial_cash: float = Field(default=10_000.0, gt=0)
-    member_timeout: float = Field(default=60.0, gt=0)
-    deadline: float = Field(default=180.0, gt=0)
-    temperature: float = Field(default=0.8, ge=0)
-    max_tokens: int = Field(default=96, ge=1)
-    seed: int = 1
-    data_path: str | None = None
-    data_dir: str | None = None
-    journal: str | None = None
 
 
 class CopyDecision(BaseModel):
@@ -141,11 +124,7 @@ class CopyBotAgent(Agent):
         portfolio = load_portfolio(s.portfolio, s.data_dir, s.initial_cash)
         portfolio.mark(prices)
         portfolio.check_exits(prices)
-        swarm = SwarmAgent(self.herd, {
-            "members": s.models, "samples": s.samples, "strategy": s.strategy, "judge": s.judge,
-            "member_timeout": s.member_timeout, "deadline": s.deadline, "max_tokens": s.max_tokens,
-            "temperature": s.temperature, "seed": s.seed, "save": False, "data_dir": s.data_dir,
-        })
+        swarm = SwarmAgent(self.herd, s.swarm_settings())
         asked: dict[str, SwarmResult] = {}
 
         async def decide(pos: TrackedPosition) -> None:
@@ -162,8 +141,7 @@ class CopyBotAgent(Agent):
             for pos in longs:
                 tg.start_soon(decide, pos)
 
-        journal = storage.Journal(Path(s.journal).expanduser() if s.journal else
-                                  storage.data_dir(s.data_dir) / "journal" / "copybot.jsonl")
+        journal = storage.Journal(s.journal_path("copybot"))
         decisions: list[CopyDecision] = []
         for pos in tracked.positions:
             sym = pos.symbol.upper()

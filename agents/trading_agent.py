@@ -34,10 +34,10 @@ SYSTEM = (
 )
 
 
-class TradingSettings(AgentSettings):
-    """`[agents.trading]` in plugins.toml."""
+class DecisionSettings(AgentSettings):
+    """What an agent that asks models BUY / SELL / NOTHING and paper trades is configured
+    with (trading, copybot): who decides, the guards, exits, the portfolio and the data."""
 
-    symbols: list[str] = Field(default_factory=lambda: ["BTC", "ETH"])
     timeframe: str = "1d"
     #: candles fetched per symbol (features need ~30)
     lookback: int = Field(default=60, ge=10)
@@ -51,12 +51,8 @@ class TradingSettings(AgentSettings):
     min_confidence: float = Field(default=0.6, ge=0, le=1)
     #: below this share of valid votes for the winner the decision is NOTHING
     min_agreement: float = Field(default=0.5, ge=0, le=1)
-    #: % of equity put into one BUY
-    position_pct: float = Field(default=10.0, gt=0, le=100)
     stop_loss_pct: float | None = Field(default=5.0, gt=0)
     take_profit_pct: float | None = Field(default=10.0, gt=0)
-    #: BUY again when already holding (averaging in)
-    allow_add: bool = False
     portfolio: str = "paper"
     initial_cash: float = Field(default=10_000.0, gt=0)
     member_timeout: float = Field(default=60.0, gt=0)
@@ -64,13 +60,38 @@ class TradingSettings(AgentSettings):
     temperature: float = Field(default=0.8, ge=0)
     max_tokens: int = Field(default=96, ge=1)
     seed: int = 1
-    #: run the risk agent ([agents.risk]) after each round
-    risk: bool = True
     #: folder with <SYMBOL>_<timeframe>.csv files (else the bundled samples)
     data_path: str | None = None
     data_dir: str | None = None
-    #: JSONL journal path (default: <data dir>/journal/trading.jsonl)
+    #: JSONL journal path (default: <data dir>/journal/<agent>.jsonl)
     journal: str | None = None
+
+    def swarm_settings(self) -> dict[str, Any]:
+        """The swarm agent's settings for these deciders (results are not saved)."""
+        return {
+            "members": self.models, "samples": self.samples, "strategy": self.strategy,
+            "judge": self.judge, "member_timeout": self.member_timeout,
+            "deadline": self.deadline, "temperature": self.temperature,
+            "max_tokens": self.max_tokens, "seed": self.seed, "save": False,
+            "data_dir": self.data_dir,
+        }
+
+    def journal_path(self, agent: str) -> Path:
+        if self.journal:
+            return Path(self.journal).expanduser()
+        return storage.data_dir(self.data_dir) / "journal" / f"{agent}.jsonl"
+
+
+class TradingSettings(DecisionSettings):
+    """`[agents.trading]` in plugins.toml."""
+
+    symbols: list[str] = Field(default_factory=lambda: ["BTC", "ETH"])
+    #: % of equity put into one BUY
+    position_pct: float = Field(default=10.0, gt=0, le=100)
+    #: BUY again when already holding (averaging in)
+    allow_add: bool = False
+    #: run the risk agent ([agents.risk]) after each round
+    risk: bool = True
 
 
 class Decision(BaseModel):
@@ -139,19 +160,10 @@ class TradingAgent(Agent):
     def swarm(self) -> SwarmAgent:
         s = self.settings
         return SwarmAgent(self.herd, {
-            "members": s.models, "samples": s.samples, "strategy": s.strategy, "judge": s.judge,
-            "member_timeout": s.member_timeout, "deadline": s.deadline,
-            "temperature": s.temperature, "max_tokens": s.max_tokens, "seed": s.seed,
-            "labels": ACTIONS, "save": False, "data_dir": s.data_dir,
+            **s.swarm_settings(), "labels": ACTIONS,
             # under min_agreement no early stop could change a BUY into NOTHING, so wait
             "early_stop": True,
         })
-
-    def journal_path(self) -> Path:
-        s = self.settings
-        if s.journal:
-            return Path(s.journal).expanduser()
-        return storage.data_dir(s.data_dir) / "journal" / "trading.jsonl"
 
     async def run(self, **kwargs: Any) -> TradingReport:
         """One round over `symbols=` (default: the settings')."""
@@ -191,7 +203,7 @@ class TradingAgent(Agent):
             for sym in symbols:
                 tg.start_soon(decide, sym)
 
-        journal = storage.Journal(self.journal_path())
+        journal = storage.Journal(s.journal_path("trading"))
         decisions: list[Decision] = []
         for sym in symbols:  # apply in a fixed order: concurrency never reorders trades
             result, latency = asked[sym]
