@@ -8,16 +8,19 @@ extra="forbid" so a typo in plugins.toml is an error, not a silent default.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ConfigError
+from .errors import BadRequestError, ConfigError
 from .types import Availability, ChatRequest, ChatResponse, Health, ModelSpec
 
 if TYPE_CHECKING:
     from .kernel import Herd
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 class ProviderSettings(BaseModel):
@@ -60,6 +63,28 @@ class Model:
                 f"[models.{spec.alias}] {key}: {first['msg']} — "
                 f"check the {cls.provider} settings in docs/providers.md"
             ) from None
+
+    @classmethod
+    def option_error(
+        cls, key: str, allowed: Iterable[str], why: str | None = None
+    ) -> BadRequestError:
+        """The error for a per-call option `key` this provider does not take."""
+        detail = f" ({why})" if why else ""
+        return BadRequestError(
+            f"option '{key}' is not valid for the {cls.provider} provider{detail} — "
+            f"allowed: {', '.join(allowed)}"
+        )
+
+    @classmethod
+    def parse_options(cls, options_model: type[OptionsT], request: ChatRequest) -> OptionsT:
+        """`request.options` validated by `options_model` (a pydantic model with
+        extra="forbid"); the first problem becomes a BadRequestError naming the option."""
+        try:
+            return options_model.model_validate(request.options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            raise cls.option_error(key, options_model.model_fields, first["msg"]) from None
 
     @classmethod
     def availability(cls, spec: ModelSpec, env: Mapping[str, str]) -> Availability:

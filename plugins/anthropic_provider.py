@@ -225,10 +225,7 @@ class AnthropicModel(Model):
             if value is None:
                 continue
             if name not in OPTIONS:
-                raise BadRequestError(
-                    f"option '{name}' is not valid for the anthropic provider — "
-                    f"allowed: {', '.join(sorted(OPTIONS))}"
-                )
+                raise self.option_error(name, sorted(OPTIONS))
             if name == "seed":
                 continue  # the Messages API has no seed; it still keys the response cache
             if name in _SAMPLING:

@@ -21,14 +21,13 @@ from typing import Any
 import anyio
 from modelherd import hookimpl
 from modelherd.errors import (
-    BadRequestError,
     CallTimeoutError,
     MissingDependencyError,
     ProviderUnavailableError,
 )
 from modelherd.provider import Model, ProviderSettings
 from modelherd.types import Availability, ChatRequest, ChatResponse, Health, ModelSpec, Usage
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -249,18 +248,6 @@ class LlamaCppModel(Model):
     def loaded(self) -> _Loaded | None:
         return self._loaded
 
-    def _options(self, request: ChatRequest) -> LlamaCppOptions:
-        try:
-            return LlamaCppOptions.model_validate(request.options)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            allowed = ", ".join(LlamaCppOptions.model_fields)
-            raise BadRequestError(
-                f"option '{key}' is not valid for the llamacpp provider ({first['msg']}) — "
-                f"allowed: {allowed}"
-            ) from None
-
     def _ensure_loaded(self, opts: LlamaCppOptions) -> _Loaded:
         if self._loaded is not None:
             return self._loaded
@@ -351,7 +338,7 @@ class LlamaCppModel(Model):
         )
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
-        opts = self._options(request)
+        opts = self.parse_options(LlamaCppOptions, request)
         cancel = threading.Event()
         try:
             # abandon_on_cancel: a cancelled caller (a timeout, a swarm straggler) returns
@@ -363,7 +350,7 @@ class LlamaCppModel(Model):
             cancel.set()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
-        opts = self._options(request)
+        opts = self.parse_options(LlamaCppOptions, request)
         cancel = threading.Event()
         loaded = await anyio.to_thread.run_sync(self._ensure_loaded, opts)
         kwargs = self._completion_kwargs(request, opts)

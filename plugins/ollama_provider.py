@@ -186,19 +186,8 @@ class OllamaModel(Model):
 
     # ---- request ---------------------------------------------------------------
 
-    def options(self, request: ChatRequest) -> OllamaOptions:
-        try:
-            return OllamaOptions.model_validate(request.options)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            raise BadRequestError(
-                f"option '{key}' is not valid for the ollama provider ({first['msg']}) — "
-                f"allowed: {', '.join(OllamaOptions.model_fields)}"
-            ) from None
-
     def kwargs(self, request: ChatRequest) -> dict[str, Any]:
-        opts = self.options(request)
+        opts = self.parse_options(OllamaOptions, request)
         settings = self.settings
         assert isinstance(settings, OllamaSettings)
         name = normalize_name(request.model) if request.model else self.name

@@ -21,7 +21,6 @@ from typing import Any, ClassVar, Literal
 
 from modelherd import hookimpl
 from modelherd.errors import (
-    BadRequestError,
     BadResponseError,
     ConfigError,
     ConnectionFailedError,
@@ -239,10 +238,7 @@ class OpenAIModel(Model):
             if value is None:
                 continue
             if name not in OPTIONS:
-                raise BadRequestError(
-                    f"option '{name}' is not valid for the {self.provider} provider — "
-                    f"allowed: {', '.join(sorted(OPTIONS))}"
-                )
+                raise self.option_error(name, sorted(OPTIONS))
             if name == "max_tokens":
                 params[self.max_tokens_param] = value
             elif name == "response_format":
