@@ -238,9 +238,7 @@ class OllamaModel(Model):
                 model=reply.model or kwargs["model"],
                 provider=self.provider,
                 alias=request.alias,
-                usage=Usage(
-                    input_tokens=reply.prompt_eval_count or 0, output_tokens=reply.eval_count or 0
-                ),
+                usage=_usage(reply),
                 finish_reason=_FINISH.get(reply.done_reason or "", "unknown"),
                 reasoning=message.thinking or reasoning,
                 provider_metrics=_durations(reply),
@@ -282,9 +280,7 @@ class OllamaModel(Model):
             model=final.model or kwargs["model"],
             provider=self.provider,
             alias=request.alias,
-            usage=Usage(
-                input_tokens=final.prompt_eval_count or 0, output_tokens=final.eval_count or 0
-            ),
+            usage=_usage(final),
             finish_reason=_FINISH.get(final.done_reason or "", "unknown"),
             reasoning="".join(thinking) or splitter.reasoning,
             provider_metrics=_durations(final),
@@ -389,6 +385,10 @@ def close_tags(name: str, pulled: list[str]) -> list[str]:
     bases = {n.split(":")[0] for n in pulled}
     near = difflib.get_close_matches(base, bases, n=3, cutoff=0.8)
     return [n for n in pulled if n.split(":")[0] in near][:3]
+
+
+def _usage(reply: Any) -> Usage:
+    return Usage(input_tokens=reply.prompt_eval_count or 0, output_tokens=reply.eval_count or 0)
 
 
 def _durations(reply: Any) -> dict[str, float]:
