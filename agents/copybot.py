@@ -11,6 +11,8 @@ from typing import Any
 
 from modelherd import hookimpl
 
+from .entry import add_run_command, lazy_getattr
+
 
 @hookimpl
 def register_agents(register: Callable[..., None]) -> None:
@@ -22,16 +24,8 @@ def register_agents(register: Callable[..., None]) -> None:
 def register_commands(cli: Any) -> None:
     from .commands import copybot_command
 
-    run_group = cli.commands.get("run")
-    if run_group is not None and hasattr(run_group, "add_command"):
-        run_group.add_command(copybot_command)
+    add_run_command(cli, copybot_command)
 
 
-def __getattr__(name: str) -> Any:
-    """`from modelherd.agents.copybot import CopyBotAgent` still works (loaded on first access)."""
-    from . import copybot_agent
-
-    try:
-        return getattr(copybot_agent, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# `from modelherd.agents.copybot import CopyBotAgent` still works (loaded on first access)
+__getattr__ = lazy_getattr(__name__, "modelherd.agents.copybot_agent")

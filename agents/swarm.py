@@ -11,6 +11,8 @@ from typing import Any
 
 from modelherd import hookimpl
 
+from .entry import lazy_getattr
+
 
 @hookimpl
 def register_agents(register: Callable[..., None]) -> None:
@@ -25,11 +27,5 @@ def register_commands(cli: Any) -> None:
     cli.add_command(swarm_command)
 
 
-def __getattr__(name: str) -> Any:
-    """`from modelherd.agents.swarm import SwarmAgent` still works (loaded on first access)."""
-    from . import swarm_agent
-
-    try:
-        return getattr(swarm_agent, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# `from modelherd.agents.swarm import SwarmAgent` still works (loaded on first access)
+__getattr__ = lazy_getattr(__name__, "modelherd.agents.swarm_agent")
