@@ -88,12 +88,17 @@ def load_tracked(source: str | None) -> TrackedPortfolio:
     if source:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise ConfigError(f"tracked portfolio file {path} does not exist — check "
-                              f"[agents.copybot] source or --positions")
+            raise ConfigError(
+                f"tracked portfolio file {path} does not exist — check "
+                f"[agents.copybot] source or --positions"
+            )
         text, where = path.read_text(encoding="utf-8"), str(path)
     else:
-        text = resources.files("modelherd.agents.data").joinpath(
-            "tracked_portfolio.json").read_text(encoding="utf-8")
+        text = (
+            resources.files("modelherd.agents.data")
+            .joinpath("tracked_portfolio.json")
+            .read_text(encoding="utf-8")
+        )
         where = "bundled tracked_portfolio.json"
     try:
         return TrackedPortfolio.model_validate(json.loads(text))
@@ -102,8 +107,10 @@ def load_tracked(source: str | None) -> TrackedPortfolio:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {key}: {first['msg']} — expected "
-                          '{"positions": [{"symbol", "side", "weight"}]}') from None
+        raise ConfigError(
+            f"{where}: {key}: {first['msg']} — expected "
+            '{"positions": [{"symbol", "side", "weight"}]}'
+        ) from None
 
 
 class CopyBotAgent(Agent):
@@ -117,9 +124,12 @@ class CopyBotAgent(Agent):
         tracked = load_tracked(kwargs.get("source") or s.source)
         longs = [p for p in tracked.positions if p.side == "long"]
         symbols = [p.symbol.upper() for p in tracked.positions]
-        feats = {sym: features.compute(fetch_candles(self.herd, sym, s.timeframe, s.lookback,
-                                                     {"data_path": s.data_path}))
-                 for sym in symbols}
+        feats = {
+            sym: features.compute(
+                fetch_candles(self.herd, sym, s.timeframe, s.lookback, {"data_path": s.data_path})
+            )
+            for sym in symbols
+        }
         prices = {sym: float(f["close"]) for sym, f in feats.items()}
         portfolio = load_portfolio(s.portfolio, s.data_dir, s.initial_cash)
         portfolio.mark(prices)
@@ -129,13 +139,22 @@ class CopyBotAgent(Agent):
 
         async def decide(pos: TrackedPosition) -> None:
             sym = pos.symbol.upper()
-            context = (f"The tracked fund '{tracked.name}' holds {pos.side} {sym} at "
-                       f"{pos.weight:.0%} of its portfolio.\n"
-                       + features.prompt_lines(sym, s.timeframe, feats[sym]) + "\n"
-                       + position_prompt(portfolio, sym))
-            asked[sym] = await swarm.ask("Should we mirror this position?", labels=ACTIONS,
-                                         label_key="action", system=SYSTEM, context=context,
-                                         save=False, agent=self.name)
+            context = (
+                f"The tracked fund '{tracked.name}' holds {pos.side} {sym} at "
+                f"{pos.weight:.0%} of its portfolio.\n"
+                + features.prompt_lines(sym, s.timeframe, feats[sym])
+                + "\n"
+                + position_prompt(portfolio, sym)
+            )
+            asked[sym] = await swarm.ask(
+                "Should we mirror this position?",
+                labels=ACTIONS,
+                label_key="action",
+                system=SYSTEM,
+                context=context,
+                save=False,
+                agent=self.name,
+            )
 
         async with anyio.create_task_group() as tg:
             for pos in longs:
@@ -148,10 +167,18 @@ class CopyBotAgent(Agent):
             result = asked.get(sym)
             if result is None:  # short positions: not asked, never mirrored
                 decision = CopyDecision(
-                    symbol=sym, tracked_side=pos.side, tracked_weight=pos.weight,
-                    model_action=None, action="NOTHING", confidence=None, agreement=0.0,
+                    symbol=sym,
+                    tracked_side=pos.side,
+                    tracked_weight=pos.weight,
+                    model_action=None,
+                    action="NOTHING",
+                    confidence=None,
+                    agreement=0.0,
                     reason="short positions are not mirrored (paper trading goes long only)",
-                    price=prices[sym], votes={}, members=[])
+                    price=prices[sym],
+                    votes={},
+                    members=[],
+                )
             else:
                 action, reason = gate(result, s.min_confidence, s.min_agreement)
                 fill, notional = None, 0.0
@@ -161,26 +188,54 @@ class CopyBotAgent(Agent):
                         reason += "; already mirrored, no order"
                     else:
                         notional = portfolio.equity() * s.max_position_pct / 100 * conf
-                        fill = portfolio.buy(sym, notional, prices[sym], reason=reason,
-                                             stop_loss_pct=s.stop_loss_pct,
-                                             take_profit_pct=s.take_profit_pct, source=self.name)
+                        fill = portfolio.buy(
+                            sym,
+                            notional,
+                            prices[sym],
+                            reason=reason,
+                            stop_loss_pct=s.stop_loss_pct,
+                            take_profit_pct=s.take_profit_pct,
+                            source=self.name,
+                        )
                 elif action == "SELL":
                     fill = portfolio.sell(sym, prices[sym], reason=reason)
                     if fill is None:
                         reason += "; nothing mirrored to sell"
                 decision = CopyDecision(
-                    symbol=sym, tracked_side=pos.side, tracked_weight=pos.weight,
-                    model_action=result.consensus.label, action=action,
-                    confidence=result.consensus.confidence, agreement=result.consensus.agreement,
-                    notional=round(notional if fill else 0.0, 2), reason=reason,
-                    price=prices[sym], votes=result.votes, fill=fill,
-                    members=[m.model_dump(include={"name", "status", "label", "confidence",
-                                                   "latency_s", "error"})
-                             for m in result.members])
+                    symbol=sym,
+                    tracked_side=pos.side,
+                    tracked_weight=pos.weight,
+                    model_action=result.consensus.label,
+                    action=action,
+                    confidence=result.consensus.confidence,
+                    agreement=result.consensus.agreement,
+                    notional=round(notional if fill else 0.0, 2),
+                    reason=reason,
+                    price=prices[sym],
+                    votes=result.votes,
+                    fill=fill,
+                    members=[
+                        m.model_dump(
+                            include={"name", "status", "label", "confidence", "latency_s", "error"}
+                        )
+                        for m in result.members
+                    ],
+                )
             decisions.append(decision)
-            journal.append({"agent": self.name, "mode": "paper", "tracked": tracked.name,
-                            **decision.model_dump(mode="json")})
+            journal.append(
+                {
+                    "agent": self.name,
+                    "mode": "paper",
+                    "tracked": tracked.name,
+                    **decision.model_dump(mode="json"),
+                }
+            )
         save_portfolio(portfolio, s.data_dir)
-        return CopyReport(at=storage.utc_now(), tracked=tracked.name, decisions=decisions,
-                          portfolio=portfolio.summary(), journal=str(journal.path),
-                          note=model_note(self.herd, list(s.models)))
+        return CopyReport(
+            at=storage.utc_now(),
+            tracked=tracked.name,
+            decisions=decisions,
+            portfolio=portfolio.summary(),
+            journal=str(journal.path),
+            note=model_note(self.herd, list(s.models)),
+        )

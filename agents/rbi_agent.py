@@ -35,15 +35,18 @@ SPEC_SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "maxLength": 60},
         "entry": {"type": "string", "maxLength": 240},
         "exit": {"type": "string", "maxLength": 240},
-        "indicators": {"type": "array", "items": {"type": "string", "maxLength": 40},
-                       "maxItems": 5},
+        "indicators": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 40},
+            "maxItems": 5,
+        },
     },
     "required": ["name", "entry", "exit", "indicators"],
 }
 
 #: the strategy the code model is shown as an example; the tests use it as the known-good
 #: answer, which also proves that the example itself runs in the harness
-EXAMPLE_STRATEGY = '''from backtesting import Strategy
+EXAMPLE_STRATEGY = """from backtesting import Strategy
 from backtesting.lib import crossover
 from backtesting.test import SMA
 
@@ -57,7 +60,7 @@ class SmaCross(Strategy):
             self.buy()
         elif crossover(self.slow, self.fast):
             self.position.close()
-'''
+"""
 
 CODE_RULES = (
     """Write Python code for the backtesting.py library (package `backtesting`).
@@ -157,7 +160,7 @@ def read_idea(idea: str) -> str:
             raise ConfigError(f"{path} is empty — write the strategy idea in it")
         return text
     if not idea.strip():
-        raise ConfigError("rbi needs an idea — e.g. herd run rbi \"buy when RSI < 30, sell > 70\"")
+        raise ConfigError('rbi needs an idea — e.g. herd run rbi "buy when RSI < 30, sell > 70"')
     return idea
 
 
@@ -170,8 +173,9 @@ class RBIAgent(Agent):
     def folder(self, digest: str) -> Path:
         return storage.data_dir(self.settings.data_dir) / "rbi" / digest
 
-    async def _ask(self, alias: str, prompt: str, max_tokens: int,
-                   schema: dict[str, Any] | None = None) -> str:
+    async def _ask(
+        self, alias: str, prompt: str, max_tokens: int, schema: dict[str, Any] | None = None
+    ) -> str:
         s = self.settings
         options: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0.0}
         if schema is not None:
@@ -181,24 +185,29 @@ class RBIAgent(Agent):
             except HerdError:
                 pass
         with anyio.fail_after(s.model_timeout):
-            response = await self.herd.chat(alias, prompt, agent=self.name,
-                                            timeout=s.model_timeout, **options)
+            response = await self.herd.chat(
+                alias, prompt, agent=self.name, timeout=s.model_timeout, **options
+            )
         return response.content
 
     async def research(self, idea: str) -> tuple[dict[str, Any], str | None]:
         """The strategy spec; on failure, a spec made of the idea itself and the error."""
         s = self.settings
-        prompt = (f"Turn this trading idea into a strategy spec.\nIdea: {idea}\n\n"
-                  'Reply with JSON only: {"name": "...", "entry": "when to buy", '
-                  '"exit": "when to sell", "indicators": ["..."]}')
+        prompt = (
+            f"Turn this trading idea into a strategy spec.\nIdea: {idea}\n\n"
+            'Reply with JSON only: {"name": "...", "entry": "when to buy", '
+            '"exit": "when to sell", "indicators": ["..."]}'
+        )
         try:
             text = await self._ask(s.research_model, prompt, s.spec_max_tokens, SPEC_SCHEMA)
         except HerdError as exc:
             return {"name": "idea", "entry": idea[:240], "exit": "", "indicators": []}, str(exc)
         spec = json_object(text)
         if not spec or not isinstance(spec.get("entry"), str):
-            return ({"name": "idea", "entry": idea[:240], "exit": "", "indicators": []},
-                    "the research answer was not a spec; the idea text is used as the spec")
+            return (
+                {"name": "idea", "entry": idea[:240], "exit": "", "indicators": []},
+                "the research answer was not a spec; the idea text is used as the spec",
+            )
         return spec, None
 
     async def run(self, **kwargs: Any) -> RBIResult:
@@ -218,28 +227,43 @@ class RBIAgent(Agent):
                 raise MissingDependencyError(package, "rbi", "the rbi agent")
         namespace = network_namespace_available()
         if s.require_network_namespace and not namespace:
-            raise ConfigError("[agents.rbi] require_network_namespace = true, but `unshare -rn` "
-                              "does not work on this host — enable user namespaces or set it false")
-        candles = fetch_candles(self.herd, s.symbol, s.timeframe, s.bars,
-                                {"data_path": s.data_path})
+            raise ConfigError(
+                "[agents.rbi] require_network_namespace = true, but `unshare -rn` "
+                "does not work on this host — enable user namespaces or set it false"
+            )
+        candles = fetch_candles(
+            self.herd, s.symbol, s.timeframe, s.bars, {"data_path": s.data_path}
+        )
         data_csv = "time,open,high,low,close,volume\n" + "".join(
             f"{c['time']},{c['open']},{c['high']},{c['low']},{c['close']},{c['volume']}\n"
-            for c in candles)
+            for c in candles
+        )
         limits = Limits(timeout_s=s.timeout_s, cpu_s=s.cpu_s, memory_mb=s.memory_mb)
-        result = RBIResult(idea_hash=digest, idea=idea, status="failed", folder=str(folder),
-                           sandbox=isolation_note(namespace),
-                           note=model_note(self.herd, {s.research_model, s.code_model,
-                                                       s.debug_model}))
+        result = RBIResult(
+            idea_hash=digest,
+            idea=idea,
+            status="failed",
+            folder=str(folder),
+            sandbox=isolation_note(namespace),
+            note=model_note(self.herd, {s.research_model, s.code_model, s.debug_model}),
+        )
         result.spec, result.spec_error = await self.research(idea)
-        prompt = (f"Strategy spec:\n{_spec_text(result.spec)}\n\n{CODE_RULES}")
+        prompt = f"Strategy spec:\n{_spec_text(result.spec)}\n\n{CODE_RULES}"
         step: Literal["code", "debug"] = "code"
         alias = s.code_model
         for number in range(1, s.max_rounds + 2):
             try:
                 text = await self._ask(alias, prompt, s.code_max_tokens)
             except HerdError as exc:
-                result.rounds.append(Round(round=number, step=step, model=alias, ok=False,
-                                           error=f"model failed: {exc.message}"))
+                result.rounds.append(
+                    Round(
+                        round=number,
+                        step=step,
+                        model=alias,
+                        ok=False,
+                        error=f"model failed: {exc.message}",
+                    )
+                )
                 result.reason = f"the {step} model failed: {exc.message}"
                 break
             code = extract_code(text)
@@ -247,17 +271,36 @@ class RBIAgent(Agent):
             code_file.parent.mkdir(parents=True, exist_ok=True)
             code_file.write_text(code or text, encoding="utf-8")
             if not code:
-                record = Round(round=number, step=step, model=alias, ok=False,
-                               error="the answer contained no Python code",
-                               code_file=str(code_file))
+                record = Round(
+                    round=number,
+                    step=step,
+                    model=alias,
+                    ok=False,
+                    error="the answer contained no Python code",
+                    code_file=str(code_file),
+                )
             else:
                 t0 = time.perf_counter()
-                job = functools.partial(run_backtest, code, data_csv, folder / "scratch", limits,
-                                        cash=s.cash, commission=s.commission)
+                job = functools.partial(
+                    run_backtest,
+                    code,
+                    data_csv,
+                    folder / "scratch",
+                    limits,
+                    cash=s.cash,
+                    commission=s.commission,
+                )
                 run = await anyio.to_thread.run_sync(job)
-                record = Round(round=number, step=step, model=alias, ok=run.ok, error=run.error,
-                               stats=run.stats, duration_s=round(time.perf_counter() - t0, 3),
-                               code_file=str(code_file))
+                record = Round(
+                    round=number,
+                    step=step,
+                    model=alias,
+                    ok=run.ok,
+                    error=run.error,
+                    stats=run.stats,
+                    duration_s=round(time.perf_counter() - t0, 3),
+                    code_file=str(code_file),
+                )
             result.rounds.append(record)
             result.code = code or result.code
             if record.ok:
@@ -265,12 +308,16 @@ class RBIAgent(Agent):
                 break
             result.reason = f"round {number}: {(record.error or '').strip().splitlines()[-1:]}"
             step, alias = "debug", s.debug_model
-            prompt = (f"This backtesting.py strategy fails.\n\nCode:\n```python\n{code or text}\n"
-                      f"```\n\nError:\n{(record.error or '')[-2000:]}\n\nFix the code. "
-                      f"{CODE_RULES}")
+            prompt = (
+                f"This backtesting.py strategy fails.\n\nCode:\n```python\n{code or text}\n"
+                f"```\n\nError:\n{(record.error or '')[-2000:]}\n\nFix the code. "
+                f"{CODE_RULES}"
+            )
         if result.status != "ok" and result.rounds and not result.reason.startswith("the "):
-            result.reason = (f"no working code after {len(result.rounds)} round(s); last error: "
-                             f"{_last_line(result.rounds[-1].error)}")
+            result.reason = (
+                f"no working code after {len(result.rounds)} round(s); last error: "
+                f"{_last_line(result.rounds[-1].error)}"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "strategy.py").write_text(result.code, encoding="utf-8")
         if result.stats is not None:

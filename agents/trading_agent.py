@@ -69,10 +69,16 @@ class DecisionSettings(AgentSettings):
     def swarm_settings(self) -> dict[str, Any]:
         """The swarm agent's settings for these deciders (results are not saved)."""
         return {
-            "members": self.models, "samples": self.samples, "strategy": self.strategy,
-            "judge": self.judge, "member_timeout": self.member_timeout,
-            "deadline": self.deadline, "temperature": self.temperature,
-            "max_tokens": self.max_tokens, "seed": self.seed, "save": False,
+            "members": self.models,
+            "samples": self.samples,
+            "strategy": self.strategy,
+            "judge": self.judge,
+            "member_timeout": self.member_timeout,
+            "deadline": self.deadline,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "save": False,
             "data_dir": self.data_dir,
         }
 
@@ -137,8 +143,9 @@ def gate(result: SwarmResult, min_confidence: float, min_agreement: float) -> tu
     if c.confidence is None:
         return "NOTHING", f"{c.label} came without a confidence"
     if c.confidence < min_confidence:
-        return "NOTHING", (f"{c.label} confidence {c.confidence:.2f} < min_confidence "
-                           f"{min_confidence:g}")
+        return "NOTHING", (
+            f"{c.label} confidence {c.confidence:.2f} < min_confidence {min_confidence:g}"
+        )
     if c.agreement < min_agreement:
         return "NOTHING", f"{c.label} agreement {c.agreement:.2f} < min_agreement {min_agreement:g}"
     return c.label, f"{c.label} with confidence {c.confidence:.2f}"  # type: ignore[return-value]
@@ -159,11 +166,15 @@ class TradingAgent(Agent):
 
     def swarm(self) -> SwarmAgent:
         s = self.settings
-        return SwarmAgent(self.herd, {
-            **s.swarm_settings(), "labels": ACTIONS,
-            # under min_agreement no early stop could change a BUY into NOTHING, so wait
-            "early_stop": True,
-        })
+        return SwarmAgent(
+            self.herd,
+            {
+                **s.swarm_settings(),
+                "labels": ACTIONS,
+                # under min_agreement no early stop could change a BUY into NOTHING, so wait
+                "early_stop": True,
+            },
+        )
 
     async def run(self, **kwargs: Any) -> TradingReport:
         """One round over `symbols=` (default: the settings')."""
@@ -178,10 +189,13 @@ class TradingAgent(Agent):
     async def round(self, symbols: list[str]) -> TradingReport:
         s = self.settings
         if not symbols:
-            raise ConfigError("no symbols to trade — pass --symbols BTC,ETH or set "
-                              "[agents.trading] symbols")
-        market = {sym: fetch_candles(self.herd, sym, s.timeframe, s.lookback,
-                                     {"data_path": s.data_path}) for sym in symbols}
+            raise ConfigError(
+                "no symbols to trade — pass --symbols BTC,ETH or set [agents.trading] symbols"
+            )
+        market = {
+            sym: fetch_candles(self.herd, sym, s.timeframe, s.lookback, {"data_path": s.data_path})
+            for sym in symbols
+        }
         feats = {sym: features.compute(c) for sym, c in market.items()}
         prices = {sym: float(f["close"]) for sym, f in feats.items()}
         portfolio = load_portfolio(s.portfolio, s.data_dir, s.initial_cash)
@@ -192,11 +206,20 @@ class TradingAgent(Agent):
 
         async def decide(sym: str) -> None:
             t0 = time.perf_counter()
-            context = features.prompt_lines(sym, s.timeframe, feats[sym]) + "\n" + \
-                position_prompt(portfolio, sym)
-            result = await swarm.ask("Decide BUY, SELL or NOTHING for this symbol.",
-                                     labels=ACTIONS, label_key="action", system=SYSTEM,
-                                     context=context, save=False, agent=self.name)
+            context = (
+                features.prompt_lines(sym, s.timeframe, feats[sym])
+                + "\n"
+                + position_prompt(portfolio, sym)
+            )
+            result = await swarm.ask(
+                "Decide BUY, SELL or NOTHING for this symbol.",
+                labels=ACTIONS,
+                label_key="action",
+                system=SYSTEM,
+                context=context,
+                save=False,
+                agent=self.name,
+            )
             asked[sym] = (result, time.perf_counter() - t0)
 
         async with anyio.create_task_group() as tg:
@@ -214,9 +237,15 @@ class TradingAgent(Agent):
                     reason += "; already holding (allow_add = false), no order"
                 else:
                     notional = portfolio.equity() * s.position_pct / 100
-                    fill = portfolio.buy(sym, notional, prices[sym],
-                                         reason=reason, stop_loss_pct=s.stop_loss_pct,
-                                         take_profit_pct=s.take_profit_pct, source=self.name)
+                    fill = portfolio.buy(
+                        sym,
+                        notional,
+                        prices[sym],
+                        reason=reason,
+                        stop_loss_pct=s.stop_loss_pct,
+                        take_profit_pct=s.take_profit_pct,
+                        source=self.name,
+                    )
                     if fill is None:
                         reason += "; no cash left, no order"
             elif action == "SELL":
@@ -224,13 +253,34 @@ class TradingAgent(Agent):
                 if fill is None:
                     reason += "; no position to sell (paper trading goes long only)"
             decision = Decision(
-                symbol=sym, model_action=result.consensus.label, action=action,
-                confidence=result.consensus.confidence, agreement=result.consensus.agreement,
-                reason=reason, price=prices[sym], features=feats[sym], votes=result.votes,
-                members=[m.model_dump(include={"name", "alias", "seed", "status", "label",
-                                               "confidence", "latency_s", "output_tokens",
-                                               "error"}) for m in result.members],
-                decided_by=result.consensus.decided_by, latency_s=round(latency, 4), fill=fill,
+                symbol=sym,
+                model_action=result.consensus.label,
+                action=action,
+                confidence=result.consensus.confidence,
+                agreement=result.consensus.agreement,
+                reason=reason,
+                price=prices[sym],
+                features=feats[sym],
+                votes=result.votes,
+                members=[
+                    m.model_dump(
+                        include={
+                            "name",
+                            "alias",
+                            "seed",
+                            "status",
+                            "label",
+                            "confidence",
+                            "latency_s",
+                            "output_tokens",
+                            "error",
+                        }
+                    )
+                    for m in result.members
+                ],
+                decided_by=result.consensus.decided_by,
+                latency_s=round(latency, 4),
+                fill=fill,
             )
             decisions.append(decision)
             entry = {"agent": self.name, "mode": "paper", **decision.model_dump(mode="json")}
@@ -242,7 +292,13 @@ class TradingAgent(Agent):
         path = save_portfolio(portfolio, s.data_dir)
         aliases = list(s.models) + ([s.judge] if s.judge else [])
         return TradingReport(
-            at=storage.utc_now(), timeframe=s.timeframe, decisions=decisions, exits=exits,
-            portfolio=portfolio.summary(), risk=risk_report, journal=str(journal.path),
-            portfolio_path=str(path), note=model_note(self.herd, aliases),
+            at=storage.utc_now(),
+            timeframe=s.timeframe,
+            decisions=decisions,
+            exits=exits,
+            portfolio=portfolio.summary(),
+            risk=risk_report,
+            journal=str(journal.path),
+            portfolio_path=str(path),
+            note=model_note(self.herd, aliases),
         )

@@ -23,8 +23,9 @@ print(json.dumps(sorted(m for m in sys.modules
 
 
 def test_loading_plugins_imports_no_agent_implementation(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         cwd=tmp_path, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
     loaded = json.loads(out.stdout)
     assert "modelherd.agents.trading" in loaded  # the entry modules themselves did load
     assert [m for m in loaded if m.endswith("_agent") or m == "click"] == []
@@ -36,7 +37,9 @@ def test_entry_module_getattr() -> None:
     from modelherd.agents.rbi_agent import RBIAgent as Implementation
 
     assert RBIAgent is Implementation
-    with pytest.raises(AttributeError, match=r"module 'modelherd\.agents\.rbi' has no attribute 'Nope'"):
+    with pytest.raises(
+        AttributeError, match=r"module 'modelherd\.agents\.rbi' has no attribute 'Nope'"
+    ):
         rbi.Nope  # noqa: B018
 
 

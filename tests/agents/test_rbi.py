@@ -17,8 +17,14 @@ from modelherd.errors import ConfigError, MissingDependencyError
 
 pytest.importorskip("backtesting", reason='the rbi tests need: pip install "modelherd[rbi]"')
 
-SPEC = json.dumps({"name": "SMA cross", "entry": "fast SMA crosses above slow",
-                   "exit": "fast crosses below slow", "indicators": ["SMA"]})
+SPEC = json.dumps(
+    {
+        "name": "SMA cross",
+        "entry": "fast SMA crosses above slow",
+        "exit": "fast crosses below slow",
+        "indicators": ["SMA"],
+    }
+)
 
 # the example the code prompt shows: a strategy that works, so the test also proves the
 # prompt's own example runs in the harness
@@ -38,9 +44,10 @@ def run_rbi(herd: Any, idea: str, **kwargs: Any) -> Any:
 
 def test_debug_loop_fixes_a_planted_error(herd_factory: Any, _data_dir: Path) -> None:
     research, coder, debugger = mock("r", SPEC), mock("c", fenced(BROKEN)), mock("d", fenced(FIXED))
-    herd = herd_factory({"r": research, "c": coder, "d": debugger},
-                        {"rbi": {"research_model": "r", "code_model": "c", "debug_model": "d",
-                                 "max_rounds": 2}})
+    herd = herd_factory(
+        {"r": research, "c": coder, "d": debugger},
+        {"rbi": {"research_model": "r", "code_model": "c", "debug_model": "d", "max_rounds": 2}},
+    )
     result = run_rbi(herd, "Buy when the 10-day SMA crosses above the 30-day SMA")
     assert result.status == "ok", result.reason
     assert [(r.step, r.ok) for r in result.rounds] == [("code", False), ("debug", True)]
@@ -65,17 +72,23 @@ def test_debug_loop_fixes_a_planted_error(herd_factory: Any, _data_dir: Path) ->
 
 
 def test_gives_up_after_max_rounds_and_says_why(herd_factory: Any) -> None:
-    herd = herd_factory({"r": mock("r", "no json here"), "c": mock("c", "I can't write code."),
-                         "d": mock("d", *[fenced(BROKEN)] * 2)},
-                        {"rbi": {"research_model": "r", "code_model": "c", "debug_model": "d",
-                                 "max_rounds": 1}})
+    herd = herd_factory(
+        {
+            "r": mock("r", "no json here"),
+            "c": mock("c", "I can't write code."),
+            "d": mock("d", *[fenced(BROKEN)] * 2),
+        },
+        {"rbi": {"research_model": "r", "code_model": "c", "debug_model": "d", "max_rounds": 1}},
+    )
     result = run_rbi(herd, "some idea")
     assert result.status == "failed"
-    assert result.spec_error == ("the research answer was not a spec; the idea text is used "
-                                 "as the spec")
+    assert result.spec_error == (
+        "the research answer was not a spec; the idea text is used as the spec"
+    )
     assert result.rounds[0].error == "the answer contained no Python code"
-    assert result.reason == ("no working code after 2 round(s); last error: "
-                             "NameError: name 'crossover' is not defined")
+    assert result.reason == (
+        "no working code after 2 round(s); last error: NameError: name 'crossover' is not defined"
+    )
 
 
 def test_idea_from_file_and_empty_file(herd_factory: Any, tmp_path: Path) -> None:
@@ -97,12 +110,14 @@ SAMPLE = (Path(__file__).resolve().parents[2] / "agents" / "data" / "BTC_1d.csv"
 
 
 def test_sandbox_enforces_wall_clock_and_memory(tmp_path: Path) -> None:
-    slow = run_backtest("import time\ntime.sleep(30)\n", SAMPLE, tmp_path / "a",
-                        Limits(timeout_s=1.5, cpu_s=10))
+    slow = run_backtest(
+        "import time\ntime.sleep(30)\n", SAMPLE, tmp_path / "a", Limits(timeout_s=1.5, cpu_s=10)
+    )
     assert not slow.ok and slow.timed_out
     assert slow.error == "timed out after 1.5s (wall clock) — the process was killed"
-    hog = run_backtest("x = bytearray(8 * 1024**3)\n", SAMPLE, tmp_path / "b",
-                       Limits(timeout_s=20, memory_mb=1024))
+    hog = run_backtest(
+        "x = bytearray(8 * 1024**3)\n", SAMPLE, tmp_path / "b", Limits(timeout_s=20, memory_mb=1024)
+    )
     assert not hog.ok and hog.error.endswith("MemoryError")
 
 
@@ -112,8 +127,12 @@ def test_sandbox_blocks_the_network(tmp_path: Path) -> None:
     server.listen(1)
     port = server.getsockname()[1]
     try:
-        guarded = run_backtest(f"import socket\nsocket.create_connection(('127.0.0.1', {port}))\n",
-                               SAMPLE, tmp_path / "a", Limits(timeout_s=20))
+        guarded = run_backtest(
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}))\n",
+            SAMPLE,
+            tmp_path / "a",
+            Limits(timeout_s=20),
+        )
         assert not guarded.ok
         assert guarded.error.endswith("OSError: network access is disabled in the rbi sandbox")
         if not network_namespace_available():
@@ -121,22 +140,32 @@ def test_sandbox_blocks_the_network(tmp_path: Path) -> None:
         # below the guard (the raw _socket module): the empty namespace still has no route
         raw = run_backtest(
             f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))\n",
-            SAMPLE, tmp_path / "b", Limits(timeout_s=20))
+            SAMPLE,
+            tmp_path / "b",
+            Limits(timeout_s=20),
+        )
         assert not raw.ok and "Network is unreachable" in raw.error
         assert raw.isolation.startswith("network: empty namespace (unshare -rn)")
     finally:
         server.close()
 
 
-def test_missing_backtesting_says_which_extra(herd_factory: Any,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_backtesting_says_which_extra(
+    herd_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "backtesting" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "backtesting" else real(name, *a),
+    )
     herd = herd_factory({"m": mock("m")}, {"rbi": {"research_model": "m"}})
-    with pytest.raises(MissingDependencyError, match=r"the rbi agent needs the 'backtesting' "
-                                                     r"package — install it with: pip install "
-                                                     r'"modelherd\[rbi\]"'):
+    with pytest.raises(
+        MissingDependencyError,
+        match=r"the rbi agent needs the 'backtesting' "
+        r"package — install it with: pip install "
+        r'"modelherd\[rbi\]"',
+    ):
         run_rbi(herd, "an idea")
