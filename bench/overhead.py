@@ -154,7 +154,7 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--import-runs", type=int, default=7)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--skip-llama", action="store_true")
     args = parser.parse_args()
