@@ -301,7 +301,7 @@ def test_availability_without_network():
     with_url = local.model_copy(update={"settings": {"base_url": "http://127.0.0.1:1/v1"}})
     assert OpenAICompatibleModel.availability(with_url, {}).ok
     named = with_url.model_copy(
-        update={"settings": {"base_url": "http://h/v1", "api_key_env": "VLLM_KEY"}}
+        update={"settings": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "VLLM_KEY"}}
     )
     assert OpenAICompatibleModel.availability(named, {}).reason == "VLLM_KEY is not set"
 
