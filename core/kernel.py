@@ -43,6 +43,9 @@ hookimpl = pluggy.HookimplMarker("modelherd")
 
 MessagesIn = str | Sequence[Message | dict[str, Any]]
 _CACHE_MODES = frozenset({"default", "no-store", "no-cache", "only"})
+#: request.context key (kernel-reserved) for the caller's own options and timeout,
+#: which a fallback request is rebuilt from
+_CALL_KEY = "herd.call"
 Validator = Callable[[ChatResponse], bool]
 
 
@@ -405,7 +408,7 @@ class Herd:
                 "cache_ttl": cache_ttl,
                 "timeout": timeout if timeout is not None else spec.timeout,
                 "priority": priority,
-                "context": {},
+                "context": {_CALL_KEY: (options, timeout)} if spec.fallbacks else {},
             },
         )
 
@@ -559,15 +562,18 @@ class Herd:
         if alias == request.alias:
             return request
         spec = self.resolve(alias)
-        caller_options = {k: v for k, v in request.options.items()}
+        # the fallback gets its own alias's defaults plus what the caller passed — not
+        # the primary alias's defaults (an Ollama num_ctx would make a cloud fallback
+        # refuse the call) nor what plugins wrote into the primary's options
+        call_options, call_timeout = request.context.get(_CALL_KEY, (request.options, None))
         return request.model_copy(
             update={
                 "alias": alias,
                 "provider": spec.provider,
                 "model": spec.model,
-                "options": {**spec.options, **caller_options},
-                "timeout": request.timeout if request.timeout is not None else spec.timeout,
-                "context": {},
+                "options": {**spec.options, **call_options},
+                "timeout": call_timeout if call_timeout is not None else spec.timeout,
+                "context": {_CALL_KEY: (call_options, call_timeout)},
             }
         )
 

@@ -366,3 +366,30 @@ def test_async_context_manager_starts_and_closes() -> None:
 
     assert anyio.run(go) == "ok"
     assert model.closed
+
+
+def test_a_fallback_gets_its_own_defaults_not_the_primarys() -> None:
+    primary, backup = MockModel(), MockModel()
+    herd = make_herd(
+        {"main": primary, "backup": backup},
+        fallbacks={"main": ["backup"]},
+        config={
+            "models": {
+                "main": {
+                    "provider": "mock",
+                    "model": "m1",
+                    "fallbacks": ["backup"],
+                    "options": {"num_ctx": 4096},
+                    "timeout": 5,
+                },
+                "backup": {"provider": "mock", "model": "m2", "options": {"max_tokens": 99}},
+            }
+        },
+    )
+    primary.enqueue(*[ProviderError("down")] * 3)
+    backup.enqueue("from backup")
+    response = herd.chat_sync("main", "hi", temperature=0.1)
+    assert response.content == "from backup"
+    assert primary.history[0].options == {"num_ctx": 4096, "temperature": 0.1}
+    assert backup.history[0].options == {"max_tokens": 99, "temperature": 0.1}
+    assert backup.history[0].timeout is None  # the primary's alias timeout stays with it
