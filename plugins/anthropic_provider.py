@@ -10,9 +10,8 @@ SDK retries are off (`max_retries=0`); the kernel's policy decides.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from modelherd import hookimpl
@@ -20,27 +19,18 @@ from modelherd.errors import (
     BadRequestError,
     BadResponseError,
     ConfigError,
-    ConnectionFailedError,
     HerdError,
-    MissingDependencyError,
     ProviderError,
     RateLimitError,
 )
-from modelherd.provider import Model, ProviderSettings
-from modelherd.types import (
-    Availability,
-    ChatRequest,
-    ChatResponse,
-    FinishReason,
-    Health,
-    ModelSpec,
-    Usage,
-)
+from modelherd.provider import ProviderSettings
+from modelherd.types import ChatRequest, ChatResponse, FinishReason, Usage
 from pydantic import Field
 
 from .client_pool import ClientPool
-from .keys import find_key, key_fingerprint, redact
-from .provider_errors import as_health, parse_retry_after, sdk_connection_error, status_error
+from .keys import key_fingerprint
+from .provider_errors import parse_retry_after
+from .stainless_adapter import StainlessModel
 
 _POOL = ClientPool()
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -104,7 +94,7 @@ class AnthropicSettings(ProviderSettings):
 _SAMPLING = frozenset({"temperature", "top_p", "top_k"})
 
 
-class AnthropicModel(Model):
+class AnthropicModel(StainlessModel):
     provider = "anthropic"
     description = "Anthropic Claude (Messages API, official SDK)"
     can_stream = True
@@ -113,42 +103,13 @@ class AnthropicModel(Model):
     legacy_key_env_vars = ("ANTHROPIC_KEY",)
     Settings = AnthropicSettings
 
-    def __init__(self, spec: ModelSpec, herd: Any) -> None:
-        super().__init__(spec, herd)
-        settings = self.settings
-        assert isinstance(settings, AnthropicSettings)
-        from .openai_provider import default_transport
-
-        self.base_url = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.transport = settings.transport or default_transport()
-        env: Mapping[str, str] = getattr(herd, "env", None) or {}
-        names = (settings.api_key_env,) if settings.api_key_env else self.key_env_vars
-        legacy = () if settings.api_key_env else self.legacy_key_env_vars
-        self._key, found = find_key(env, names, legacy)
-        self.key_var = found or names[0]
-
-    def __repr__(self) -> str:  # never the key
-        return f"<AnthropicModel alias={self.spec.alias!r} base_url={self.base_url!r}>"
-
-    @classmethod
-    def availability(cls, spec: ModelSpec, env: Mapping[str, str]) -> Availability:
-        if importlib.util.find_spec("anthropic") is None:
-            return Availability(
-                ok=False,
-                reason="the anthropic package is not installed",
-                fix='pip install "modelherd[anthropic]"',
-            )
-        settings = cls.parse_settings(spec)
-        assert isinstance(settings, AnthropicSettings)
-        if settings.api_key_env and not env.get(settings.api_key_env):
-            return Availability(
-                ok=False,
-                reason=f"{settings.api_key_env} is not set",
-                fix=f"set {settings.api_key_env} in the environment or .env",
-            )
-        if settings.api_key_env:
-            return Availability(ok=True)
-        return super().availability(spec, env)
+    sdk = "anthropic"
+    client_class = "AsyncAnthropic"
+    vendor = "Anthropic"
+    default_base_url = DEFAULT_BASE_URL
+    chat_path = "/v1/messages"
+    transport_error_verb = "dropped"  # the SDK does not wrap a dropped stream
+    health_detail = "{base_url} answers; model {model} listed"
 
     # ---- client ----------------------------------------------------------------
 
@@ -163,34 +124,12 @@ class AnthropicModel(Model):
         )
         return _POOL.get(key, self._new_client, self)
 
-    def _new_client(self) -> Any:
-        try:
-            import anthropic
-        except ImportError:
-            raise MissingDependencyError(
-                "anthropic", "anthropic", "the anthropic provider"
-            ) from None
-        if not self._key:
-            raise ConfigError(
-                f"'{self.spec.alias}' (anthropic) needs an API key — "
-                f"set {self.key_var} in the environment or .env"
-            )
-        settings = self.settings
-        assert isinstance(settings, AnthropicSettings)
-        http_client = None  # None: the SDK's default httpx transport
-        if self.transport == "aiohttp":
-            try:
-                http_client = anthropic.DefaultAioHttpClient()
-            except RuntimeError:  # the SDK's aiohttp extra is missing: stay on httpx
-                self.transport = "httpx"
-        return anthropic.AsyncAnthropic(
-            api_key=self._key,
-            base_url=self.base_url,
-            default_headers=settings.headers or None,
-            max_retries=0,  # the kernel's retry policy decides
-            timeout=self.herd.config.herd.timeout if self.herd is not None else 600.0,
-            http_client=http_client,
-        )
+    @staticmethod
+    def _load_types() -> tuple[Any, Any]:
+        from anthropic import AsyncStream
+        from anthropic.types import Message, RawMessageStreamEvent
+
+        return (Message, AsyncStream[RawMessageStreamEvent])
 
     # ---- request ---------------------------------------------------------------
 
@@ -258,7 +197,7 @@ class AnthropicModel(Model):
         params = self.params(request)
         client = self.client()
         try:
-            message = await _post(client, params, stream=False)
+            message = await self._post(client, params, stream=False)
         except Exception as exc:
             raise await self.map_error(exc, request) from exc
         if isinstance(message, str):
@@ -292,7 +231,7 @@ class AnthropicModel(Model):
         params["stream"] = True
         client = self.client()
         try:
-            stream = await _post(client, params, stream=True)
+            stream = await self._post(client, params, stream=True)
         except Exception as exc:
             raise await self.map_error(exc, request) from exc
         parts: list[str] = []
@@ -349,130 +288,28 @@ class AnthropicModel(Model):
             f"check base_url points at the Anthropic API"
         )
 
-    async def offered_models(self, timeout: float = 3.0) -> list[str] | None:
-        import anyio
+    async def _list_model_ids(self) -> list[str]:
+        page = await self.client().models.list(limit=100)
+        return [m.id for m in page.data]
 
-        try:
-            with anyio.fail_after(timeout):
-                page = await self.client().models.list(limit=100)
-            return [m.id for m in page.data]
-        except Exception:
-            return None
-
-    async def map_error(self, exc: BaseException, request: ChatRequest) -> HerdError:
-        import anthropic
-
-        if isinstance(exc, HerdError):
-            return exc
-        name = f"Anthropic at {self.base_url}"
-        connection = sdk_connection_error(exc, anthropic, name, request.alias)
-        if connection is not None:
-            return connection
-        if isinstance(exc, anthropic.APIStatusError):
-            status, detail = exc.status_code, _detail(exc)
-            error_type = _error_type(exc)
-            if status == 200 and error_type:  # an `event: error` inside a stream
-                status = _ERROR_TYPES.get(error_type, 500)
-            offered = await self.offered_models() if status == 404 else None
-            error = status_error(
-                status,
-                detail,
-                provider="Anthropic",
-                alias=request.alias,
-                model=request.model or self.spec.model,
-                key_var=self.key_var,
-                headers=exc.response.headers if status == exc.status_code else None,
-                offered=offered,
-                secret=self._key,
-            )
-            if isinstance(error, RateLimitError | ProviderError) and error.retry_after is None:
-                error.retry_after = parse_retry_after(exc.response.headers)
-            return error
-        if isinstance(exc, json.JSONDecodeError | anthropic.APIResponseValidationError):
-            return self._bad_body(request, "a malformed JSON body")
-        if isinstance(exc, anthropic.APIError):
-            detail = redact(str(exc.message), self._key)[:300]
-            return ProviderError(f"{name} failed mid-answer ({detail}) — the call can be retried")
-        module = type(exc).__module__.split(".")[0]
-        if module in ("httpx", "httpx2", "httpcore", "aiohttp", "h11") or isinstance(exc, OSError):
-            # the SDK does not wrap a dropped stream: the transport's error escapes
-            return ConnectionFailedError(
-                f"connection to {name} dropped ({type(exc).__name__}) — the call can be retried"
-            )
-        return self._bad_body(request, f"something the SDK could not read ({type(exc).__name__})")
+    async def _status_error(self, exc: Any, request: ChatRequest) -> HerdError:
+        status = exc.status_code
+        error_type = _error_type(exc)
+        if status == 200 and error_type:  # an `event: error` inside a stream
+            status = _ERROR_TYPES.get(error_type, 500)
+        error = await self._http_error(
+            request,
+            status,
+            _detail(exc),
+            exc.response.headers if status == exc.status_code else None,
+        )
+        if isinstance(error, RateLimitError | ProviderError) and error.retry_after is None:
+            error.retry_after = parse_retry_after(exc.response.headers)
+        return error
 
     async def aclose(self) -> None:
         """Close this model's SDK client unless another alias still uses it."""
         await _POOL.release(self)
-
-    # ---- health / lifecycle ----------------------------------------------------
-
-    async def health(self) -> Health:
-        avail = self.availability(self.spec, getattr(self.herd, "env", {}) or {})
-        if not avail.ok:
-            return Health(ok=False, detail=avail.reason, fix=avail.fix)
-        import time
-
-        started = time.perf_counter()
-        request = ChatRequest(
-            alias=self.spec.alias, provider=self.provider, model=self.spec.model, messages=[]
-        )
-        try:
-            page = await self.client().models.list(limit=100)
-            ids = [m.id for m in page.data]
-        except Exception as exc:
-            return as_health(await self.map_error(exc, request))
-        latency = time.perf_counter() - started
-        if self.spec.model and ids and self.spec.model not in ids:
-            return as_health(
-                status_error(
-                    404,
-                    "",
-                    provider="Anthropic",
-                    alias=self.spec.alias,
-                    model=self.spec.model,
-                    key_var=self.key_var,
-                    offered=ids,
-                ),
-                latency,
-            )
-        return Health(
-            ok=True,
-            detail=f"{self.base_url} answers; model {self.spec.model} listed",
-            latency_s=latency,
-        )
-
-
-_TYPES: tuple[Any, Any] | None = None
-
-
-async def _post(client: Any, params: dict[str, Any], *, stream: bool) -> Any:
-    """POST /v1/messages through the SDK's own client (transport, auth, errors, models),
-    without `create()`'s per-call TypedDict transform: our body is plain JSON already."""
-    global _TYPES
-    if _TYPES is None:
-        from anthropic import AsyncStream
-        from anthropic.types import Message, RawMessageStreamEvent
-
-        _TYPES = (Message, AsyncStream[RawMessageStreamEvent])
-    body = dict(params)
-    options: dict[str, Any] = {}
-    timeout = body.pop("timeout", None)
-    if timeout is not None:
-        options["timeout"] = timeout
-    extra = body.pop("extra_body", None)
-    if extra:
-        body.update(extra)
-    if stream:
-        return await client.post(
-            "/v1/messages",
-            body=body,
-            cast_to=_TYPES[0],
-            options=options,
-            stream=True,
-            stream_cls=_TYPES[1],
-        )
-    return await client.post("/v1/messages", body=body, cast_to=_TYPES[0], options=options)
 
 
 def _usage_fields(raw: Any) -> dict[str, int]:

@@ -13,36 +13,19 @@ run on aiohttp by default — measured faster than the SDK's httpx transport
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Literal
 
 from modelherd import hookimpl
-from modelherd.errors import (
-    BadResponseError,
-    ConfigError,
-    ConnectionFailedError,
-    HerdError,
-    MissingDependencyError,
-    ProviderError,
-)
-from modelherd.provider import Model, ProviderSettings
-from modelherd.types import (
-    Availability,
-    ChatRequest,
-    ChatResponse,
-    FinishReason,
-    Health,
-    ModelSpec,
-    Usage,
-)
+from modelherd.errors import BadResponseError, ConfigError, HerdError
+from modelherd.provider import ProviderSettings
+from modelherd.types import ChatRequest, ChatResponse, FinishReason, ModelSpec, Usage
 from pydantic import Field
 
 from .client_pool import ClientPool
-from .keys import find_key, key_fingerprint, redact
-from .provider_errors import as_health, sdk_connection_error, status_error
+from .keys import key_fingerprint
+from .stainless_adapter import StainlessModel
 from .think import ThinkSplitter, split_think
 
 _POOL = ClientPool()
@@ -92,10 +75,6 @@ class OpenAISettings(ProviderSettings):
     stream_usage: bool | None = None
 
 
-def default_transport() -> str:
-    return "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx"
-
-
 def openai_response_format(fmt: Any) -> Any:
     """The kernel's `response_format` (a JSON schema, or a typed dict) in OpenAI's form."""
     if not isinstance(fmt, dict):
@@ -115,7 +94,7 @@ def openai_response_format(fmt: Any) -> Any:
     }
 
 
-class OpenAIModel(Model):
+class OpenAIModel(StainlessModel):
     provider = "openai"
     description = "OpenAI (Chat Completions, official SDK)"
     can_stream = True
@@ -124,59 +103,23 @@ class OpenAIModel(Model):
     legacy_key_env_vars: ClassVar[tuple[str, ...]] = ("OPENAI_KEY",)
     Settings = OpenAISettings
 
+    sdk = "openai"
+    client_class = "AsyncOpenAI"
     #: name used in messages
     vendor: ClassVar[str] = "OpenAI"
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     #: OpenAI's current models take max_completion_tokens; compatible servers max_tokens
     max_tokens_param: ClassVar[str] = "max_completion_tokens"
-    key_required: ClassVar[bool] = True
+    chat_path = "/chat/completions"
+    transport_error_verb = "failed"
+    models_list_optional = True
+    health_detail = "{base_url} answers ({count} models listed)"
 
     def __init__(self, spec: ModelSpec, herd: Any) -> None:
         super().__init__(spec, herd)
         settings = self.settings
         assert isinstance(settings, OpenAISettings)
-        self.base_url = (settings.base_url or self.default_base_url or "").rstrip("/")
-        self.transport = settings.transport or default_transport()
-        env: Mapping[str, str] = getattr(herd, "env", None) or {}
-        names = (settings.api_key_env,) if settings.api_key_env else self.key_env_vars
-        legacy = () if settings.api_key_env else self.legacy_key_env_vars
-        self._key, self.key_var = find_key(env, names, legacy)
-        if self.key_var is None:
-            self.key_var = names[0] if names else None
         self._stream_usage = settings.stream_usage if settings.stream_usage is not None else True
-
-    def __repr__(self) -> str:  # never the key
-        return f"<{type(self).__name__} alias={self.spec.alias!r} base_url={self.base_url!r}>"
-
-    # ---- availability (no network) ---------------------------------------------
-
-    @classmethod
-    def availability(cls, spec: ModelSpec, env: Mapping[str, str]) -> Availability:
-        if importlib.util.find_spec("openai") is None:
-            return Availability(
-                ok=False,
-                reason="the openai package is not installed",
-                fix='pip install "modelherd[openai]"',
-            )
-        settings = cls.parse_settings(spec)
-        assert isinstance(settings, OpenAISettings)
-        if not (settings.base_url or cls.default_base_url):
-            return Availability(
-                ok=False,
-                reason="no base_url",
-                fix=f'set base_url = "http://host:port/v1" in [models.{spec.alias}]',
-            )
-        if settings.api_key_env:
-            if env.get(settings.api_key_env):
-                return Availability(ok=True)
-            return Availability(
-                ok=False,
-                reason=f"{settings.api_key_env} is not set",
-                fix=f"set {settings.api_key_env} in the environment or .env",
-            )
-        if not cls.key_required:
-            return Availability(ok=True)
-        return super().availability(spec, env)
 
     # ---- client ----------------------------------------------------------------
 
@@ -193,36 +136,17 @@ class OpenAIModel(Model):
         )
         return _POOL.get(key, self._new_client, self)
 
-    def _new_client(self) -> Any:
-        try:
-            import openai
-        except ImportError:
-            raise MissingDependencyError(
-                "openai", "openai", f"the {self.provider} provider"
-            ) from None
-        if self.key_required and not self._key:
-            var = self.key_var or "the API key variable"
-            raise ConfigError(
-                f"'{self.spec.alias}' ({self.provider}) needs an API key — "
-                f"set {var} in the environment or .env"
-            )
+    def _client_kwargs(self) -> dict[str, Any]:
         settings = self.settings
         assert isinstance(settings, OpenAISettings)
-        http_client = None  # None: the SDK's default httpx transport
-        if self.transport == "aiohttp":
-            try:
-                http_client = openai.DefaultAioHttpClient()
-            except RuntimeError:  # the SDK's aiohttp extra is missing: stay on httpx
-                self.transport = "httpx"
-        return openai.AsyncOpenAI(
-            api_key=self._key or "not-needed",  # self-hosted servers ignore it; the SDK wants one
-            base_url=self.base_url,
-            organization=settings.organization,
-            default_headers=settings.headers or None,
-            max_retries=0,  # the kernel's retry policy decides
-            timeout=self.herd.config.herd.timeout if self.herd is not None else 600.0,
-            http_client=http_client,
-        )
+        return {"organization": settings.organization}
+
+    @staticmethod
+    def _load_types() -> tuple[Any, Any]:
+        from openai import AsyncStream
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+        return (ChatCompletion, AsyncStream[ChatCompletionChunk])
 
     # ---- request ---------------------------------------------------------------
 
@@ -255,7 +179,7 @@ class OpenAIModel(Model):
         params = self.params(request)
         client = self.client()
         try:
-            completion = await _post(client, params, stream=False)
+            completion = await self._post(client, params, stream=False)
         except Exception as exc:
             raise await self.map_error(exc, request) from exc
         if isinstance(completion, str):  # the SDK's answer to a non-JSON content type
@@ -285,7 +209,7 @@ class OpenAIModel(Model):
             params["stream_options"] = {"include_usage": True}
         client = self.client()
         try:
-            stream = await _post(client, params, stream=True)
+            stream = await self._post(client, params, stream=True)
         except Exception as exc:
             raise await self.map_error(exc, request) from exc
         if isinstance(stream, str):
@@ -350,132 +274,15 @@ class OpenAIModel(Model):
             f"check base_url points at an OpenAI-compatible /v1 endpoint"
         )
 
-    async def offered_models(self, timeout: float = 3.0) -> list[str] | None:
-        """The model ids the endpoint lists (for 'did you mean'); None when it won't say."""
-        import anyio
+    async def _list_model_ids(self) -> list[str]:
+        return _model_ids(await self.client().models.list())
 
-        try:
-            with anyio.fail_after(timeout):
-                page = await self.client().models.list()
-            return _model_ids(page)
-        except Exception:
-            return None
-
-    async def map_error(self, exc: BaseException, request: ChatRequest) -> HerdError:
-        import openai
-
-        if isinstance(exc, HerdError):
-            return exc
-        name = f"{self.vendor} at {self.base_url}"
-        connection = sdk_connection_error(exc, openai, name, request.alias)
-        if connection is not None:
-            return connection
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            offered = await self.offered_models() if status == 404 else None
-            return status_error(
-                status,
-                _detail(exc),
-                provider=self.vendor,
-                alias=request.alias,
-                model=request.model or self.spec.model,
-                key_var=self.key_var,
-                headers=exc.response.headers,
-                offered=offered,
-                secret=self._key,
-            )
-        if isinstance(exc, json.JSONDecodeError | openai.APIResponseValidationError):
-            return self._bad_body(request, "a malformed JSON body")
-        if isinstance(exc, openai.APIError):  # an error event inside a stream
-            detail = redact(str(exc.message), self._key)[:300]
-            return ProviderError(f"{name} failed mid-answer ({detail}) — the call can be retried")
-        module = type(exc).__module__.split(".")[0]
-        if module in ("httpx", "httpx2", "httpcore", "aiohttp", "h11") or isinstance(exc, OSError):
-            return ConnectionFailedError(
-                f"connection to {name} failed ({type(exc).__name__}) — the call can be retried"
-            )
-        return self._bad_body(request, f"something the SDK could not read ({type(exc).__name__})")
+    async def _status_error(self, exc: Any, request: ChatRequest) -> HerdError:
+        return await self._http_error(request, exc.status_code, _detail(exc), exc.response.headers)
 
     async def aclose(self) -> None:
         """Close this model's SDK client unless another alias still uses it."""
         await _POOL.release(self)
-
-    # ---- health / lifecycle ----------------------------------------------------
-
-    async def health(self) -> Health:
-        avail = self.availability(self.spec, getattr(self.herd, "env", {}) or {})
-        if not avail.ok:
-            return Health(ok=False, detail=avail.reason, fix=avail.fix)
-        import time
-
-        started = time.perf_counter()
-        request = ChatRequest(
-            alias=self.spec.alias, provider=self.provider, model=self.spec.model, messages=[]
-        )
-        try:
-            page = await self.client().models.list()
-            ids = _model_ids(page)
-        except Exception as exc:
-            import openai
-
-            if isinstance(exc, openai.NotFoundError):  # a server without GET /models
-                return Health(
-                    ok=True,
-                    detail=f"{self.base_url} answers (it lists no models)",
-                    latency_s=time.perf_counter() - started,
-                )
-            return as_health(await self.map_error(exc, request))
-        latency = time.perf_counter() - started
-        if self.spec.model and ids and self.spec.model not in ids:
-            return as_health(
-                status_error(
-                    404,
-                    "",
-                    provider=self.vendor,
-                    alias=self.spec.alias,
-                    model=self.spec.model,
-                    key_var=self.key_var,
-                    offered=ids,
-                ),
-                latency,
-            )
-        return Health(
-            ok=True, detail=f"{self.base_url} answers ({len(ids)} models listed)", latency_s=latency
-        )
-
-
-_TYPES: tuple[Any, Any] | None = None
-
-
-async def _post(client: Any, params: dict[str, Any], *, stream: bool) -> Any:
-    """POST /chat/completions through the SDK's own client: its transport, auth, error
-    classes and response models — without `create()`'s per-call TypedDict transform,
-    which costs ~200 µs a call here and is a no-op for the plain JSON we build
-    (bench/providers.py measures it; the openai README documents `client.post`)."""
-    global _TYPES
-    if _TYPES is None:
-        from openai import AsyncStream
-        from openai.types.chat import ChatCompletion, ChatCompletionChunk
-
-        _TYPES = (ChatCompletion, AsyncStream[ChatCompletionChunk])
-    body = dict(params)
-    options: dict[str, Any] = {}
-    timeout = body.pop("timeout", None)
-    if timeout is not None:
-        options["timeout"] = timeout
-    extra = body.pop("extra_body", None)
-    if extra:
-        body.update(extra)
-    if stream:
-        return await client.post(
-            "/chat/completions",
-            body=body,
-            cast_to=_TYPES[0],
-            options=options,
-            stream=True,
-            stream_cls=_TYPES[1],
-        )
-    return await client.post("/chat/completions", body=body, cast_to=_TYPES[0], options=options)
 
 
 def _model_ids(page: Any) -> list[str]:
