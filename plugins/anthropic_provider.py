@@ -195,11 +195,7 @@ class AnthropicModel(StainlessModel):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         params = self.params(request)
-        client = self.client()
-        try:
-            message = await self._post(client, params, stream=False)
-        except Exception as exc:
-            raise await self.map_error(exc, request) from exc
+        message = await self._send(request, params, stream=False)
         if isinstance(message, str):
             raise self._bad_body(request, f"a non-JSON body ({message[:60]!r})")
         try:
@@ -229,11 +225,7 @@ class AnthropicModel(StainlessModel):
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
         params = self.params(request)
         params["stream"] = True
-        client = self.client()
-        try:
-            stream = await self._post(client, params, stream=True)
-        except Exception as exc:
-            raise await self.map_error(exc, request) from exc
+        stream = await self._send(request, params, stream=True)
         parts: list[str] = []
         thinking: list[str] = []
         usage: dict[str, int] = {}

@@ -177,11 +177,7 @@ class OpenAIModel(StainlessModel):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         params = self.params(request)
-        client = self.client()
-        try:
-            completion = await self._post(client, params, stream=False)
-        except Exception as exc:
-            raise await self.map_error(exc, request) from exc
+        completion = await self._send(request, params, stream=False)
         if isinstance(completion, str):  # the SDK's answer to a non-JSON content type
             raise self._bad_body(request, f"a non-JSON body ({completion[:60]!r})")
         try:
@@ -207,11 +203,7 @@ class OpenAIModel(StainlessModel):
         params["stream"] = True
         if self._stream_usage:
             params["stream_options"] = {"include_usage": True}
-        client = self.client()
-        try:
-            stream = await self._post(client, params, stream=True)
-        except Exception as exc:
-            raise await self.map_error(exc, request) from exc
+        stream = await self._send(request, params, stream=True)
         if isinstance(stream, str):
             raise self._bad_body(request, "a non-stream body to a stream request")
         splitter = ThinkSplitter()

@@ -81,6 +81,10 @@ class StainlessModel(Model):
         """(response class, AsyncStream[event class]) for the chat endpoint."""
         raise NotImplementedError
 
+    def client(self) -> Any:
+        """This model's pooled SDK client (made by `_new_client`)."""
+        raise NotImplementedError
+
     def _client_kwargs(self) -> dict[str, Any]:
         """Vendor-only keyword arguments for the SDK client."""
         return {}
@@ -156,32 +160,37 @@ class StainlessModel(Model):
             **self._client_kwargs(),
         )
 
-    async def _post(self, client: Any, params: dict[str, Any], *, stream: bool) -> Any:
+    async def _send(self, request: ChatRequest, params: dict[str, Any], *, stream: bool) -> Any:
         """POST the chat endpoint through the SDK's own client: its transport, auth, error
         classes and response models — without `create()`'s per-call TypedDict transform,
         which costs ~200 µs a call here and is a no-op for the plain JSON we build
-        (bench/providers.py measures it; the openai README documents `client.post`)."""
-        types = self._types
-        if types is None:
-            types = type(self)._types = self._load_types()
-        body = dict(params)
-        options: dict[str, Any] = {}
-        timeout = body.pop("timeout", None)
-        if timeout is not None:
-            options["timeout"] = timeout
-        extra = body.pop("extra_body", None)
-        if extra:
-            body.update(extra)
-        if stream:
-            return await client.post(
-                self.chat_path,
-                body=body,
-                cast_to=types[0],
-                options=options,
-                stream=True,
-                stream_cls=types[1],
-            )
-        return await client.post(self.chat_path, body=body, cast_to=types[0], options=options)
+        (bench/providers.py measures it; the openai README documents `client.post`).
+        SDK errors come back as the kernel's typed errors (`map_error`)."""
+        client = self.client()
+        try:
+            types = self._types
+            if types is None:
+                types = type(self)._types = self._load_types()
+            body = dict(params)
+            options: dict[str, Any] = {}
+            timeout = body.pop("timeout", None)
+            if timeout is not None:
+                options["timeout"] = timeout
+            extra = body.pop("extra_body", None)
+            if extra:
+                body.update(extra)
+            if stream:
+                return await client.post(
+                    self.chat_path,
+                    body=body,
+                    cast_to=types[0],
+                    options=options,
+                    stream=True,
+                    stream_cls=types[1],
+                )
+            return await client.post(self.chat_path, body=body, cast_to=types[0], options=options)
+        except Exception as exc:
+            raise await self.map_error(exc, request) from exc
 
     # ---- models and health -----------------------------------------------------
 
