@@ -93,25 +93,27 @@ def _import_time(runs: int) -> dict[str, float]:
     # PYTHONDONTWRITEBYTECODE, which makes every start recompile every module.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
-    def median_of(code: str) -> float:
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=env)
-        samples = []
-        for _ in range(runs):
-            out = subprocess.run(
-                [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
-            )
-            samples.append(float(out.stdout.strip()))
-        return statistics.median(samples) * 1000
+    def once(code: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
+        )
+        return float(out.stdout.strip()) * 1000
 
     def process_start() -> float:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
-        return time.perf_counter() - start
+        return (time.perf_counter() - start) * 1000
 
+    once(IMPORT_SCRIPT)  # writes the bytecode caches
+    floor, full, start = [], [], []
+    for _ in range(runs):  # interleaved: a noisy neighbour slows both sides alike
+        start.append(process_start())
+        floor.append(once(FLOOR_SCRIPT))
+        full.append(once(IMPORT_SCRIPT))
     return {
-        "python_start_ms": statistics.median(process_start() for _ in range(runs)) * 1000,
-        "floor_ms": median_of(FLOOR_SCRIPT),
-        "import_and_load_ms": median_of(IMPORT_SCRIPT),
+        "python_start_ms": statistics.median(start),
+        "floor_ms": statistics.median(floor),
+        "import_and_load_ms": statistics.median(full),
     }
 
 
@@ -153,7 +155,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--calls", type=int, default=20000)
-    parser.add_argument("--import-runs", type=int, default=7)
+    parser.add_argument("--import-runs", type=int, default=11)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--skip-llama", action="store_true")
