@@ -398,10 +398,11 @@ def doctor_cmd(ctx: click.Context, timeout: float, as_json: bool) -> None:
             if f.get("fix"):
                 line += f"\n    [dim]fix:[/dim] {escape(f['fix'])}"
             console.print(line, highlight=False)
-        console.print(
-            f"\n{len(problems)} problem(s)" if problems else "\n[green]all checks passed",
-            highlight=False,
-        )
+        warnings = sum(1 for f in findings if f["level"] == "warning")
+        summary = f"\n{len(problems)} problem(s)" if problems else "\n[green]no problems[/green]"
+        if warnings:
+            summary += f", {warnings} warning(s) (optional providers you may not use)"
+        console.print(summary, highlight=False)
     if problems:
         ctx.exit(1)
 
