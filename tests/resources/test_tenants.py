@@ -122,7 +122,9 @@ async def test_max_concurrency_waits_then_refuses() -> None:
     results = await asyncio.gather(*[herd.chat("mock", "hi", tenant="c") for _ in range(4)],
                                    return_exceptions=True)
     assert all(not isinstance(r, BaseException) for r in results)
-    assert time.perf_counter() - started == pytest.approx(0.2, abs=0.08)  # two waves of two
+    # two waves of two: at least 0.2 s (the limit held), well under 0.4 s (not serialised);
+    # a generous upper bound, since busy CI machines stretch sleeps
+    assert 0.19 <= time.perf_counter() - started < 0.38
     results = await asyncio.gather(*[herd.chat("mock", "hi", tenant="c") for _ in range(6)],
                                    return_exceptions=True)
     refused = [r for r in results if isinstance(r, QuotaExceededError)]
