@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from .errors import ConfigError
+from .config import validate_table
 
 if TYPE_CHECKING:
     from .kernel import Herd
@@ -30,14 +30,9 @@ class Agent:
         self.herd = herd
         raw = dict(herd.config.agents.get(self.name, {}))
         raw.update(settings or {})
-        try:
-            self.settings = self.Settings.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"]) or "?"
-            raise ConfigError(
-                f"[agents.{self.name}] {key}: {first['msg']} — see docs/agents.md"
-            ) from None
+        self.settings = validate_table(
+            self.Settings, raw, f"[agents.{self.name}]", "docs/agents.md"
+        )
 
     async def run(self, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement run()")

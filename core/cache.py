@@ -19,9 +19,8 @@ import logging
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from .errors import ConfigError
 from .types import ChatRequest, ChatResponse, Metric, Usage, trusted
 
 if TYPE_CHECKING:
@@ -126,22 +125,7 @@ class CachePolicy(BaseModel):
 
 
 def load_policy(herd: Herd) -> CachePolicy:
-    try:
-        return CachePolicy.model_validate(herd.plugin_settings("cache"))
-    except ValidationError as exc:
-        raise ConfigError(settings_error(herd, "cache", exc)) from None
-
-
-def settings_error(herd: Herd, table: str, exc: ValidationError) -> str:
-    """One line naming the file, the table, the key and the fix (shared by the tiers)."""
-    first = exc.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "?"
-    if first["type"] == "extra_forbidden":
-        return (
-            f"{herd.config.source}: [plugins.{table}] {key}: unknown key — "
-            f"see docs/cache.md for the keys [plugins.{table}] accepts"
-        )
-    return f"{herd.config.source}: [plugins.{table}] {key}: {first['msg']} — fix that value"
+    return herd.plugin_config("cache", CachePolicy, "docs/cache.md")
 
 
 @dataclass(slots=True)

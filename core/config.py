@@ -10,14 +10,43 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 from .types import ModelSpec
+
+_T = TypeVar("_T", bound=BaseModel)
+
+
+def table_error(where: str, exc: ValidationError, model: type[BaseModel], docs: str) -> str:
+    """One line for a bad config table: where, the key, and the fix.
+
+    Every table — `[plugins.x]`, `[models.x]`, `[agents.x]` — reports the same way, so
+    users learn one shape: an unknown key gets the closest name and the allowed ones.
+    """
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        fields = list(model.model_fields)
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(fields)}"
+        return f"{where} {key}: unknown key — {hint} (see {docs})"
+    # a check across fields has no key: say the table, not "?"
+    return f"{where}{' ' + key if key else ''}: {first['msg']} — fix that value (see {docs})"
+
+
+def validate_table(model: type[_T], table: Mapping[str, Any], where: str, docs: str) -> _T:
+    """Validate one config table with `model`; a problem is a one-line ConfigError."""
+    try:
+        return model.model_validate(dict(table))
+    except ValidationError as exc:
+        raise ConfigError(table_error(where, exc, model, docs)) from None
+
 
 #: keys of a [models.<alias>] table that are not provider settings
 _SPEC_KEYS = {"provider", "model", "options", "fallbacks", "timeout", "retries"}

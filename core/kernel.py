@@ -15,16 +15,17 @@ import difflib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pluggy
+from pydantic import BaseModel
 
 from . import loader
 from .agent import Agent
 from .cache import CacheTier, TieredCache, coalesce_key
 from .coalesce import Coalescer
-from .config import HerdConfig, load_config, load_env
+from .config import HerdConfig, load_config, load_env, validate_table
 from .errors import (
     AllModelsFailedError,
     CacheMissError,
@@ -42,6 +43,7 @@ from .types import ChatRequest, ChatResponse, Message, Metric, ModelSpec, truste
 hookimpl = pluggy.HookimplMarker("modelherd")
 
 MessagesIn = str | Sequence[Message | dict[str, Any]]
+_S = TypeVar("_S", bound=BaseModel)
 _CACHE_MODES = frozenset({"default", "no-store", "no-cache", "only"})
 #: request.context key (kernel-reserved) for the caller's own options and timeout,
 #: which a fallback request is rebuilt from
@@ -176,8 +178,14 @@ class Herd:
         }
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
-        """The `[plugins.<name>]` table (validate it with the plugin's own model)."""
+        """The `[plugins.<name>]` table, raw (see `plugin_config` for the typed form)."""
         return self.config.plugin_settings(name)
+
+    def plugin_config(self, name: str, model: type[_S], docs: str) -> _S:
+        """The `[plugins.<name>]` table validated by `model`; a bad key or value is one
+        ConfigError line naming the file, the table, the key and the fix."""
+        where = f"{self.config.source}: [plugins.{name}]"
+        return validate_table(model, self.config.plugin_settings(name), where, docs)
 
     @property
     def providers(self) -> dict[str, type[Model]]:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import BadRequestError, ConfigError
+from .config import validate_table
+from .errors import BadRequestError
 from .types import Availability, ChatRequest, ChatResponse, Health, ModelSpec
 
 if TYPE_CHECKING:
@@ -54,15 +55,9 @@ class Model:
 
     @classmethod
     def parse_settings(cls, spec: ModelSpec) -> ProviderSettings:
-        try:
-            return cls.Settings.model_validate(spec.settings)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"]) or "?"
-            raise ConfigError(
-                f"[models.{spec.alias}] {key}: {first['msg']} — "
-                f"check the {cls.provider} settings in docs/providers.md"
-            ) from None
+        return validate_table(
+            cls.Settings, spec.settings, f"[models.{spec.alias}]", "docs/providers.md"
+        )
 
     @classmethod
     def option_error(

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from modelherd.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from modelherd.config import validate_table
+from pydantic import BaseModel, ConfigDict, Field
 
 RecoverKpi = Literal["latency_mean", "error_rate", "quality"]
 
@@ -70,24 +70,20 @@ class AlertSettings(BaseModel):
 
 
 #: thresholds that `false` switches off (TOML has no null)
-_THRESHOLDS = ("latency_mean_s", "error_rate", "throughput_min_rps", "quality_min",
-               "cpu_percent", "memory_percent", "gpu_percent", "gpu_memory_percent")
+_THRESHOLDS = (
+    "latency_mean_s",
+    "error_rate",
+    "throughput_min_rps",
+    "quality_min",
+    "cpu_percent",
+    "memory_percent",
+    "gpu_percent",
+    "gpu_memory_percent",
+)
 
 
 def parse_settings(table: Mapping[str, Any], source: str) -> AlertSettings:
     data = {k: (None if k in _THRESHOLDS and v is False else v) for k, v in table.items()}
-    try:
-        return AlertSettings.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "?"
-        if first["type"] == "extra_forbidden":
-            import difflib
-
-            close = difflib.get_close_matches(key, list(AlertSettings.model_fields), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "see docs/observability.md"
-            raise ConfigError(f"{source}: [plugins.alerts] {key}: unknown key — {hint}") from None
-        raise ConfigError(
-            f"{source}: [plugins.alerts] {key}: {first['msg']} — fix that value "
-            f"(see docs/observability.md)"
-        ) from None
+    return validate_table(
+        AlertSettings, data, f"{source}: [plugins.alerts]", "docs/observability.md"
+    )

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
+from modelherd.config import validate_table
 from modelherd.errors import ConfigError
 from modelherd.types import ChatRequest, ChatResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from modelherd import Herd
@@ -46,14 +47,9 @@ class AuditSettings(BaseModel):
 
 
 def parse_settings(table: dict[str, Any], source: str) -> AuditSettings:
-    try:
-        return AuditSettings.model_validate(table)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "?"
-        fix = ("allowed: " + ", ".join(AuditSettings.model_fields)
-               if first["type"] == "extra_forbidden" else "fix that value")
-        raise ConfigError(f"{source}: [plugins.audit] {key}: {first['msg']} — {fix}") from None
+    return validate_table(
+        AuditSettings, table, f"{source}: [plugins.audit]", "docs/observability.md"
+    )
 
 
 def default_path() -> Path:
@@ -172,7 +168,9 @@ class AuditLog:
             except OSError as exc:
                 logging.getLogger("modelherd.audit").warning(
                     "cannot write the audit log %s: %s — check [plugins.audit] path",
-                    self.path, exc.strerror)
+                    self.path,
+                    exc.strerror,
+                )
 
     def close(self) -> None:
         """Write what is queued, then close the file."""
@@ -207,7 +205,8 @@ def startup(herd: Herd) -> None:
     except OSError as exc:
         raise ConfigError(
             f"{herd.config.source}: [plugins.audit] path: cannot open {path}: {exc.strerror} — "
-            f"choose a writable path") from None
+            f"choose a writable path"
+        ) from None
     herd.register_plugin(writer, name=WRITER_NAME)
 
 

@@ -89,14 +89,16 @@ def stats_command(ctx: click.Context, as_json: bool) -> None:
         console.print("no cache tier is on — see docs/cache.md")
         return
     table = Table(title="response cache")
-    for column in ("tier", "entries", "bytes", "hits", "misses", "stores", "evictions",
-                   "errors"):
+    for column in ("tier", "entries", "bytes", "hits", "misses", "stores", "evictions", "errors"):
         table.add_column(column, no_wrap=True)
     wheres = []
     for name, row in data.items():
-        table.add_row(name, str(row.get("entries", "?")), str(row.get("size_bytes", "?")),
-                      *(str(row.get(k, 0)) for k in ("hits", "misses", "stores", "evictions",
-                                                       "errors")))
+        table.add_row(
+            name,
+            str(row.get("entries", "?")),
+            str(row.get("size_bytes", "?")),
+            *(str(row.get(k, 0)) for k in ("hits", "misses", "stores", "evictions", "errors")),
+        )
         where = row.get("path") or row.get("url") or "this process's memory"
         state = f" ({row['state']})" if row.get("state") else ""
         wheres.append(f"{name}: {where}{state}")

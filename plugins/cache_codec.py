@@ -39,8 +39,8 @@ def make_fernet(env_var: str | None, env: Mapping[str, str], where: str) -> Any:
     if not raw:
         raise ConfigError(
             f"{where} encrypt_key_env: the environment variable {env_var} is not set — "
-            f"create a key with `python -c \"from cryptography.fernet import Fernet; "
-            f"print(Fernet.generate_key().decode())\"` and export {env_var}=<that key>"
+            f'create a key with `python -c "from cryptography.fernet import Fernet; '
+            f'print(Fernet.generate_key().decode())"` and export {env_var}=<that key>'
         )
     try:
         from cryptography.fernet import Fernet, MultiFernet
@@ -104,8 +104,17 @@ def decode(key: str, blob: bytes, fernet: Any) -> ChatResponse:
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
-          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
+_UNITS = {
+    "": 1,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "KI": 1024,
+    "MI": 1024**2,
+    "GI": 1024**3,
+    "TI": 1024**4,
+}
 
 
 def parse_size(value: int | float | str) -> int:

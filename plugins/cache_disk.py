@@ -32,11 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from modelherd import hookimpl
-from modelherd.cache import CacheTier, settings_error
-from modelherd.errors import ConfigError
+from modelherd.cache import CacheTier
 from modelherd.plugins.cache_codec import CorruptEntryError, decode, encode, make_fernet, parse_size
 from modelherd.types import ChatResponse
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 if TYPE_CHECKING:
     import click
@@ -187,8 +186,11 @@ class DiskTier(CacheTier):
         self._close_connections()
         self._disabled = True
         self._warn_once(
-            "open", "disk cache %s cannot be used (%s); it steps aside and calls go on "
-            "without it — check the path and its permissions", self.path, exc,
+            "open",
+            "disk cache %s cannot be used (%s); it steps aside and calls go on "
+            "without it — check the path and its permissions",
+            self.path,
+            exc,
         )
 
     def _move_aside(self, exc: BaseException) -> None:
@@ -196,8 +198,12 @@ class DiskTier(CacheTier):
         self._close_connections()
         target = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         self._warn_once(
-            "corrupt", "disk cache %s is damaged (%s); moved it to %s and started a fresh "
-            "one — the calls go on", self.path, exc, target,
+            "corrupt",
+            "disk cache %s is damaged (%s); moved it to %s and started a fresh "
+            "one — the calls go on",
+            self.path,
+            exc,
+            target,
         )
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{self.path}{suffix}")
@@ -238,8 +244,9 @@ class DiskTier(CacheTier):
             if _is_corruption(exc):
                 await anyio.to_thread.run_sync(self._reset, exc)
             else:
-                self._warn_once("read", "disk cache %s could not be read (%s); a miss",
-                                self.path, exc)
+                self._warn_once(
+                    "read", "disk cache %s could not be read (%s); a miss", self.path, exc
+                )
             return None, None
         if row is None:
             return None, None
@@ -251,8 +258,10 @@ class DiskTier(CacheTier):
         except CorruptEntryError as exc:
             self.count("errors")
             self._warn_once(
-                "entry", "disk cache %s: an entry cannot be trusted (%s); treated as a miss "
-                "and removed", self.path, exc,
+                "entry",
+                "disk cache %s: an entry cannot be trusted (%s); treated as a miss and removed",
+                self.path,
+                exc,
             )
             await anyio.to_thread.run_sync(self._delete, key)
             return None, None
@@ -313,9 +322,11 @@ class DiskTier(CacheTier):
                     return False, 0, True
                 # full disk, file-size limit, I/O error, lock held too long: skip this store
                 self._warn_once(
-                    "write", "disk cache %s could not store an answer (%s); calls go on "
+                    "write",
+                    "disk cache %s could not store an answer (%s); calls go on "
                     "uncached until there is room — free disk space or lower max_bytes",
-                    self.path, exc,
+                    self.path,
+                    exc,
                 )
                 evicted = 0
                 code = getattr(exc, "sqlite_errorname", "")
@@ -397,9 +408,13 @@ class DiskTier(CacheTier):
         return await anyio.to_thread.run_sync(run)
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.counters.as_dict(), "path": str(self.path),
-                               "max_bytes": self.settings.max_bytes, "ttl_s": self.settings.ttl,
-                               "encrypted": self._fernet is not None}
+        out: dict[str, Any] = {
+            **self.counters.as_dict(),
+            "path": str(self.path),
+            "max_bytes": self.settings.max_bytes,
+            "ttl_s": self.settings.ttl,
+            "encrypted": self._fernet is not None,
+        }
         if self._reader is None:
             out["state"] = "stepped aside"
             return out
@@ -432,13 +447,9 @@ class DiskTier(CacheTier):
 
 def load_settings(herd: Herd) -> DiskSettings | None:
     """The validated table, or None when [plugins.cache_disk] is absent (tier off)."""
-    table = herd.plugin_settings("cache_disk")
     if "cache_disk" not in herd.config.plugins:
         return None
-    try:
-        return DiskSettings.model_validate(table)
-    except ValidationError as exc:
-        raise ConfigError(settings_error(herd, "cache_disk", exc)) from None
+    return herd.plugin_config("cache_disk", DiskSettings, "docs/cache.md")
 
 
 @hookimpl

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
-from modelherd.cache import CacheTier, settings_error
-from modelherd.errors import ConfigError
+from modelherd.cache import CacheTier
 from modelherd.plugins.cache_codec import parse_size
 from modelherd.types import ChatResponse, Usage, trusted
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 if TYPE_CHECKING:
     import click
@@ -153,10 +152,7 @@ class MemoryTier(CacheTier):
 
 
 def load_settings(herd: Herd) -> MemorySettings:
-    try:
-        return MemorySettings.model_validate(herd.plugin_settings("cache_memory"))
-    except ValidationError as exc:
-        raise ConfigError(settings_error(herd, "cache_memory", exc)) from None
+    return herd.plugin_config("cache_memory", MemorySettings, "docs/cache.md")
 
 
 @hookimpl

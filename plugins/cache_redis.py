@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelherd import hookimpl
-from modelherd.cache import CacheTier, settings_error
+from modelherd.cache import CacheTier
 from modelherd.errors import ConfigError, MissingDependencyError
 from modelherd.plugins.cache_codec import CorruptEntryError, decode, encode, make_fernet
 from modelherd.types import ChatResponse
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 if TYPE_CHECKING:
     import click
@@ -93,8 +93,9 @@ class RedisTier(CacheTier):
     name = "redis"
     order = 30
 
-    def __init__(self, settings: RedisSettings, password: str | None = None,
-                 fernet: Any = None) -> None:
+    def __init__(
+        self, settings: RedisSettings, password: str | None = None, fernet: Any = None
+    ) -> None:
         super().__init__()
         self.settings = settings
         self._password = password
@@ -184,7 +185,9 @@ class RedisTier(CacheTier):
             self._last_warning = now
             log.warning(
                 "Redis cache %s is not answering (%s); it steps aside and calls go on "
-                "without it — retrying every %gs or more", self.settings.url, why,
+                "without it — retrying every %gs or more",
+                self.settings.url,
+                why,
                 self.settings.reprobe_s,
             )
         else:
@@ -229,8 +232,10 @@ class RedisTier(CacheTier):
             self.count("errors")
             if not self._entry_warned:
                 self._entry_warned = True
-                log.warning("Redis cache: an entry cannot be trusted (%s); treated as a miss "
-                            "and removed", exc)
+                log.warning(
+                    "Redis cache: an entry cannot be trusted (%s); treated as a miss and removed",
+                    exc,
+                )
             with contextlib.suppress(_Unavailable):
                 await self._call(lambda c: c.delete(full))
             return None
@@ -273,9 +278,14 @@ class RedisTier(CacheTier):
         return found
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counters.as_dict(), "url": self.settings.url, "state": self.state,
-                "outages": self.outages, "ttl_s": self.settings.ttl,
-                "encrypted": self._fernet is not None}
+        return {
+            **self.counters.as_dict(),
+            "url": self.settings.url,
+            "state": self.state,
+            "outages": self.outages,
+            "ttl_s": self.settings.ttl,
+            "encrypted": self._fernet is not None,
+        }
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -289,10 +299,7 @@ def load_settings(herd: Herd) -> RedisSettings | None:
     """The validated table, or None when [plugins.cache_redis] is absent (tier off)."""
     if "cache_redis" not in herd.config.plugins:
         return None
-    try:
-        return RedisSettings.model_validate(herd.plugin_settings("cache_redis"))
-    except ValidationError as exc:
-        raise ConfigError(settings_error(herd, "cache_redis", exc)) from None
+    return herd.plugin_config("cache_redis", RedisSettings, "docs/cache.md")
 
 
 def build_tier(herd: Herd, settings: RedisSettings) -> RedisTier:

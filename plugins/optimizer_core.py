@@ -67,15 +67,7 @@ class OptimizerSettings(BaseModel):
 
 
 def load_settings(herd: Herd) -> OptimizerSettings:
-    try:
-        return OptimizerSettings.model_validate(herd.plugin_settings("optimizer"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(
-            f"{herd.config.source}: [plugins.optimizer] {key}: {first['msg']} — "
-            f"see docs/resources.md for the allowed keys"
-        ) from None
+    return herd.plugin_config("optimizer", OptimizerSettings, "docs/resources.md")
 
 
 def gguf_path(spec: ModelSpec) -> Path | None:
@@ -115,7 +107,7 @@ def plan_for(herd: Herd, alias: str, settings: OptimizerSettings | None = None) 
         if path is None or not path.is_file():
             raise ConfigError(
                 f"[models.{alias}] has no GGUF file to plan for ({path or 'no path'}) — "
-                f"set path = \"/path/to/model.gguf\""
+                f'set path = "/path/to/model.gguf"'
             )
         facts = read_facts(path)
     elif spec.provider == "ollama":
@@ -133,9 +125,17 @@ def plan_for(herd: Herd, alias: str, settings: OptimizerSettings | None = None) 
         )
     gpus, ram, why = read_devices(int(settings.ram_reserve_gb * GiB))
     n_ctx = spec.settings.get("n_ctx") or spec.options.get("n_ctx") or spec.options.get("num_ctx")
-    return place(facts, gpus, ram, n_ctx=int(n_ctx or settings.n_ctx), min_ctx=settings.min_ctx,
-                 kv_types=tuple(settings.kv_types), gpu_reserve=settings.gpu_reserve_mb * 1024**2,
-                 mlock=settings.mlock, gpu_note=why)
+    return place(
+        facts,
+        gpus,
+        ram,
+        n_ctx=int(n_ctx or settings.n_ctx),
+        min_ctx=settings.min_ctx,
+        kv_types=tuple(settings.kv_types),
+        gpu_reserve=settings.gpu_reserve_mb * 1024**2,
+        mlock=settings.mlock,
+        gpu_note=why,
+    )
 
 
 class Optimizer:
@@ -180,8 +180,12 @@ class Optimizer:
             chosen = best_variant([(n, p) for n, p in plans if p is not None])
             if chosen is not None and chosen[0] != alias:
                 self.variant_choice[alias] = chosen[0]
-                log.info("optimizer: '%s' is served by its variant '%s' (%s)",
-                         alias, chosen[0], chosen[1].reason)
+                log.info(
+                    "optimizer: '%s' is served by its variant '%s' (%s)",
+                    alias,
+                    chosen[0],
+                    chosen[1].reason,
+                )
 
     @hookimpl
     def before_call(self, request: ChatRequest, herd: Herd) -> ChatResponse | None:
@@ -192,8 +196,11 @@ class Optimizer:
         placement = self.plan(request.alias)
         if placement is None:
             return None
-        wanted = (placement.llamacpp_options() if request.provider == "llamacpp"
-                  else placement.ollama_options())
+        wanted = (
+            placement.llamacpp_options()
+            if request.provider == "llamacpp"
+            else placement.ollama_options()
+        )
         user_set = self.user_keys.get(request.alias)
         if user_set is None:
             user_set = self.user_keys[request.alias] = set(herd.resolve(request.alias).settings)
@@ -322,8 +329,13 @@ def make_plan_command() -> click.Command:
     @click.option("--config", "config_path", default=None, help="plugins.toml to read")
     @click.option("--n-ctx", type=int, default=None, help="context size to aim for")
     @click.pass_context
-    def plan_command(ctx: click.Context, model: str | None, as_json: bool,
-                     config_path: str | None, n_ctx: int | None) -> None:
+    def plan_command(
+        ctx: click.Context,
+        model: str | None,
+        as_json: bool,
+        config_path: str | None,
+        n_ctx: int | None,
+    ) -> None:
         """Show where MODEL (an alias) would go: weights, KV, buffers, free memory, fit."""
         import json
 
@@ -348,8 +360,10 @@ def make_plan_command() -> click.Command:
             return
         chosen = best_variant(plans)
         if as_json:
-            out = [{"alias": name, **p.as_dict(),
-                    "chosen": chosen is not None and chosen[0] == name} for name, p in plans]
+            out = [
+                {"alias": name, **p.as_dict(), "chosen": chosen is not None and chosen[0] == name}
+                for name, p in plans
+            ]
             click.echo(json.dumps(out[0] if len(out) == 1 else out, indent=2))
             return
         _print_plans(plans, chosen[0] if chosen else None)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from modelherd.config import validate_table
 from modelherd.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_ENDPOINT = "http://localhost:4318"
 _ENDPOINT_VARS = (
@@ -62,20 +63,7 @@ class ResolvedOtel(BaseModel):
 
 
 def parse_settings(table: Mapping[str, Any], source: str) -> OtelSettings:
-    try:
-        return OtelSettings.model_validate(dict(table))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "?"
-        if first["type"] == "extra_forbidden":
-            allowed = ", ".join(OtelSettings.model_fields)
-            raise ConfigError(
-                f"{source}: [plugins.otel] {key}: unknown key — allowed: {allowed}"
-            ) from None
-        raise ConfigError(
-            f"{source}: [plugins.otel] {key}: {first['msg']} — fix that value "
-            f"(see docs/observability.md)"
-        ) from None
+    return validate_table(OtelSettings, table, f"{source}: [plugins.otel]", "docs/observability.md")
 
 
 def _truthy(value: str | None) -> bool:

@@ -35,11 +35,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
-from modelherd.cache import settings_error
-from modelherd.errors import ConfigError
 from modelherd.plugins.cache_codec import parse_size
 from modelherd.types import ChatRequest, ChatResponse, Metric
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
@@ -90,7 +88,7 @@ class ResidencySettings(BaseModel):
     @classmethod
     def _sizes(cls, value: Any) -> dict[str, int]:
         if not isinstance(value, dict):
-            raise ValueError("must be a table of alias = size, e.g. { local = \"1GB\" }")
+            raise ValueError('must be a table of alias = size, e.g. { local = "1GB" }')
         return {alias: parse_size(size) for alias, size in value.items()}
 
     def budget_bytes(self) -> int:
@@ -121,7 +119,9 @@ class _Gate:
         await self.manager.enter(self.alias)
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.manager.leave(self.alias)
@@ -269,7 +269,10 @@ class ResidencyManager:
                     log.warning(
                         "residency: loading '%s' goes over the memory budget (%d bytes) "
                         "because %s — raise [plugins.residency] budget or lower the number "
-                        "of local models", incoming, self.budget, why,
+                        "of local models",
+                        incoming,
+                        self.budget,
+                        why,
                     )
                 return
             await self.evict(victim, reason="budget")
@@ -286,14 +289,24 @@ class ResidencyManager:
                     await result
             await self.herd.unload_model(alias)
         except Exception as exc:
-            log.warning("residency: unloading '%s' failed (%s: %s); it is forgotten anyway",
-                        alias, type(exc).__name__, exc)
+            log.warning(
+                "residency: unloading '%s' failed (%s: %s); it is forgotten anyway",
+                alias,
+                type(exc).__name__,
+                exc,
+            )
         self.evictions += 1
-        log.info("residency: unloaded '%s' (%s, %d bytes)", alias, reason,
-                 entry.size if entry else 0)
+        log.info(
+            "residency: unloaded '%s' (%s, %d bytes)", alias, reason, entry.size if entry else 0
+        )
         if self.herd.wants_metrics:
-            self.herd.emit(Metric("herd.residency.evictions", 1,
-                                  attributes={"herd.alias": alias, "reason": reason}))
+            self.herd.emit(
+                Metric(
+                    "herd.residency.evictions",
+                    1,
+                    attributes={"herd.alias": alias, "reason": reason},
+                )
+            )
 
     # ---- idle unloading ------------------------------------------------------------------
 
@@ -324,16 +337,14 @@ class ResidencyManager:
             "budget_bytes": self.budget,
             "used_bytes": self.used(),
             "evictions": self.evictions,
-            "resident": {a: {"size": e.size, "inflight": e.inflight}
-                         for a, e in self.resident.items()},
+            "resident": {
+                a: {"size": e.size, "inflight": e.inflight} for a, e in self.resident.items()
+            },
         }
 
 
 def load_settings(herd: Herd) -> ResidencySettings:
-    try:
-        return ResidencySettings.model_validate(herd.plugin_settings("residency"))
-    except ValidationError as exc:
-        raise ConfigError(settings_error(herd, "residency", exc)) from None
+    return herd.plugin_config("residency", ResidencySettings, "docs/cache.md")
 
 
 def manager_of(herd: Herd) -> ResidencyManager | None:
@@ -389,4 +400,3 @@ def shutdown(herd: Herd) -> Awaitable[None] | None:
         return None
     herd.unregister_plugin(manager)
     return manager.stop()
-

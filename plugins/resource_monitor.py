@@ -20,8 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
-from modelherd.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from modelherd.config import validate_table
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from modelherd import Herd
@@ -50,15 +50,9 @@ class ResourceSettings(BaseModel):
 
 
 def parse_settings(table: dict[str, Any], source: str) -> ResourceSettings:
-    try:
-        return ResourceSettings.model_validate(table)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "?"
-        fix = ("allowed: " + ", ".join(ResourceSettings.model_fields)
-               if first["type"] == "extra_forbidden" else "fix that value")
-        raise ConfigError(
-            f"{source}: [plugins.resource_monitor] {key}: {first['msg']} — {fix}") from None
+    return validate_table(
+        ResourceSettings, table, f"{source}: [plugins.resource_monitor]", "docs/observability.md"
+    )
 
 
 class _Nvml:
@@ -85,9 +79,14 @@ class _Nvml:
             for handle in self.handles:
                 util = nv.nvmlDeviceGetUtilizationRates(handle)
                 mem = nv.nvmlDeviceGetMemoryInfo(handle)
-                gpus.append({"percent": float(util.gpu), "memory_used_bytes": int(mem.used),
-                             "memory_total_bytes": int(mem.total),
-                             "memory_percent": 100.0 * mem.used / mem.total if mem.total else 0.0})
+                gpus.append(
+                    {
+                        "percent": float(util.gpu),
+                        "memory_used_bytes": int(mem.used),
+                        "memory_total_bytes": int(mem.total),
+                        "memory_percent": 100.0 * mem.used / mem.total if mem.total else 0.0,
+                    }
+                )
         except Exception as exc:  # no driver, no GPU, no package: degrade silently
             self.failed = True
             log.debug("no GPU sampling: %s", exc)
@@ -111,8 +110,7 @@ class _Nvml:
 class ResourceSampler:
     """Samples in a daemon thread; `latest` is the last sample (a plain dict)."""
 
-    def __init__(self, interval_s: float = 2.0, gpu: bool = True, herd: Herd | None = None
-                 ) -> None:
+    def __init__(self, interval_s: float = 2.0, gpu: bool = True, herd: Herd | None = None) -> None:
         import psutil
 
         self.interval_s = interval_s
@@ -123,7 +121,8 @@ class ResourceSampler:
         self.latest: dict[str, Any] = {}
         #: (monotonic time, sample) of recent samples, for averages over a window
         self.history: collections.deque[tuple[float, dict[str, Any]]] = collections.deque(
-            maxlen=4096)
+            maxlen=4096
+        )
         self._net: tuple[float, int, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

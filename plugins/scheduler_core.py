@@ -30,9 +30,9 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal
 
 from modelherd import hookimpl
-from modelherd.errors import ConfigError, HerdError, OverloadedError
+from modelherd.errors import HerdError, OverloadedError
 from modelherd.types import ChatRequest, ChatResponse, Metric
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .load_state import LEVEL, LoadStateMachine, Signals, Thresholds
 from .optimizer_core import unload_local
@@ -44,10 +44,17 @@ log = logging.getLogger("modelherd.scheduler")
 
 Action = Literal["unload_idle", "balance", "spill", "shed", "degrade"]
 DEFAULT_ACTIONS: dict[str, list[Action]] = {
-    "idle": ["unload_idle"], "medium": [], "high": ["spill"], "critical": ["shed"]}
+    "idle": ["unload_idle"],
+    "medium": [],
+    "high": ["spill"],
+    "critical": ["shed"],
+}
 _ALLOWED: dict[str, set[str]] = {
-    "idle": {"unload_idle"}, "low": set(), "medium": {"balance"},
-    "high": {"balance", "spill"}, "critical": {"balance", "spill", "shed", "degrade"},
+    "idle": {"unload_idle"},
+    "low": set(),
+    "medium": {"balance"},
+    "high": {"balance", "spill"},
+    "critical": {"balance", "spill", "shed", "degrade"},
 }
 
 
@@ -86,21 +93,17 @@ class SchedulerSettings(BaseModel):
                 raise ValueError(f"actions: unknown state '{state}' (use {', '.join(_ALLOWED)})")
             bad = [a for a in acts if a not in _ALLOWED[state]]
             if bad:
-                raise ValueError(f"actions.{state}: {bad[0]} cannot run in state {state} "
-                                 f"(allowed: {', '.join(sorted(_ALLOWED[state])) or 'none'})")
+                raise ValueError(
+                    f"actions.{state}: {bad[0]} cannot run in state {state} "
+                    f"(allowed: {', '.join(sorted(_ALLOWED[state])) or 'none'})"
+                )
         if not self.medium < self.high < self.critical:
             raise ValueError("thresholds must rise: medium < high < critical")
         return self
 
 
 def load_settings(herd: Herd) -> SchedulerSettings:
-    try:
-        return SchedulerSettings.model_validate(herd.plugin_settings("scheduler"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(f"{herd.config.source}: [plugins.scheduler] {key}: {first['msg']} — "
-                          f"see docs/resources.md") from None
+    return herd.plugin_config("scheduler", SchedulerSettings, "docs/resources.md")
 
 
 class SpilledError(HerdError):
@@ -126,10 +129,17 @@ class Scheduler:
     def __init__(self, herd: Herd, settings: SchedulerSettings) -> None:
         self.herd = herd
         self.s = settings
-        self.machine = LoadStateMachine(Thresholds(
-            medium=settings.medium, high=settings.high, critical=settings.critical,
-            hysteresis=settings.hysteresis, cooldown_s=settings.cooldown_s,
-            idle_after_s=settings.idle_after_s, memory_high=settings.memory_high))
+        self.machine = LoadStateMachine(
+            Thresholds(
+                medium=settings.medium,
+                high=settings.high,
+                critical=settings.critical,
+                hysteresis=settings.hysteresis,
+                cooldown_s=settings.cooldown_s,
+                idle_after_s=settings.idle_after_s,
+                memory_high=settings.memory_high,
+            )
+        )
         # states the user lists replace their default actions; the others keep theirs
         merged = {**DEFAULT_ACTIONS, **settings.actions}
         self.actions = {k: frozenset(v) for k, v in merged.items()}
@@ -173,15 +183,27 @@ class Scheduler:
             self.p95_wait = _p95(self.waits)
             self.p95_latency = _p95(self.durations)
         signals = Signals(
-            in_flight=self.in_flight, capacity=self.s.max_concurrency, queued=self.queued,
-            max_queue=self.s.max_queue, p95_wait_s=self.p95_wait,
-            queue_timeout_s=self.s.queue_timeout_s, p95_latency_s=self.p95_latency,
-            target_latency_s=self.s.target_latency_s, memory_used=self._memory(now),
-            seconds_since_call=now - self.last_call)
+            in_flight=self.in_flight,
+            capacity=self.s.max_concurrency,
+            queued=self.queued,
+            max_queue=self.s.max_queue,
+            p95_wait_s=self.p95_wait,
+            queue_timeout_s=self.s.queue_timeout_s,
+            p95_latency_s=self.p95_latency,
+            target_latency_s=self.s.target_latency_s,
+            memory_used=self._memory(now),
+            seconds_since_call=now - self.last_call,
+        )
         old, new = self.machine.update(signals, now)
         if old != new:
-            self.herd.emit(Metric("herd.load_state", LEVEL[new], kind="gauge",
-                                  attributes={"herd.load_state": new, "herd.load_state.from": old}))
+            self.herd.emit(
+                Metric(
+                    "herd.load_state",
+                    LEVEL[new],
+                    kind="gauge",
+                    attributes={"herd.load_state": new, "herd.load_state.from": old},
+                )
+            )
             self.herd.hook.on_load_state(old=old, new=new, herd=self.herd)
         return new
 
@@ -196,11 +218,18 @@ class Scheduler:
 
     def _shed(self, request: ChatRequest, why: str) -> OverloadedError:
         retry = max(0.5, _p95(self.durations) or 1.0)
-        self.herd.emit(Metric("herd.scheduler.shed", 1,
-                              attributes={"herd.alias": request.alias, "herd.reason": why}))
+        self.herd.emit(
+            Metric(
+                "herd.scheduler.shed",
+                1,
+                attributes={"herd.alias": request.alias, "herd.reason": why},
+            )
+        )
         return OverloadedError(
             f"'{request.alias}' call shed: modelherd is overloaded ({self.machine.state}; {why}) "
-            f"— retry in {retry:.1f}s, or raise the call's priority", retry_after=retry)
+            f"— retry in {retry:.1f}s, or raise the call's priority",
+            retry_after=retry,
+        )
 
     def _retarget(self, request: ChatRequest, alias: str) -> None:
         spec = self.herd.resolve(alias)
@@ -218,7 +247,9 @@ class Scheduler:
             best = min(pool, key=lambda a: _p95(self.latency.get(a, deque())) or 0.0)
         else:
             best = min(pool, key=lambda a: self.by_alias.get(a, 0))
-        if best != request.alias and self.by_alias.get(best, 0) < self.by_alias.get(request.alias, 0):
+        if best != request.alias and self.by_alias.get(best, 0) < self.by_alias.get(
+            request.alias, 0
+        ):
             self._retarget(request, best)
 
     async def enter(self, request: ChatRequest) -> float:
@@ -251,8 +282,9 @@ class Scheduler:
             if not _granted(future):
                 future.cancel()
                 self.queued -= 1
-                raise self._shed(request, f"waited {self.s.queue_timeout_s:g}s in the queue") \
-                    from None
+                raise self._shed(
+                    request, f"waited {self.s.queue_timeout_s:g}s in the queue"
+                ) from None
         except OverloadedError:
             raise  # evicted from a full queue by a higher-priority call (already counted)
         except BaseException:
@@ -277,9 +309,13 @@ class Scheduler:
         if -lowest[0] >= request.priority:
             raise self._shed(request, f"the queue is full ({self.s.max_queue} waiting)")
         self.queued -= 1
-        lowest[2].set_exception(OverloadedError(
-            f"call shed from a full queue for a higher-priority one ({self.machine.state}) — "
-            f"retry in 1s, or raise the call's priority", retry_after=1.0))
+        lowest[2].set_exception(
+            OverloadedError(
+                f"call shed from a full queue for a higher-priority one ({self.machine.state}) — "
+                f"retry in 1s, or raise the call's priority",
+                retry_after=1.0,
+            )
+        )
 
     def _count(self, alias: str) -> None:
         self.by_alias[alias] = self.by_alias.get(alias, 0) + 1
@@ -302,17 +338,21 @@ class Scheduler:
         self.latency.setdefault(alias, deque(maxlen=64)).append(duration)
         self._hand_over()
         if self.machine.state != "low":  # a release can only lower the load: in "low"
-            self.evaluate()              # there is nothing to recompute (the ticker does)
+            self.evaluate()  # there is nothing to recompute (the ticker does)
 
     # ---- actions outside admission -------------------------------------------
 
     @hookimpl(tryfirst=True)  # a guard: before optimizers write placement options
     def before_call(self, request: ChatRequest, herd: Herd) -> ChatResponse | None:
         # spill: the primary attempt of a call admitted while "high" goes to a fallback
-        if (request.context.get("herd.spill_from") == request.alias and self.active("spill")
-                and herd.resolve(request.alias).fallbacks):
-            raise SpilledError(f"'{request.alias}' is under {self.state} load — "
-                               f"the call moves to its fallback")
+        if (
+            request.context.get("herd.spill_from") == request.alias
+            and self.active("spill")
+            and herd.resolve(request.alias).fallbacks
+        ):
+            raise SpilledError(
+                f"'{request.alias}' is under {self.state} load — the call moves to its fallback"
+            )
         return None
 
     async def unload_idle(self) -> list[str]:
@@ -358,8 +398,15 @@ class _Slot:
         self.alias = self.request.alias  # balance/degrade may have moved it
         self.request.context["herd.queue_wait_s"] = waited
         if waited and self.owner.herd.wants_metrics:
-            self.owner.herd.emit(Metric("herd.scheduler.queue_wait", waited, "s", "histogram",
-                                        {"herd.alias": self.alias}))
+            self.owner.herd.emit(
+                Metric(
+                    "herd.scheduler.queue_wait",
+                    waited,
+                    "s",
+                    "histogram",
+                    {"herd.alias": self.alias},
+                )
+            )
         self.started = time.monotonic()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -250,7 +250,7 @@ def test_a_tier_that_raises_is_a_miss_with_one_warning(caplog: pytest.LogCapture
         ({"cache_memory": {"ttl": -1}}, r"\[plugins.cache_memory\] ttl: .*greater than 0"),
         ({"cache_memory": {"max_bytes": "lots"}}, r"\[plugins.cache_memory\] max_bytes: .*512MB"),
         ({"cache_memory": {"tll": 3}},
-         r"\[plugins.cache_memory\] tll: unknown key — see docs/cache.md"),
+         r"\[plugins.cache_memory\] tll: unknown key — did you mean 'ttl'\? \(see docs/cache.md\)"),
         ({"cache_disk": {"max_bytes": "1 parsec"}}, r"\[plugins.cache_disk\] max_bytes"),
     ],
 )
@@ -276,7 +276,7 @@ def test_bad_cache_policy_fails_at_start() -> None:
         run(herd.start())
     assert str(info.value) == (
         "test config: [plugins.cache] cache_sample: unknown key — "
-        "see docs/cache.md for the keys [plugins.cache] accepts"
+        "did you mean 'cache_sampled'? (see docs/cache.md)"
     )
 
 

@@ -143,3 +143,36 @@ def test_herd_reads_cwd_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     write(tmp_path / "plugins.toml", '[herd]\ndefault_model = "local"\ntimeout = 7\n')
     herd = Herd(load_entry_points=False)
     assert herd.config.herd.timeout == 7 and herd.config.source == "plugins.toml"
+
+
+def test_every_table_reports_bad_keys_the_same_way() -> None:
+    from modelherd.config import validate_table
+    from pydantic import BaseModel, ConfigDict, model_validator
+
+    class Table(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        ttl: float = 1.0
+        size: int = 1
+
+        @model_validator(mode="after")
+        def _check(self) -> Table:
+            if self.size > 10:
+                raise ValueError("size must stay under 10")
+            return self
+
+    where = "plugins.toml: [plugins.demo]"
+    with pytest.raises(ConfigError) as err:
+        validate_table(Table, {"tll": 2}, where, "docs/demo.md")
+    assert str(err.value) == (
+        "plugins.toml: [plugins.demo] tll: unknown key — did you mean 'ttl'? (see docs/demo.md)"
+    )
+    with pytest.raises(ConfigError) as err:
+        validate_table(Table, {"colour": 2}, where, "docs/demo.md")
+    assert str(err.value).endswith("colour: unknown key — allowed: ttl, size (see docs/demo.md)")
+    with pytest.raises(ConfigError) as err:
+        validate_table(Table, {"size": 11}, where, "docs/demo.md")
+    assert str(err.value) == (
+        "plugins.toml: [plugins.demo]: Value error, size must stay under 10 — fix that value "
+        "(see docs/demo.md)"
+    )
+    assert validate_table(Table, {"ttl": 3}, where, "docs/demo.md").ttl == 3

@@ -398,7 +398,7 @@ def test_bad_alert_settings_say_what_to_fix() -> None:
     with pytest.raises(ConfigError) as err:
         parse_settings({"latency_mean": 1}, "plugins.toml")
     assert str(err.value) == ("plugins.toml: [plugins.alerts] latency_mean: unknown key — "
-                              "did you mean 'latency_mean_s'?")
+                              "did you mean 'latency_mean_s'? (see docs/observability.md)")
     with pytest.raises(ConfigError) as err:
         parse_settings({"error_rate": 5}, "plugins.toml")
     assert str(err.value).startswith("plugins.toml: [plugins.alerts] error_rate: Input should "

@@ -105,7 +105,7 @@ def test_off_unless_configured(tmp_path: Path) -> None:
 def test_bad_settings_and_unwritable_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         audit.parse_settings({"max_size": 1}, "plugins.toml")
-    assert str(err.value).startswith("plugins.toml: [plugins.audit] max_size: Extra inputs")
+    assert str(err.value).startswith("plugins.toml: [plugins.audit] max_size: unknown key")
     assert "allowed: enabled, path, max_bytes" in str(err.value)
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -90,7 +90,7 @@ async def test_disabled_by_default_registers_nothing() -> None:
 
 def test_bad_settings_one_line() -> None:
     herd = make_herd(config={"plugins": {"scheduler": {"actions": {"low": ["shed"]}}}})
-    with pytest.raises(ConfigError, match=r"test config: \[plugins.scheduler\] settings: Value "
+    with pytest.raises(ConfigError, match=r"test config: \[plugins.scheduler\]: Value "
                                           r"error, actions.low: shed cannot run in state low"):
         scheduler_core.load_settings(herd)
 
