@@ -34,7 +34,7 @@ from .errors import (
     UnknownModelError,
 )
 from .kernel import Herd, hookimpl
-from .provider import Model, ProviderSettings
+from .provider import Model, ProviderSettings, SamplingOptions
 from .types import (
     Availability,
     ChatRequest,
@@ -83,6 +83,7 @@ __all__ = [
     "ProviderUnavailableError",
     "QuotaExceededError",
     "RateLimitError",
+    "SamplingOptions",
     "UnknownModelError",
     "Usage",
     "__version__",

@@ -9,7 +9,7 @@ extra="forbid" so a typo in plugins.toml is an error, not a silent default.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -28,6 +28,23 @@ class ProviderSettings(BaseModel):
     """Base for a provider's `[models.<alias>]` extra fields; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class SamplingOptions(BaseModel):
+    """Per-call sampling options local engines (llama.cpp, Ollama) share; a provider's
+    own options model extends it. extra="forbid": a typo is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class Model:

@@ -25,9 +25,8 @@ from modelherd.errors import (
     MissingDependencyError,
     ProviderUnavailableError,
 )
-from modelherd.provider import Model, ProviderSettings
+from modelherd.provider import Model, ProviderSettings, SamplingOptions
 from modelherd.types import Availability, ChatRequest, ChatResponse, Health, ModelSpec, Usage
-from pydantic import BaseModel, ConfigDict
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -71,20 +70,9 @@ class LlamaCppSettings(ProviderSettings):
     prefix_cache: bool = False
 
 
-class LlamaCppOptions(BaseModel):
+class LlamaCppOptions(SamplingOptions):
     """Per-call options the embedded model understands; anything else is an error."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    response_format: dict[str, Any] | None = None
     # load-time options an optimizer may set before the first call
     n_ctx: int | None = None
     n_gpu_layers: int | None = None

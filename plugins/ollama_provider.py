@@ -31,7 +31,7 @@ from modelherd.errors import (
     ProviderError,
     RateLimitError,
 )
-from modelherd.provider import Model, ProviderSettings
+from modelherd.provider import Model, ProviderSettings, SamplingOptions
 from modelherd.types import (
     Availability,
     ChatRequest,
@@ -41,7 +41,7 @@ from modelherd.types import (
     ModelSpec,
     Usage,
 )
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from .client_pool import ClientPool
 from .think import ThinkSplitter, split_think
@@ -98,20 +98,9 @@ class OllamaSettings(ProviderSettings):
     think: bool | str | None = None
 
 
-class OllamaOptions(BaseModel):
+class OllamaOptions(SamplingOptions):
     """Per-call options; an optimizer may set num_ctx / num_gpu / keep_alive in before_call."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    response_format: dict[str, Any] | None = None
     num_ctx: int | None = None
     num_gpu: int | None = None
     num_thread: int | None = None
