@@ -20,7 +20,7 @@ from typing import Any, Literal
 import anyio
 from modelherd import Agent, AgentSettings
 from modelherd.errors import CallTimeoutError, ConfigError, HerdError
-from modelherd.plugins.otel import agent_span
+from modelherd.plugins.observability.otel import agent_span
 from modelherd.types import Message
 from pydantic import BaseModel, Field, field_validator
 

@@ -37,7 +37,9 @@ from typing import Any
 
 from modelherd.cache import request_key
 from modelherd.kernel import Herd
-from modelherd.plugins import cache_disk, cache_memory, cache_redis
+from modelherd.plugins.cache import disk as cache_disk
+from modelherd.plugins.cache import memory as cache_memory
+from modelherd.plugins.cache import redis as cache_redis
 from modelherd.testing import MockModel, make_herd
 
 TARGETS_US = {"memory": 25.0, "disk": 300.0, "redis": 500.0}

@@ -31,7 +31,8 @@ from typing import Any
 
 RECEIVER = Path(__file__).resolve().parents[1] / "tests" / "observability" / "otlp_receiver.py"
 
-from modelherd.plugins import alerts, audit, otel, resource_monitor  # noqa: E402
+from modelherd.plugins.observability import alerts, audit, otel  # noqa: E402
+from modelherd.plugins.resources import monitor as resource_monitor  # noqa: E402
 from modelherd.testing import MockModel, make_herd  # noqa: E402
 from modelherd.types import ChatRequest, Message  # noqa: E402
 

@@ -120,7 +120,7 @@ def _import_time(runs: int) -> dict[str, float]:
 def _tokens_per_second(rounds: int, max_tokens: int) -> dict[str, float]:
     from llama_cpp import Llama
     from modelherd.config import HerdConfig
-    from modelherd.plugins.llamacpp import smollm2_path
+    from modelherd.plugins.providers.llamacpp import smollm2_path
 
     path = smollm2_path()
     if path is None:

@@ -2,7 +2,7 @@
 
 Each case loads SmolLM2 with llama.cpp in a fresh subprocess and measures how much
 its resident memory (RSS) grows across the load; llama.cpp's own log gives the KV
-and compute buffer sizes it reserved. The estimator (plugins/gguf_estimate.py) is
+and compute buffer sizes it reserved. The estimator (plugins/resources/gguf_estimate.py) is
 compared with each:
 
 - RSS growth at load vs `resident_at_load` (weights + KV cache + overhead): the
@@ -28,7 +28,7 @@ MiB = 1024 * 1024
 _CHILD = r"""
 import json, sys, psutil
 import llama_cpp
-from modelherd.plugins.llamacpp import smollm2_path
+from modelherd.plugins.providers.llamacpp import smollm2_path
 n_ctx, mmap, kv = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 kv_ids = {"f16": 1, "q8_0": 8, "q4_0": 2}
 kwargs = {}
@@ -45,8 +45,8 @@ print(json.dumps({"rss_growth": after - before}), flush=True)
 
 def measure(n_ctx: int, use_mmap: bool = True, kv_type: str = "f16") -> dict[str, Any]:
     """Load the model in a subprocess; return measured and estimated bytes."""
-    from modelherd.plugins.gguf_estimate import estimate, read_facts
-    from modelherd.plugins.llamacpp import smollm2_path
+    from modelherd.plugins.providers.llamacpp import smollm2_path
+    from modelherd.plugins.resources.gguf_estimate import estimate, read_facts
 
     path = smollm2_path()
     if path is None:

@@ -133,7 +133,7 @@ async def build_clients(
     import openai
     from modelherd import Herd
     from modelherd.config import HerdConfig, builtin_defaults
-    from modelherd.plugins import openai_provider
+    from modelherd.plugins.providers import openai as openai_provider
 
     clients: dict[str, Call] = {}
     closers: list[Callable[[], Awaitable[Any]]] = []

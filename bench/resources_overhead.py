@@ -13,8 +13,8 @@ import statistics
 import time
 from typing import Any
 
-from modelherd.plugins import scheduler as scheduler_plugin
-from modelherd.plugins import tenants as tenants_plugin
+from modelherd.plugins.resources import scheduler as scheduler_plugin
+from modelherd.plugins.resources import tenants as tenants_plugin
 from modelherd.testing import MockModel, make_herd
 
 CALLS = 2000

@@ -32,8 +32,8 @@ import time
 from typing import Any
 
 from modelherd.errors import OverloadedError, QuotaExceededError
-from modelherd.plugins import scheduler as scheduler_plugin
-from modelherd.plugins import tenants as tenants_plugin
+from modelherd.plugins.resources import scheduler as scheduler_plugin
+from modelherd.plugins.resources import tenants as tenants_plugin
 from modelherd.testing import MockModel, make_herd
 from modelherd.types import ChatRequest, ChatResponse
 

@@ -3,7 +3,7 @@
     python scripts/gpu_check.py --json-out "$OUT/gpu_check.json"
 
 It prints and records:
-1. what NVML reports (modelherd's own reader, `plugins/device_memory.py`);
+1. what NVML reports (modelherd's own reader, `plugins/resources/device_memory.py`);
 2. the optimizer's placement for the embedded SmolLM2 GGUF on that device;
 3. whether this llama-cpp-python build can offload to the GPU at all (the PyPI source
    build is CPU-only unless built with CMAKE_ARGS="-DGGML_CUDA=on");
@@ -44,10 +44,10 @@ def main() -> int:
     parser.add_argument("--n-ctx", type=int, default=2048)
     args = parser.parse_args()
 
-    from modelherd.plugins.device_memory import read_devices
-    from modelherd.plugins.gguf_estimate import estimate, read_facts
-    from modelherd.plugins.llamacpp import smollm2_path
-    from modelherd.plugins.placement import place
+    from modelherd.plugins.providers.llamacpp import smollm2_path
+    from modelherd.plugins.resources.device_memory import read_devices
+    from modelherd.plugins.resources.gguf_estimate import estimate, read_facts
+    from modelherd.plugins.resources.optimizer.placement import place
 
     report: dict[str, Any] = {"python": sys.version.split()[0]}
     gpus, ram, why = read_devices()

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import anyio
 from modelherd import ProviderError
-from modelherd.plugins import alerts, resource_monitor
-from modelherd.plugins.alerts_top import save_svg
+from modelherd.plugins.observability import alerts
+from modelherd.plugins.observability.alerts.top import save_svg
+from modelherd.plugins.resources import monitor as resource_monitor
 from modelherd.testing import MockModel, make_herd
 
 

@@ -18,7 +18,7 @@ from modelherd import Herd
 from modelherd.agents import copybot, market_data, rbi, risk, swarm, trading
 from modelherd.agents.portfolio import Portfolio
 from modelherd.config import HerdConfig, builtin_defaults
-from modelherd.plugins import llamacpp
+from modelherd.plugins.providers import llamacpp
 
 pytestmark = pytest.mark.llama
 

@@ -7,7 +7,9 @@ from typing import Any
 
 from modelherd import hookimpl
 from modelherd.kernel import Herd
-from modelherd.plugins import cache_disk, cache_memory, cache_redis
+from modelherd.plugins.cache import disk as cache_disk
+from modelherd.plugins.cache import memory as cache_memory
+from modelherd.plugins.cache import redis as cache_redis
 from modelherd.testing import MockModel, make_herd
 from modelherd.types import Metric
 

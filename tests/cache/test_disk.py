@@ -66,7 +66,7 @@ def test_shared_by_processes(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import asyncio, json
         from modelherd.testing import MockModel, make_herd
-        from modelherd.plugins import cache_disk
+        from modelherd.plugins.cache import disk as cache_disk
         model = MockModel(default="from the other process")
         herd = make_herd({{"mock": model}}, plugins=(cache_disk,),
                          config={{"plugins": {{"cache_disk": {{"path": {str(db)!r}}}}}}})
@@ -169,7 +169,7 @@ def test_full_disk_skips_stores_and_answers_right(tmp_path: Path) -> None:
                     warnings.append(record.getMessage())
         logging.getLogger("modelherd").addHandler(H())
         from modelherd.testing import MockModel, make_herd
-        from modelherd.plugins import cache_disk
+        from modelherd.plugins.cache import disk as cache_disk
         model = MockModel()
         model.enqueue(*[lambda r: r.messages[-1].content + " " + "z" * 5000] * 400)
         herd = make_herd({{"mock": model}}, plugins=(cache_disk,),
@@ -267,7 +267,7 @@ def test_concurrent_writers_in_three_processes(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import asyncio, sys
         from modelherd.testing import MockModel, make_herd
-        from modelherd.plugins import cache_disk
+        from modelherd.plugins.cache import disk as cache_disk
         who = sys.argv[1]
         model = MockModel()
         model.enqueue(*[lambda r: "answer to " + r.messages[-1].content] * 1000)

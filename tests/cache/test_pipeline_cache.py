@@ -305,7 +305,9 @@ def test_a_promoted_copy_never_outlives_the_original(tmp_path: Path) -> None:
 
 @pytest.mark.llama
 def test_real_inference_is_cached_and_streamed_back(tmp_path: Path) -> None:
-    from modelherd.plugins import cache_disk, cache_memory, llamacpp
+    from modelherd.plugins.cache import disk as cache_disk
+    from modelherd.plugins.cache import memory as cache_memory
+    from modelherd.plugins.providers import llamacpp
     from modelherd.testing import make_herd
 
     if llamacpp.smollm2_path() is None:

@@ -198,8 +198,8 @@ def test_missing_password_env_is_one_line() -> None:
 def test_plugin_load_imports_no_redis() -> None:
     import subprocess
 
-    code = ("import sys; from modelherd.plugins import cache_redis, cache_disk, cache_memory, "
-            "residency; print('redis' in sys.modules, 'cryptography' in sys.modules)")
+    code = ("import sys; from modelherd.plugins.cache import redis, disk, memory, residency; "
+            "print('redis' in sys.modules, 'cryptography' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.split() == ["False", "False"]
@@ -265,7 +265,7 @@ def test_missing_redis_package_names_the_pip_command(monkeypatch: pytest.MonkeyP
 
 
 def test_a_cancelled_probe_does_not_wedge_the_breaker(redis_server: RedisServer) -> None:
-    from modelherd.plugins.cache_redis import RedisSettings, RedisTier
+    from modelherd.plugins.cache.redis import RedisSettings, RedisTier
     from modelherd.types import ChatResponse
 
     tier = RedisTier(RedisSettings(url=redis_server.url, op_timeout=0.3, reprobe_s=0.05,

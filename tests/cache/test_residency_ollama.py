@@ -18,7 +18,8 @@ pytest.importorskip("aiohttp", reason="the loopback Ollama server needs aiohttp 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the `providers` package
 from modelherd.config import HerdConfig
 from modelherd.kernel import Herd
-from modelherd.plugins import ollama_provider, residency
+from modelherd.plugins.cache import residency
+from modelherd.plugins.providers import ollama as ollama_provider
 from providers.fake_ollama import make_app
 from providers.loopback import LoopbackServer
 
@@ -45,7 +46,7 @@ def herd_for(server: LoopbackServer, settings: dict[str, Any]) -> Herd:
 
 
 def test_eviction_unloads_from_the_ollama_server(ollama_server: LoopbackServer) -> None:
-    from modelherd.plugins.ollama_admin import ps
+    from modelherd.plugins.providers.ollama.admin import ps
 
     herd = herd_for(ollama_server, {"max_models": 1})
 

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from modelherd import BadRequestError, ChatResponse, ConfigError, Herd, ProviderUnavailableError
 from modelherd.config import HerdConfig
-from modelherd.plugins.llamacpp import LlamaCppModel, smollm2_path
+from modelherd.plugins.providers.llamacpp import LlamaCppModel, smollm2_path
 
 pytestmark = pytest.mark.llama
 

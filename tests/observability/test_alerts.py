@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 import pytest
 from modelherd import CircuitOpenError, ConfigError, ProviderError, hookimpl
-from modelherd.plugins import alerts
-from modelherd.plugins.alerts_settings import parse_settings
+from modelherd.plugins.observability import alerts
+from modelherd.plugins.observability.alerts.settings import parse_settings
 from modelherd.testing import MockModel, make_herd
 
 WINDOW = 0.4
@@ -94,7 +94,7 @@ def test_latency_alert_fires_once_and_resolves_once(caplog: pytest.LogCaptureFix
 
 
 def test_hysteresis_keeps_an_alert_firing_just_under_the_line() -> None:
-    from modelherd.plugins.alerts_kpi import KpiEngine
+    from modelherd.plugins.observability.alerts.kpi import KpiEngine
 
     engine = KpiEngine(parse_settings({"latency_mean_s": 1.0, "hysteresis": 0.2,
                                        "min_calls": 1}, "x"))
@@ -388,7 +388,7 @@ def test_alerts_off_registers_no_call_hooks() -> None:
 
 
 def test_false_switches_a_kpi_off() -> None:
-    from modelherd.plugins.alerts_kpi import build_rules
+    from modelherd.plugins.observability.alerts.kpi import build_rules
 
     kpis = {r.kpi for r in build_rules(parse_settings({"cpu_percent": False}, "x"))}
     assert "cpu" not in kpis and "memory" in kpis and "throughput" not in kpis

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 from modelherd import ConfigError, ProviderError
-from modelherd.plugins import audit
+from modelherd.plugins.observability import audit
 from modelherd.testing import MockModel, make_herd
 
 

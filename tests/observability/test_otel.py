@@ -9,8 +9,8 @@ from typing import Any
 import anyio
 import pytest
 from modelherd import ConfigError, ProviderError
-from modelherd.plugins import otel
-from modelherd.plugins.otel_settings import parse_settings, resolve
+from modelherd.plugins.observability import otel
+from modelherd.plugins.observability.otel.settings import parse_settings, resolve
 from modelherd.testing import MockModel, make_herd
 from otlp_receiver import OtlpReceiver, attributes
 
@@ -235,7 +235,7 @@ def test_metrics_reach_the_receiver(receiver: OtlpReceiver) -> None:
 
 
 def test_resource_gauges_are_exported(receiver: OtlpReceiver) -> None:
-    from modelherd.plugins import resource_monitor
+    from modelherd.plugins.resources import monitor as resource_monitor
 
     table = {"enabled": True, "endpoint": receiver.endpoint, "export_interval_s": 60}
     herd = make_herd(config={"plugins": {"otel": table,
@@ -358,7 +358,7 @@ def test_missing_sdk_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> N
     import sys
 
     from modelherd import MissingDependencyError
-    from modelherd.plugins.otel_export import Exporters
+    from modelherd.plugins.observability.otel.export import Exporters
 
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk", None)  # import now fails
     cfg = resolve(parse_settings({"enabled": True}, "x"), {})

@@ -12,8 +12,9 @@ import click
 import pytest
 from click.testing import CliRunner
 from modelherd import ProviderError
-from modelherd.plugins import alerts, resource_monitor
-from modelherd.plugins.alerts_top import top_command
+from modelherd.plugins.observability import alerts
+from modelherd.plugins.observability.alerts.top import top_command
+from modelherd.plugins.resources import monitor as resource_monitor
 from modelherd.testing import MockModel, make_herd
 
 
@@ -216,7 +217,7 @@ def test_nvml_readings_are_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_status_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from modelherd.plugins.alerts_status import default_status_dir
+    from modelherd.plugins.observability.alerts.status import default_status_dir
 
     monkeypatch.delenv("HERD_STATUS_DIR", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
@@ -229,7 +230,7 @@ def test_default_status_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 
 def test_context_length_from_the_providers_own_settings() -> None:
-    from modelherd.plugins.alerts_hooks import _context_length
+    from modelherd.plugins.observability.alerts.runtime import _context_length
     from modelherd.provider import ProviderSettings
 
     class WithContext(ProviderSettings):

@@ -22,8 +22,8 @@ from modelherd import (
     ProviderError,
     RateLimitError,
 )
-from modelherd.plugins import anthropic_provider
-from modelherd.plugins.anthropic_provider import AnthropicModel
+from modelherd.plugins.providers import anthropic as anthropic_provider
+from modelherd.plugins.providers.anthropic import AnthropicModel
 
 from .conftest import provider_herd
 from .fake_anthropic import API_KEY

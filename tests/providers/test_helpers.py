@@ -6,10 +6,10 @@ import email.utils
 import time
 
 import pytest
-from modelherd.plugins.keys import find_key, redact
-from modelherd.plugins.ollama_provider import close_tags
-from modelherd.plugins.provider_errors import close_names, parse_retry_after, status_error
-from modelherd.plugins.think import ThinkSplitter, split_think
+from modelherd.plugins.providers.errors import close_names, parse_retry_after, status_error
+from modelherd.plugins.providers.keys import find_key, redact
+from modelherd.plugins.providers.ollama import close_tags
+from modelherd.plugins.providers.think import ThinkSplitter, split_think
 
 
 @pytest.mark.parametrize(

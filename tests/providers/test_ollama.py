@@ -23,8 +23,8 @@ from modelherd import (
     hookimpl,
 )
 from modelherd.cli import main
-from modelherd.plugins import ollama_provider
-from modelherd.plugins.ollama_provider import OllamaModel, normalize_host, normalize_name
+from modelherd.plugins.providers import ollama as ollama_provider
+from modelherd.plugins.providers.ollama import OllamaModel, normalize_host, normalize_name
 
 from .conftest import provider_herd
 from .loopback import LoopbackServer, free_port
@@ -281,7 +281,7 @@ def test_health_walks_the_troubleshooting_flow(ollama_server, herds):
 
 
 def test_unload_frees_the_model(ollama_server, herds):
-    from modelherd.plugins.ollama_admin import ps
+    from modelherd.plugins.providers.ollama.admin import ps
 
     herd = make(ollama_server, herds)
     herd.chat_sync("o", "x", keep_alive="5m")

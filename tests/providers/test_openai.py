@@ -21,8 +21,9 @@ from modelherd import (
     ProviderError,
     RateLimitError,
 )
-from modelherd.plugins import keys, openai_provider
-from modelherd.plugins.openai_provider import OpenAICompatibleModel, OpenAIModel
+from modelherd.plugins.providers import keys
+from modelherd.plugins.providers import openai as openai_provider
+from modelherd.plugins.providers.openai import OpenAICompatibleModel, OpenAIModel
 
 from .conftest import provider_herd
 from .fake_openai import API_KEY

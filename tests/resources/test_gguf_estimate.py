@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from modelherd.plugins.gguf_estimate import (
+from modelherd.plugins.providers.llamacpp import smollm2_path
+from modelherd.plugins.resources.gguf_estimate import (
     MiB,
     compute_buffer_bytes,
     estimate,
@@ -15,7 +16,6 @@ from modelherd.plugins.gguf_estimate import (
     read_facts,
     read_header,
 )
-from modelherd.plugins.llamacpp import smollm2_path
 
 
 def _reference(path: Path) -> dict[str, tuple[str, int]]:

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from modelherd import Herd
 from modelherd.config import HerdConfig
 from modelherd.errors import ConfigError
-from modelherd.plugins import optimizer, optimizer_core
-from modelherd.plugins.optimizer_core import (
+from modelherd.plugins.resources import optimizer
+from modelherd.plugins.resources.optimizer import runtime as optimizer_core
+from modelherd.plugins.resources.optimizer.runtime import (
     Optimizer,
     OptimizerSettings,
     make_plan_command,
@@ -292,8 +293,8 @@ async def test_eviction_unloads_server_side_models_and_defers_to_residency(
 def test_plan_on_a_gpu_seen_through_fake_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     """No GPU is lent to this task: NVML is faked at the pynvml boundary with what an
     H100 reports; this checks the optimizer's GPU path, not NVML or CUDA."""
-    from modelherd.plugins import device_memory
-    from modelherd.plugins.llamacpp import smollm2_path
+    from modelherd.plugins.providers.llamacpp import smollm2_path
+    from modelherd.plugins.resources import device_memory
 
     if smollm2_path() is None:
         pytest.skip('the embedded model is not installed — pip install "modelherd[local]"')

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from modelherd.plugins import device_memory
-from modelherd.plugins.device_memory import Device, read_gpus
-from modelherd.plugins.gguf_estimate import (
+from modelherd.plugins.resources import device_memory
+from modelherd.plugins.resources.device_memory import Device, read_gpus
+from modelherd.plugins.resources.gguf_estimate import (
     GPU_OVERHEAD,
     MiB,
     compute_buffer_bytes,
     kv_bytes_per_token,
     read_facts,
 )
-from modelherd.plugins.placement import best_variant, place
+from modelherd.plugins.resources.optimizer.placement import best_variant, place
 
 GiB = 1024**3
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from modelherd.plugins.llamacpp import smollm2_path
+from modelherd.plugins.providers.llamacpp import smollm2_path
 
 pytestmark = pytest.mark.llama
 

@@ -7,10 +7,15 @@ import asyncio
 import pytest
 from modelherd import Herd, hookimpl
 from modelherd.errors import ConfigError, OverloadedError
-from modelherd.plugins import scheduler as scheduler_plugin
-from modelherd.plugins import scheduler_core
-from modelherd.plugins.load_state import LoadStateMachine, Signals, Thresholds, pressure
-from modelherd.plugins.scheduler_core import Scheduler
+from modelherd.plugins.resources import scheduler as scheduler_plugin
+from modelherd.plugins.resources.scheduler import runtime as scheduler_core
+from modelherd.plugins.resources.scheduler.load_state import (
+    LoadStateMachine,
+    Signals,
+    Thresholds,
+    pressure,
+)
+from modelherd.plugins.resources.scheduler.runtime import Scheduler
 from modelherd.testing import MockModel, make_herd
 from modelherd.types import Metric
 

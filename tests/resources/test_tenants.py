@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from modelherd import Herd
 from modelherd.errors import ConfigError, QuotaExceededError
-from modelherd.plugins import tenants as tenants_plugin
-from modelherd.plugins import tenants_core
-from modelherd.plugins.tenants_core import DEFAULT_TIERS, build_tenants, build_tiers
+from modelherd.plugins.resources import tenants as tenants_plugin
+from modelherd.plugins.resources.tenants import runtime as tenants_core
+from modelherd.plugins.resources.tenants.runtime import DEFAULT_TIERS, build_tenants, build_tiers
 from modelherd.testing import MockModel, make_herd
 from modelherd.types import ChatRequest
 
@@ -237,7 +237,7 @@ async def test_unreachable_redis_falls_back_to_local_with_one_warning(
 
 
 def test_daily_counter_resets_at_utc_midnight(monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelherd.plugins import token_bucket
+    from modelherd.plugins.resources.tenants import token_bucket
 
     counter = token_bucket.DailyCounter()
     counter.add(40)
@@ -252,7 +252,7 @@ def test_herd_tenants_command(tmp_path: Path) -> None:
     import json
 
     from click.testing import CliRunner
-    from modelherd.plugins.tenants_cli import make_tenants_command
+    from modelherd.plugins.resources.tenants.cli import make_tenants_command
 
     config = tmp_path / "plugins.toml"
     config.write_text('[tenants.alice]\ntier = "premium"\nrequests_per_minute = 1200\n'

@@ -1,0 +1,1 @@
+"""Cache tiers (memory, disk, Redis) and model residency."""

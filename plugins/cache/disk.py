@@ -1,0 +1,470 @@
+"""`cache_disk`: the L2 response cache, one SQLite file in WAL mode.
+
+Off until `[plugins.cache_disk]` exists in plugins.toml. It survives restarts and is
+shared by every process on the host that points at the same file (WAL: readers never
+wait for the writer). Size is capped by the pages the database really uses; over
+the cap the least-recently-used entries go first.
+
+Fault handling, the promise being "a miss and one warning, never a crash or a wrong
+answer":
+- a damaged value (checksum, decryption, format) is a miss and is deleted;
+- a damaged file ("not a database", "malformed") is moved aside as
+  `<file>.corrupt-<time>` and a fresh one is started;
+- a full disk or a locked file skips the store; the call already has its answer.
+
+Reads run on the event loop (a primary-key lookup in a WAL database is a few
+microseconds and never waits for a lock); writes run in a worker thread on their
+own connection. Hits record their access time in memory and it is written with
+the next store, so a hit costs no write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from modelherd import hookimpl
+from modelherd.cache import CacheTier
+from modelherd.plugins.cache.codec import CorruptEntryError, decode, encode, make_fernet, parse_size
+from modelherd.types import ChatResponse
+from pydantic import BaseModel, ConfigDict, field_validator
+
+if TYPE_CHECKING:
+    import click
+    from modelherd.kernel import Herd
+
+log = logging.getLogger("modelherd.cache.disk")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires REAL,
+    accessed REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_accessed ON entries(accessed);
+"""
+#: pending access times are written once this many hits have piled up
+_TOUCH_FLUSH = 256
+#: eviction brings the database down to this share of the cap (room for new stores)
+_LOW_WATER = 0.9
+
+
+def default_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("modelherd")) / "responses.sqlite3"
+
+
+class DiskSettings(BaseModel):
+    """`[plugins.cache_disk]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    #: the SQLite file; default: the user cache dir (platformdirs) / responses.sqlite3
+    path: str | None = None
+    #: seconds an entry lives unless the call passes cache_ttl=; 0 = until evicted
+    ttl: float = 7 * 24 * 3600.0
+    max_bytes: int = 512 * 1000**2
+    #: env var holding a Fernet key: values are encrypted at rest
+    encrypt_key_env: str | None = None
+    #: how long a store waits for another process's write lock, milliseconds
+    busy_timeout_ms: int = 200
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+    @field_validator("ttl", "busy_timeout_ms")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    # only SQLite's own verdict counts: locked / full / I/O errors are transient, and a
+    # connection closed under us (ProgrammingError) must not move a fresh file aside
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+class DiskTier(CacheTier):
+    name = "disk"
+    order = 20
+
+    def __init__(self, settings: DiskSettings, fernet: Any = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.path = Path(os.path.expanduser(settings.path)) if settings.path else default_path()
+        self._fernet = fernet
+        self._write_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._touched: dict[str, float] = {}
+        self._warned: set[str] = set()
+        self._disabled = False
+        self._open()
+
+    # ---- connections -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.settings.busy_timeout_ms / 1000,
+            isolation_level=None,  # autocommit; batches use explicit BEGIN
+            check_same_thread=False,  # the writer lives in worker threads, one at a time
+        )
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _open(self) -> None:
+        # runs at start, before the tier is wired to the herd: counters only, no metrics
+        errors_before = len(self._warned)
+        self._open_inner()
+        self.counters.errors += len(self._warned) - errors_before
+
+    def _open_inner(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open_once()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                self._step_aside(exc)
+                return
+            self._move_aside(exc)
+            try:
+                self._open_once()
+            except (sqlite3.Error, OSError) as exc2:
+                self._step_aside(exc2)
+        except OSError as exc:
+            self._step_aside(exc)
+
+    def _open_once(self) -> None:
+        self._close_connections()
+        writer = self._connect()
+        try:
+            writer.execute("PRAGMA journal_mode=WAL")
+            # the WAL is truncated back to this after each checkpoint: it counts on disk too
+            limit = min(self.settings.max_bytes // 4, 64 * 1024**2)
+            writer.execute(f"PRAGMA journal_size_limit={int(limit)}")
+            writer.executescript(_SCHEMA)
+            # touch the table once so a damaged file shows itself now, not mid-call
+            writer.execute("SELECT count(*) FROM entries").fetchone()
+        except BaseException:
+            writer.close()
+            raise
+        self._writer = writer
+        self._reader = self._connect()
+        self._disabled = False
+
+    def _close_connections(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._reader = self._writer = None
+
+    def _warn_once(self, what: str, message: str, *args: Any) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(message, *args)
+
+    def _step_aside(self, exc: BaseException) -> None:
+        self._close_connections()
+        self._disabled = True
+        self._warn_once(
+            "open",
+            "disk cache %s cannot be used (%s); it steps aside and calls go on "
+            "without it — check the path and its permissions",
+            self.path,
+            exc,
+        )
+
+    def _move_aside(self, exc: BaseException) -> None:
+        """A damaged file is kept for inspection, never deleted; a fresh one replaces it."""
+        self._close_connections()
+        target = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        self._warn_once(
+            "corrupt",
+            "disk cache %s is damaged (%s); moved it to %s and started a fresh "
+            "one — the calls go on",
+            self.path,
+            exc,
+            target,
+        )
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                try:
+                    src.replace(Path(f"{target}{suffix}"))
+                except OSError:
+                    src.unlink(missing_ok=True)
+
+    def _reset(self, exc: sqlite3.DatabaseError) -> None:
+        with self._write_lock:
+            self._move_aside(exc)
+            try:
+                self._open_once()
+            except (sqlite3.Error, OSError) as exc2:
+                self._step_aside(exc2)
+
+    # ---- reads -------------------------------------------------------------------
+
+    async def get(self, key: str) -> ChatResponse | None:
+        response, _expires = await self._read(key)
+        return response
+
+    async def get_with_ttl(self, key: str) -> tuple[ChatResponse | None, float | None]:
+        response, expires = await self._read(key)
+        return response, (expires - time.time() if expires is not None else None)
+
+    async def _read(self, key: str) -> tuple[ChatResponse | None, float | None]:
+        reader = self._reader
+        if reader is None:
+            return None, None
+        try:
+            row = reader.execute(
+                "SELECT value, expires FROM entries WHERE key = ?", (key,)
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            self.count("errors")
+            if _is_corruption(exc):
+                await anyio.to_thread.run_sync(self._reset, exc)
+            else:
+                self._warn_once(
+                    "read", "disk cache %s could not be read (%s); a miss", self.path, exc
+                )
+            return None, None
+        if row is None:
+            return None, None
+        now = time.time()
+        if row[1] is not None and row[1] <= now:
+            return None, None  # expired; eviction removes it later
+        try:
+            response = decode(key, row[0], self._fernet)
+        except CorruptEntryError as exc:
+            self.count("errors")
+            self._warn_once(
+                "entry",
+                "disk cache %s: an entry cannot be trusted (%s); treated as a miss and removed",
+                self.path,
+                exc,
+            )
+            await anyio.to_thread.run_sync(self._delete, key)
+            return None, None
+        self._touched[key] = now
+        if len(self._touched) >= _TOUCH_FLUSH:
+            await anyio.to_thread.run_sync(self._flush_touches_locked)
+        return response, row[1]
+
+    # ---- writes (worker thread) -------------------------------------------------------
+
+    async def set(self, key: str, response: ChatResponse, ttl: float | None) -> None:
+        if self._writer is None:
+            return
+        now = time.time()
+        if ttl is None:  # the tier's own TTL; 0 there means "until evicted"
+            expires = now + self.settings.ttl if self.settings.ttl > 0 else None
+        elif ttl <= 0:  # a call that asked for cache_ttl=0 wants nothing kept
+            return
+        else:
+            expires = now + ttl
+        blob = encode(key, response, self._fernet)
+        if len(blob) > self.settings.max_bytes:
+            return
+        stored, evicted, failed = await anyio.to_thread.run_sync(
+            self._write, key, blob, expires, now
+        )
+        if failed:
+            self.count("errors")
+        if stored:
+            self.count("stores")
+            self.count("bytes", len(blob))
+        if evicted:
+            self.count("evictions", evicted)
+
+    def _write(
+        self, key: str, blob: bytes, expires: float | None, now: float
+    ) -> tuple[bool, int, bool]:
+        """(stored, evicted, failed) — counted by the caller, on the event loop."""
+        with self._write_lock:
+            writer = self._writer
+            if writer is None:
+                return False, 0, False
+            try:
+                self._flush_touches(writer)
+                writer.execute(
+                    "INSERT OR REPLACE INTO entries (key, value, expires, accessed, size) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (key, blob, expires, now, len(blob)),
+                )
+                return True, self._evict(writer, now), False
+            except sqlite3.DatabaseError as exc:
+                if _is_corruption(exc):
+                    self._move_aside(exc)
+                    try:
+                        self._open_once()
+                    except (sqlite3.Error, OSError) as exc2:
+                        self._step_aside(exc2)
+                    return False, 0, True
+                # full disk, file-size limit, I/O error, lock held too long: skip this store
+                self._warn_once(
+                    "write",
+                    "disk cache %s could not store an answer (%s); calls go on "
+                    "uncached until there is room — free disk space or lower max_bytes",
+                    self.path,
+                    exc,
+                )
+                evicted = 0
+                code = getattr(exc, "sqlite_errorname", "")
+                if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+                    # make room for the next stores: shrink the WAL, drop the oldest quarter
+                    with contextlib.suppress(sqlite3.Error):
+                        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    evicted = self._drop_oldest(writer, fraction=0.25)
+                return False, evicted, True
+
+    def _used_bytes(self, writer: sqlite3.Connection) -> int:
+        page_size = writer.execute("PRAGMA page_size").fetchone()[0]
+        pages = writer.execute("PRAGMA page_count").fetchone()[0]
+        free = writer.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def _evict(self, writer: sqlite3.Connection, now: float) -> int:
+        cap = self.settings.max_bytes
+        if self._used_bytes(writer) <= cap:
+            return 0
+        evicted = writer.execute(
+            "DELETE FROM entries WHERE expires IS NOT NULL AND expires <= ?", (now,)
+        ).rowcount
+        while self._used_bytes(writer) > cap * _LOW_WATER:
+            dropped = self._drop_oldest(writer, fraction=0.1)
+            if dropped == 0:
+                break
+            evicted += dropped
+        return max(evicted, 0)
+
+    def _drop_oldest(self, writer: sqlite3.Connection, fraction: float) -> int:
+        try:
+            total = writer.execute("SELECT count(*) FROM entries").fetchone()[0]
+            if not total:
+                return 0
+            return max(
+                writer.execute(
+                    "DELETE FROM entries WHERE key IN "
+                    "(SELECT key FROM entries ORDER BY accessed LIMIT ?)",
+                    (max(1, int(total * fraction)),),
+                ).rowcount,
+                0,
+            )
+        except sqlite3.Error:
+            return 0
+
+    def _flush_touches(self, writer: sqlite3.Connection) -> None:
+        if not self._touched:
+            return
+        touched, self._touched = self._touched, {}
+        writer.executemany(
+            "UPDATE entries SET accessed = ? WHERE key = ?",
+            [(when, key) for key, when in touched.items()],
+        )
+
+    def _flush_touches_locked(self) -> None:
+        with self._write_lock:
+            if self._writer is not None:
+                # access times are a hint for eviction; losing some is harmless
+                with contextlib.suppress(sqlite3.Error):
+                    self._flush_touches(self._writer)
+
+    def _delete(self, key: str) -> None:
+        with self._write_lock:
+            if self._writer is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.execute("DELETE FROM entries WHERE key = ?", (key,))
+
+    # ---- admin -------------------------------------------------------------------
+
+    async def clear(self) -> int:
+        def run() -> int:
+            with self._write_lock:
+                if self._writer is None:
+                    return 0
+                self._touched.clear()
+                return max(self._writer.execute("DELETE FROM entries").rowcount, 0)
+
+        return await anyio.to_thread.run_sync(run)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            **self.counters.as_dict(),
+            "path": str(self.path),
+            "max_bytes": self.settings.max_bytes,
+            "ttl_s": self.settings.ttl,
+            "encrypted": self._fernet is not None,
+        }
+        if self._reader is None:
+            out["state"] = "stepped aside"
+            return out
+        try:
+            entries, size = self._reader.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM entries"
+            ).fetchone()
+            out.update(entries=entries, size_bytes=size, file_bytes=self._file_bytes())
+        except sqlite3.Error as exc:
+            out["state"] = f"unreadable: {exc}"
+        return out
+
+    def _file_bytes(self) -> int:
+        return sum(
+            Path(f"{self.path}{s}").stat().st_size
+            for s in ("", "-wal")
+            if Path(f"{self.path}{s}").exists()
+        )
+
+    async def aclose(self) -> None:
+        def run() -> None:
+            with self._write_lock:
+                if self._writer is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._flush_touches(self._writer)
+                self._close_connections()
+
+        await anyio.to_thread.run_sync(run)
+
+
+def load_settings(herd: Herd) -> DiskSettings | None:
+    """The validated table, or None when [plugins.cache_disk] is absent (tier off)."""
+    if "cache_disk" not in herd.config.plugins:
+        return None
+    return herd.plugin_config("cache_disk", DiskSettings, "docs/cache.md")
+
+
+@hookimpl
+def register_cache_tiers(register: Callable[..., None], herd: Herd) -> None:
+    settings = load_settings(herd)
+    if settings is None or not settings.enabled:
+        return
+    fernet = make_fernet(
+        settings.encrypt_key_env, herd.env, f"{herd.config.source}: [plugins.cache_disk]"
+    )
+    register(DiskTier(settings, fernet))
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from modelherd.plugins.cache.cli import add_cache_commands
+
+    add_cache_commands(cli)

@@ -1,0 +1,1 @@
+"""Tracing, metrics, alerts and the audit log."""

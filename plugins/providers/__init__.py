@@ -1,0 +1,1 @@
+"""Model providers: the embedded engine, Ollama, Anthropic, OpenAI and compatibles."""

@@ -1,0 +1,405 @@
+"""`ollama`: local models served by Ollama, through the official `ollama` client.
+
+Names are normalised (`llama3.2` is `llama3.2:latest`); per-model keep_alive and the
+runner options (num_ctx, num_gpu, num_thread …) come from `[models.<alias>]` or the
+call; `<think>…</think>` is moved into `reasoning`; usage comes from
+prompt_eval_count / eval_count and Ollama's timings become metrics
+(`herd.ollama.load_duration` …, seconds). Failures follow the troubleshooting flow
+users know: server down -> "start it with `ollama serve`", model missing ->
+"run `herd pull NAME`". Admin calls (list, show, ps, pull, unload) live in
+ollama_admin.py; the CLI (`herd pull`, `herd ollama …`) in ollama_cli.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from modelherd import hookimpl
+from modelherd.errors import (
+    BadRequestError,
+    BadResponseError,
+    CallTimeoutError,
+    ConfigError,
+    ConnectionFailedError,
+    HerdError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    ProviderError,
+    RateLimitError,
+)
+from modelherd.plugins.providers.client_pool import ClientPool
+from modelherd.plugins.providers.think import ThinkSplitter, split_think
+from modelherd.provider import Model, ProviderSettings, SamplingOptions
+from modelherd.types import (
+    Availability,
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Health,
+    ModelSpec,
+    Usage,
+)
+from pydantic import ValidationError
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+_POOL = ClientPool()
+
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+
+#: Ollama's timings (nanoseconds on the wire) -> metric names, seconds
+DURATIONS = {
+    "load_duration": "herd.ollama.load_duration",
+    "prompt_eval_duration": "herd.ollama.prompt_eval_duration",
+    "eval_duration": "herd.ollama.eval_duration",
+    "total_duration": "herd.ollama.total_duration",
+}
+
+
+def normalize_name(name: str) -> str:
+    """`llama3.2` -> `llama3.2:latest`; names with a tag (or a digest) are kept."""
+    if not name:
+        return name
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last or "@" in last else f"{name}:latest"
+
+
+def normalize_host(host: str | None) -> str:
+    """`OLLAMA_HOST`-style values (`0.0.0.0`, `host:port`, a URL) -> a base URL."""
+    host = (host or "").strip()
+    if not host:
+        return DEFAULT_HOST
+    if "://" not in host:
+        host = f"http://{host}"
+    scheme, _, rest = host.partition("://")
+    hostport, _, path = rest.partition("/")
+    if hostport.startswith("0.0.0.0"):  # a bind address; clients connect locally
+        hostport = "127.0.0.1" + hostport[len("0.0.0.0") :]
+    if ":" not in hostport.rsplit("]", 1)[-1]:
+        hostport += ":11434" if scheme == "http" else ":443"
+    return f"{scheme}://{hostport}" + (f"/{path.rstrip('/')}" if path.strip("/") else "")
+
+
+class OllamaSettings(ProviderSettings):
+    """`[models.<alias>]` fields for provider = "ollama"."""
+
+    #: the server; default OLLAMA_HOST, then http://127.0.0.1:11434
+    host: str | None = None
+    #: how long Ollama keeps the model loaded after a call ("5m", "1h", seconds, -1 forever)
+    keep_alive: str | float | None = None
+    num_ctx: int | None = None
+    num_gpu: int | None = None
+    num_thread: int | None = None
+    #: ask reasoning models to think (True/False, or "low"/"medium"/"high")
+    think: bool | str | None = None
+
+
+class OllamaOptions(SamplingOptions):
+    """Per-call options; an optimizer may set num_ctx / num_gpu / keep_alive in before_call."""
+
+    num_ctx: int | None = None
+    num_gpu: int | None = None
+    num_thread: int | None = None
+    num_batch: int | None = None
+    keep_alive: str | float | None = None
+    think: bool | str | None = None
+
+
+#: OllamaOptions fields that go into Ollama's `options` object (runner parameters)
+_RUNNER = (
+    "temperature",
+    "seed",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "num_ctx",
+    "num_gpu",
+    "num_thread",
+    "num_batch",
+)
+
+
+class OllamaModel(Model):
+    provider = "ollama"
+    description = "local models served by Ollama (official client)"
+    can_stream = True
+    supports_schema = True
+    is_local = True
+    Settings = OllamaSettings
+
+    def __init__(self, spec: ModelSpec, herd: Any) -> None:
+        super().__init__(spec, herd)
+        settings = self.settings
+        assert isinstance(settings, OllamaSettings)
+        env: Mapping[str, str] = getattr(herd, "env", None) or os.environ
+        self.host = normalize_host(settings.host or env.get("OLLAMA_HOST"))
+        self.name = normalize_name(spec.model)
+
+    def __repr__(self) -> str:
+        return f"<OllamaModel alias={self.spec.alias!r} model={self.name!r} host={self.host!r}>"
+
+    @classmethod
+    def availability(cls, spec: ModelSpec, env: Mapping[str, str]) -> Availability:
+        """No network here: whether the server runs is a live check (`health`)."""
+        if importlib.util.find_spec("ollama") is None:
+            return Availability(
+                ok=False,
+                reason="the ollama package is not installed",
+                fix='pip install "modelherd[ollama]"',
+            )
+        cls.parse_settings(spec)
+        if not spec.model:
+            return Availability(
+                ok=False,
+                reason="no model name",
+                fix=f'set model = "llama3.2" in [models.{spec.alias}]',
+            )
+        return Availability(ok=True)
+
+    # ---- client ----------------------------------------------------------------
+
+    def client(self) -> Any:
+        return _POOL.get(self.host, self._new_client, self)
+
+    def _new_client(self) -> Any:
+        try:
+            import ollama
+        except ImportError:
+            raise MissingDependencyError("ollama", "ollama", "the ollama provider") from None
+        return ollama.AsyncClient(host=self.host)
+
+    # ---- request ---------------------------------------------------------------
+
+    def kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        opts = self.parse_options(OllamaOptions, request)
+        settings = self.settings
+        assert isinstance(settings, OllamaSettings)
+        name = normalize_name(request.model) if request.model else self.name
+        if not name:
+            raise ConfigError(f'[models.{request.alias}] has no model — set model = "llama3.2"')
+        runner: dict[str, Any] = {}
+        for key in ("num_ctx", "num_gpu", "num_thread"):  # alias defaults, the call wins
+            value = getattr(settings, key)
+            if value is not None:
+                runner[key] = value
+        for key in _RUNNER:
+            value = getattr(opts, key)
+            if value is not None:
+                runner[key] = value
+        if opts.max_tokens is not None:
+            runner["num_predict"] = opts.max_tokens
+        if opts.stop is not None:
+            runner["stop"] = [opts.stop] if isinstance(opts.stop, str) else opts.stop
+        kwargs: dict[str, Any] = {
+            "model": name,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        if runner:
+            kwargs["options"] = runner
+        if opts.response_format is not None:
+            schema = request.json_schema
+            if schema is not None and isinstance(schema.get("json_schema"), dict):
+                schema = schema["json_schema"].get("schema", schema)  # OpenAI's form
+            kwargs["format"] = schema if schema is not None else "json"
+        keep_alive = opts.keep_alive if opts.keep_alive is not None else settings.keep_alive
+        if keep_alive is not None:
+            kwargs["keep_alive"] = keep_alive
+        think = opts.think if opts.think is not None else settings.think
+        if think is not None:
+            kwargs["think"] = think
+        return kwargs
+
+    # ---- calls -----------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        kwargs = self.kwargs(request)
+        try:
+            reply = await self.client().chat(**kwargs, stream=False)
+            message = reply.message
+            content, reasoning = split_think(message.content or "")
+            return ChatResponse(
+                content=content,
+                model=reply.model or kwargs["model"],
+                provider=self.provider,
+                alias=request.alias,
+                usage=_usage(reply),
+                finish_reason=_FINISH.get(reply.done_reason or "", "unknown"),
+                reasoning=message.thinking or reasoning,
+                provider_metrics=_durations(reply),
+            )
+        except Exception as exc:
+            raise await self.map_error(exc, request, kwargs["model"]) from exc
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+        kwargs = self.kwargs(request)
+        splitter = ThinkSplitter()
+        parts: list[str] = []
+        thinking: list[str] = []
+        final: Any = None
+        try:
+            async for part in await self.client().chat(**kwargs, stream=True):
+                message = part.message
+                if message.thinking:
+                    thinking.append(message.thinking)
+                if message.content:
+                    text = splitter.feed(message.content)
+                    if text:
+                        parts.append(text)
+                        yield text
+                if part.done:
+                    final = part
+        except Exception as exc:
+            raise await self.map_error(exc, request, kwargs["model"]) from exc
+        tail = splitter.flush()
+        if tail:
+            parts.append(tail)
+            yield tail
+        if final is None:
+            raise BadResponseError(
+                f"Ollama at {self.host} ended the stream for '{request.alias}' without its "
+                f"final 'done' line — the server stopped mid-answer; the call can be retried"
+            )
+        yield ChatResponse(
+            content="".join(parts),
+            model=final.model or kwargs["model"],
+            provider=self.provider,
+            alias=request.alias,
+            usage=_usage(final),
+            finish_reason=_FINISH.get(final.done_reason or "", "unknown"),
+            reasoning="".join(thinking) or splitter.reasoning,
+            provider_metrics=_durations(final),
+        )
+
+    # ---- errors ----------------------------------------------------------------
+
+    def not_running(self) -> ConnectionFailedError:
+        return ConnectionFailedError(
+            f"Ollama is not running at {self.host} — start it with `ollama serve` "
+            f"(or point OLLAMA_HOST / host in [models.{self.spec.alias}] at your server)"
+        )
+
+    async def map_error(self, exc: BaseException, request: ChatRequest, name: str) -> HerdError:
+        import httpx
+        import ollama
+
+        if isinstance(exc, HerdError):
+            return exc
+        if isinstance(exc, (ConnectionError, httpx.ConnectError)):
+            return self.not_running()
+        if isinstance(exc, ollama.ResponseError):
+            status, detail = exc.status_code, str(exc.error)[:300]
+            if status == 404 or (status in (-1, 400, 500) and "not found" in detail):
+                return await self.missing_model(name)
+            if status == 429:
+                return RateLimitError(
+                    f"Ollama at {self.host} is busy ({detail}) — retry later "
+                    f"or raise OLLAMA_NUM_PARALLEL / OLLAMA_MAX_QUEUE"
+                )
+            if status in (400, 422):
+                return BadRequestError(
+                    f"Ollama at {self.host} rejected the request for "
+                    f"'{request.alias}' ({detail}) — fix the options"
+                )
+            where = "mid-answer" if status == -1 else f"(HTTP {status})"
+            return ProviderError(
+                f"Ollama at {self.host} failed {where}: {detail} — "
+                f"see `ollama serve` logs; the call can be retried"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return CallTimeoutError(
+                f"Ollama at {self.host} did not answer '{request.alias}' in "
+                f"time — pass a larger timeout= or set "
+                f"[models.{request.alias}] timeout"
+            )
+        if isinstance(exc, httpx.TransportError | OSError):
+            return ConnectionFailedError(
+                f"connection to Ollama at {self.host} dropped ({type(exc).__name__}) — "
+                f"the call can be retried"
+            )
+        if isinstance(exc, json.JSONDecodeError | ValidationError | AttributeError | TypeError):
+            return BadResponseError(
+                f"Ollama at {self.host} answered '{request.alias}' with a malformed body "
+                f"({type(exc).__name__}) — check host points at an Ollama server"
+            )
+        return BadResponseError(
+            f"Ollama at {self.host} answered something the client could "
+            f"not read ({type(exc).__name__}: {exc})"[:400]
+        )
+
+    async def missing_model(self, name: str) -> ModelNotFoundError:
+        from modelherd.plugins.providers.ollama.admin import list_models
+
+        hint = ""
+        try:
+            pulled = [m["name"] for m in await list_models(self.client())]
+            close = close_tags(name, pulled)
+            if close:
+                hint = f" (pulled here: {', '.join(close)})"
+        except Exception:
+            pass
+        return ModelNotFoundError(
+            f"Ollama at {self.host} has no model '{name}'{hint} — run `herd pull {name}`"
+        )
+
+    # ---- health (the troubleshooting flow) and admin -----------------------------
+
+    async def health(self) -> Health:
+        from modelherd.plugins.providers.ollama.admin import diagnose
+
+        return await diagnose(self)
+
+    async def aclose(self) -> None:
+        """Close the client unless another alias still uses it. The model stays loaded
+        in Ollama (its keep_alive decides); `unload()` frees it explicitly."""
+        await _POOL.release(self)
+
+    async def unload(self) -> bool:
+        """Free the model's memory now (keep_alive 0). True if the server confirmed."""
+        from modelherd.plugins.providers.ollama.admin import unload
+
+        return await unload(self.client(), self.name)
+
+
+def close_tags(name: str, pulled: list[str]) -> list[str]:
+    """Pulled models whose name (tag aside) is close to `name`: other tags of the same
+    model first. Comparing without the tag keeps every `:latest` from looking alike."""
+    import difflib
+
+    base = name.split(":")[0]
+    bases = {n.split(":")[0] for n in pulled}
+    near = difflib.get_close_matches(base, bases, n=3, cutoff=0.8)
+    return [n for n in pulled if n.split(":")[0] in near][:3]
+
+
+def _usage(reply: Any) -> Usage:
+    return Usage(input_tokens=reply.prompt_eval_count or 0, output_tokens=reply.eval_count or 0)
+
+
+def _durations(reply: Any) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for field, metric in DURATIONS.items():
+        value = getattr(reply, field, None)
+        if value:
+            metrics[metric] = value / 1e9
+    return metrics
+
+
+@hookimpl
+def register_providers(register: Callable[..., None]) -> None:
+    register(OllamaModel)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    from modelherd.plugins.providers.ollama.cli import add_commands
+
+    add_commands(cli)
+
+
+@hookimpl
+def shutdown(herd: Any) -> Any:
+    return _POOL.aclose_current_loop() if len(_POOL) else None

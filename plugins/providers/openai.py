@@ -1,0 +1,393 @@
+"""`openai` and the OpenAI-compatible family, through the official `openai` SDK.
+
+One adapter speaks the Chat Completions wire format; each vendor is a preset of a
+few class attributes (base URL, key variable, old key names, which max-tokens field
+it wants). `openai_compatible` is any self-hosted server (vLLM, LM Studio, the
+llama.cpp server) named by `base_url`.
+
+The SDK's own retries are off (`max_retries=0`): the kernel's one retry policy
+decides. Clients are pooled per endpoint + key + event loop (client_pool.py) and
+run on aiohttp by default — measured faster than the SDK's httpx transport
+(bench/providers.py, docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar, Literal
+
+from modelherd import hookimpl
+from modelherd.errors import BadResponseError, ConfigError, HerdError
+from modelherd.plugins.providers.client_pool import ClientPool
+from modelherd.plugins.providers.keys import key_fingerprint
+from modelherd.plugins.providers.stainless import StainlessModel
+from modelherd.plugins.providers.think import ThinkSplitter, split_think
+from modelherd.provider import ProviderSettings
+from modelherd.types import ChatRequest, ChatResponse, FinishReason, ModelSpec, Usage
+from pydantic import Field
+
+_POOL = ClientPool()
+
+#: per-call options passed through to Chat Completions (max_tokens is renamed per vendor)
+OPTIONS = frozenset(
+    {
+        "temperature",
+        "max_tokens",
+        "seed",
+        "stop",
+        "top_p",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "frequency_penalty",
+        "presence_penalty",
+        "reasoning_effort",
+        "user",
+        "logit_bias",
+        "n",
+        "extra_body",
+    }
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+class OpenAISettings(ProviderSettings):
+    """`[models.<alias>]` fields for the OpenAI family."""
+
+    #: the endpoint; presets have one, `openai_compatible` needs it
+    base_url: str | None = None
+    #: read the key from this variable instead of the preset's (two accounts, a proxy)
+    api_key_env: str | None = None
+    organization: str | None = None
+    #: HTTP transport under the SDK; None = aiohttp when installed (faster), else httpx
+    transport: Literal["aiohttp", "httpx"] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: ask for usage in the last stream chunk (some self-hosted servers reject it)
+    stream_usage: bool | None = None
+
+
+def openai_response_format(fmt: Any) -> Any:
+    """The kernel's `response_format` (a JSON schema, or a typed dict) in OpenAI's form."""
+    if not isinstance(fmt, dict):
+        return fmt
+    kind = fmt.get("type")
+    if kind in ("json_object", "text") or (kind == "json_schema" and "json_schema" in fmt):
+        return fmt
+    schema = fmt.get("schema", fmt) if kind == "json_schema" else fmt
+    name = str(fmt.get("name") or schema.get("title") or "response")
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64],
+            "schema": schema,
+            "strict": bool(fmt.get("strict", False)),
+        },
+    }
+
+
+class OpenAIModel(StainlessModel):
+    provider = "openai"
+    description = "OpenAI (Chat Completions, official SDK)"
+    can_stream = True
+    supports_schema = True
+    key_env_vars: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
+    legacy_key_env_vars: ClassVar[tuple[str, ...]] = ("OPENAI_KEY",)
+    Settings = OpenAISettings
+
+    sdk = "openai"
+    client_class = "AsyncOpenAI"
+    #: name used in messages
+    vendor: ClassVar[str] = "OpenAI"
+    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
+    #: OpenAI's current models take max_completion_tokens; compatible servers max_tokens
+    max_tokens_param: ClassVar[str] = "max_completion_tokens"
+    chat_path = "/chat/completions"
+    transport_error_verb = "failed"
+    models_list_optional = True
+    health_detail = "{base_url} answers ({count} models listed)"
+
+    def __init__(self, spec: ModelSpec, herd: Any) -> None:
+        super().__init__(spec, herd)
+        settings = self.settings
+        assert isinstance(settings, OpenAISettings)
+        self._stream_usage = settings.stream_usage if settings.stream_usage is not None else True
+
+    # ---- client ----------------------------------------------------------------
+
+    def client(self) -> Any:
+        settings = self.settings
+        assert isinstance(settings, OpenAISettings)
+        key = (
+            self.provider,
+            self.base_url,
+            key_fingerprint(self._key),
+            self.transport,
+            settings.organization,
+            tuple(sorted(settings.headers.items())),
+        )
+        return _POOL.get(key, self._new_client, self)
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        settings = self.settings
+        assert isinstance(settings, OpenAISettings)
+        return {"organization": settings.organization}
+
+    @staticmethod
+    def _load_types() -> tuple[Any, Any]:
+        from openai import AsyncStream
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+        return (ChatCompletion, AsyncStream[ChatCompletionChunk])
+
+    # ---- request ---------------------------------------------------------------
+
+    def params(self, request: ChatRequest) -> dict[str, Any]:
+        model = request.model or self.spec.model
+        if not model:
+            raise ConfigError(f'[models.{request.alias}] has no model — set model = "..."')
+        params: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        for name, value in request.options.items():
+            if value is None:
+                continue
+            if name not in OPTIONS:
+                raise self.option_error(name, sorted(OPTIONS))
+            if name == "max_tokens":
+                params[self.max_tokens_param] = value
+            elif name == "response_format":
+                params[name] = openai_response_format(value)
+            else:
+                params[name] = value
+        if request.timeout is not None:
+            params["timeout"] = request.timeout + 1.0  # the kernel's deadline fires first
+        return params
+
+    # ---- calls -----------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        params = self.params(request)
+        completion = await self._send(request, params, stream=False)
+        if isinstance(completion, str):  # the SDK's answer to a non-JSON content type
+            raise self._bad_body(request, f"a non-JSON body ({completion[:60]!r})")
+        try:
+            choice = completion.choices[0]
+            message = choice.message
+            content, reasoning = split_think(message.content or "")
+            reasoning = getattr(message, "reasoning_content", None) or reasoning
+            return ChatResponse(
+                content=content,
+                model=completion.model or params["model"],
+                provider=self.provider,
+                alias=request.alias,
+                usage=_usage(completion.usage),
+                finish_reason=_FINISH.get(choice.finish_reason or "", "unknown"),
+                reasoning=reasoning,
+                request_id=getattr(completion, "_request_id", None),
+            )
+        except (AttributeError, IndexError, TypeError, KeyError, ValueError) as exc:
+            raise self._bad_body(request, f"a body without the expected fields ({exc})") from exc
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+        params = self.params(request)
+        params["stream"] = True
+        if self._stream_usage:
+            params["stream_options"] = {"include_usage": True}
+        stream = await self._send(request, params, stream=True)
+        if isinstance(stream, str):
+            raise self._bad_body(request, "a non-stream body to a stream request")
+        splitter = ThinkSplitter()
+        parts: list[str] = []
+        reasoning_parts: list[str] = []
+        finish: str | None = None
+        usage: Any = None
+        model = params["model"]
+        request_id = None
+        try:
+            async for chunk in stream:
+                request_id = request_id or getattr(chunk, "id", None)
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                model = chunk.model or model
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta is not None:
+                        extra = getattr(delta, "reasoning_content", None)
+                        if extra:
+                            reasoning_parts.append(extra)
+                        if delta.content:
+                            text = splitter.feed(delta.content)
+                            if text:
+                                parts.append(text)
+                                yield text
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        except HerdError:
+            raise
+        except Exception as exc:
+            raise await self.map_error(exc, request) from exc
+        finally:
+            await stream.close()
+        tail = splitter.flush()
+        if tail:
+            parts.append(tail)
+            yield tail
+        if finish is None:
+            raise BadResponseError(
+                f"{self.vendor} stream for '{request.alias}' ended without a finish reason — "
+                f"the connection dropped mid-answer; the call can be retried"
+            )
+        yield ChatResponse(
+            content="".join(parts),
+            model=model,
+            provider=self.provider,
+            alias=request.alias,
+            usage=_usage(usage),
+            finish_reason=_FINISH.get(finish, "unknown"),
+            reasoning="".join(reasoning_parts) or splitter.reasoning,
+            request_id=request_id,
+        )
+
+    # ---- errors ----------------------------------------------------------------
+
+    def _bad_body(self, request: ChatRequest, what: str) -> BadResponseError:
+        return BadResponseError(
+            f"{self.vendor} at {self.base_url} answered '{request.alias}' with {what} — "
+            f"check base_url points at an OpenAI-compatible /v1 endpoint"
+        )
+
+    async def _list_model_ids(self) -> list[str]:
+        return _model_ids(await self.client().models.list())
+
+    async def _status_error(self, exc: Any, request: ChatRequest) -> HerdError:
+        return await self._http_error(request, exc.status_code, _detail(exc), exc.response.headers)
+
+    async def aclose(self) -> None:
+        """Close this model's SDK client unless another alias still uses it."""
+        await _POOL.release(self)
+
+
+def _model_ids(page: Any) -> list[str]:
+    # Gemini's compatible endpoint lists "models/gemini-2.5-flash" but takes the bare id
+    return [str(m.id).removeprefix("models/") for m in page.data]
+
+
+def _detail(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return str(getattr(exc, "message", "") or exc)
+
+
+def _usage(raw: Any) -> Usage:
+    if raw is None:
+        return Usage()
+    details = getattr(raw, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    cached = cached or getattr(raw, "prompt_cache_hit_tokens", None) or 0  # DeepSeek's name
+    return Usage(
+        input_tokens=raw.prompt_tokens or 0,
+        output_tokens=raw.completion_tokens or 0,
+        cache_read_tokens=int(cached),
+    )
+
+
+# ---- the compatible family: presets -------------------------------------------
+
+
+class DeepSeekModel(OpenAIModel):
+    provider = "deepseek"
+    description = "DeepSeek (OpenAI-compatible API)"
+    vendor = "DeepSeek"
+    key_env_vars = ("DEEPSEEK_API_KEY",)
+    legacy_key_env_vars = ("DEEPSEEK_KEY",)
+    default_base_url = "https://api.deepseek.com"
+    max_tokens_param = "max_tokens"
+
+
+class GroqModel(OpenAIModel):
+    provider = "groq"
+    description = "Groq (OpenAI-compatible API)"
+    vendor = "Groq"
+    key_env_vars = ("GROQ_API_KEY",)
+    legacy_key_env_vars = ()
+    default_base_url = "https://api.groq.com/openai/v1"
+    max_tokens_param = "max_tokens"
+
+
+class XAIModel(OpenAIModel):
+    provider = "xai"
+    description = "xAI Grok (OpenAI-compatible API)"
+    vendor = "xAI"
+    key_env_vars = ("XAI_API_KEY",)
+    legacy_key_env_vars = ("GROK_API_KEY",)
+    default_base_url = "https://api.x.ai/v1"
+    max_tokens_param = "max_tokens"
+
+
+class OpenRouterModel(OpenAIModel):
+    provider = "openrouter"
+    description = "OpenRouter (OpenAI-compatible API)"
+    vendor = "OpenRouter"
+    key_env_vars = ("OPENROUTER_API_KEY",)
+    legacy_key_env_vars = ()
+    default_base_url = "https://openrouter.ai/api/v1"
+    max_tokens_param = "max_tokens"
+
+
+class GeminiModel(OpenAIModel):
+    provider = "gemini"
+    description = "Google Gemini (OpenAI-compatible endpoint)"
+    vendor = "Gemini"
+    key_env_vars = ("GEMINI_API_KEY",)
+    legacy_key_env_vars = ("GEMINI_KEY",)
+    default_base_url = "https://generativelanguage.googleapis.com/v1beta/openai"
+    max_tokens_param = "max_tokens"
+
+
+class OpenAICompatibleModel(OpenAIModel):
+    """Any self-hosted server speaking Chat Completions: vLLM, LM Studio, llama.cpp server."""
+
+    provider = "openai_compatible"
+    description = "any OpenAI-compatible server, by base_url (vLLM, LM Studio, llama.cpp)"
+    vendor = "OpenAI-compatible server"
+    key_env_vars = ()
+    legacy_key_env_vars = ()
+    default_base_url = None
+    max_tokens_param = "max_tokens"
+    key_required = False
+
+
+PROVIDERS: tuple[type[OpenAIModel], ...] = (
+    OpenAIModel,
+    DeepSeekModel,
+    GroqModel,
+    XAIModel,
+    OpenRouterModel,
+    GeminiModel,
+    OpenAICompatibleModel,
+)
+
+
+@hookimpl
+def register_providers(register: Callable[..., None]) -> None:
+    for cls in PROVIDERS:
+        register(cls)
+
+
+@hookimpl
+def shutdown(herd: Any) -> Any:
+    return _POOL.aclose_current_loop() if len(_POOL) else None

@@ -1,0 +1,1 @@
+"""Memory, placement, load scheduling and tenant quotas."""

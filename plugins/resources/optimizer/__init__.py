@@ -1,0 +1,45 @@
+"""`optimizer`: place local models in GPU/RAM memory; `herd plan MODEL` explains it.
+
+The entry point stays light (plugin load is on every `herd` start): the settings,
+the estimator and the per-call hooks live in optimizer_core.py and load at startup,
+and only when the optimizer is on do they register a per-call hook. The
+`herd plan` command is built from optimizer_core on first use. docs/resources.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from modelherd import hookimpl
+
+if TYPE_CHECKING:
+    import click
+    from modelherd.kernel import Herd
+
+
+@hookimpl
+def startup(herd: Herd) -> Awaitable[None] | None:
+    if not herd.plugin_settings("optimizer"):  # "auto": is there anything to place?
+        from modelherd.plugins.resources.device_memory import nvidia_driver_absent
+
+        if nvidia_driver_absent():
+            return None  # CPU only and no budget: nothing to do, nothing imported
+    from modelherd.plugins.resources.optimizer.runtime import start
+
+    return start(herd)
+
+
+@hookimpl
+def shutdown(herd: Herd) -> None:
+    if "_optimizer_plugin" in herd.__dict__:
+        from modelherd.plugins.resources.optimizer.runtime import stop
+
+        stop(herd)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from modelherd.plugins.resources.optimizer.runtime import make_plan_command
+
+    cli.add_command(make_plan_command())
