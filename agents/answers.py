@@ -34,8 +34,9 @@ def answer_schema(
 ) -> dict[str, Any]:
     """The JSON schema of one answer: a label (an enum when labels are known), a
     confidence and a short reasoning."""
-    label: dict[str, Any] = {"type": "string", "enum": list(labels)} if labels else {
-        "type": "string", "maxLength": 80}
+    label: dict[str, Any] = (
+        {"type": "string", "enum": list(labels)} if labels else {"type": "string", "maxLength": 80}
+    )
     return {
         "type": "object",
         "properties": {
@@ -65,7 +66,7 @@ def json_object(text: str) -> dict[str, Any] | None:
     candidates += [m.group(1) for m in _FENCE.finditer(text)]
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
-        candidates.append(text[start:end + 1])
+        candidates.append(text[start : end + 1])
     for candidate in candidates:
         try:
             value = json.loads(candidate.strip())
@@ -115,8 +116,11 @@ def parse_answer(
             if key in lowered and isinstance(lowered[key], str | int | float):
                 label = _canonical(str(lowered[key]), labels)
                 reasoning = str(lowered.get("reasoning") or lowered.get("reason") or "")
-                extra = {k: v for k, v in obj.items()
-                         if str(k).lower() not in (key, "confidence", "reasoning", "reason")}
+                extra = {
+                    k: v
+                    for k, v in obj.items()
+                    if str(k).lower() not in (key, "confidence", "reasoning", "reason")
+                }
                 return ParsedAnswer(label, _confidence(lowered.get("confidence")), reasoning, extra)
         raise ParseError(f"the JSON has none of the keys {', '.join(label_keys)}")
     # plain text: usable only when it names exactly one of the known labels

@@ -16,8 +16,14 @@ from typing import Any
 import click
 from modelherd.errors import ConfigError
 
-STATUS_STYLE = {"ok": "green", "pending": "dim", "unparsed": "yellow", "error": "red",
-                "timeout": "red", "cancelled": "magenta"}
+STATUS_STYLE = {
+    "ok": "green",
+    "pending": "dim",
+    "unparsed": "yellow",
+    "error": "red",
+    "timeout": "red",
+    "cancelled": "magenta",
+}
 
 
 def herd_from(ctx: click.Context) -> Any:
@@ -63,18 +69,31 @@ def member_table(members: list[Any], title: str = "members") -> Any:
         table.add_column(column, overflow="fold")
     for m in members:
         style = STATUS_STYLE.get(m.status, "")
-        table.add_row(m.name, f"[{style}]{m.status}[/]", m.label or "", _fmt(m.confidence),
-                      "" if m.latency_s is None else f"{m.latency_s:.2f}s",
-                      str(m.output_tokens or ""), (m.error or "")[:80])
+        table.add_row(
+            m.name,
+            f"[{style}]{m.status}[/]",
+            m.label or "",
+            _fmt(m.confidence),
+            "" if m.latency_s is None else f"{m.latency_s:.2f}s",
+            str(m.output_tokens or ""),
+            (m.error or "")[:80],
+        )
     return table
 
 
 @click.command("swarm")
 @click.argument("question")
-@click.option("-m", "--model", "models", multiple=True, metavar="ALIAS[,ALIAS]",
-              help="Member aliases (default: [agents.swarm] members, else 'local').")
-@click.option("-n", "--samples", type=click.IntRange(1, 256),
-              help="Answers per alias (different seeds).")
+@click.option(
+    "-m",
+    "--model",
+    "models",
+    multiple=True,
+    metavar="ALIAS[,ALIAS]",
+    help="Member aliases (default: [agents.swarm] members, else 'local').",
+)
+@click.option(
+    "-n", "--samples", type=click.IntRange(1, 256), help="Answers per alias (different seeds)."
+)
 @click.option("--strategy", type=click.Choice(["vote", "weighted", "judge"]))
 @click.option("--judge", metavar="ALIAS", help="Judge alias for --strategy judge.")
 @click.option("--labels", metavar="A,B,…", help="Closed set of answers to vote over.")
@@ -85,17 +104,37 @@ def member_table(members: list[Any], title: str = "members") -> Any:
 @click.option("--no-save", is_flag=True, help="Do not save the result JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def swarm_command(ctx: click.Context, question: str, models: tuple[str, ...], samples: int | None,
-                  strategy: str | None, judge: str | None, labels: str | None,
-                  quorum: int | None, member_timeout: float | None, deadline: float | None,
-                  max_tokens: int | None, no_save: bool, as_json: bool) -> None:
+def swarm_command(
+    ctx: click.Context,
+    question: str,
+    models: tuple[str, ...],
+    samples: int | None,
+    strategy: str | None,
+    judge: str | None,
+    labels: str | None,
+    quorum: int | None,
+    member_timeout: float | None,
+    deadline: float | None,
+    max_tokens: int | None,
+    no_save: bool,
+    as_json: bool,
+) -> None:
     """Ask several models (or one model several times) and print the consensus."""
     import anyio
 
     overrides: dict[str, Any] = {
-        k: v for k, v in {"samples": samples, "strategy": strategy, "judge": judge,
-                          "quorum": quorum, "member_timeout": member_timeout,
-                          "deadline": deadline, "max_tokens": max_tokens}.items() if v is not None}
+        k: v
+        for k, v in {
+            "samples": samples,
+            "strategy": strategy,
+            "judge": judge,
+            "quorum": quorum,
+            "member_timeout": member_timeout,
+            "deadline": deadline,
+            "max_tokens": max_tokens,
+        }.items()
+        if v is not None
+    }
     if models:
         overrides["members"] = _split(models)
     if no_save:
@@ -128,14 +167,18 @@ def print_consensus(console: Any, result: Any) -> None:
     if c.label is None:
         console.print(f"[bold yellow]no consensus[/] — {c.reason}  (votes: {votes or 'none'})")
     else:
-        console.print(f"[bold]consensus: {c.label}[/]  by {c.decided_by}, agreement "
-                      f"{c.agreement:.0%}, confidence {_fmt(c.confidence)}  (votes: {votes})")
+        console.print(
+            f"[bold]consensus: {c.label}[/]  by {c.decided_by}, agreement "
+            f"{c.agreement:.0%}, confidence {_fmt(c.confidence)}  (votes: {votes})"
+        )
     if result.judge is not None and result.judge.status != "ok":
         console.print(f"[yellow]judge {result.judge.alias} failed:[/] {result.judge.error}")
     failed = len(result.failed)
-    console.print(f"{len(result.members) - failed}/{len(result.members)} members answered in "
-                  f"{result.elapsed_s:.2f}s, {result.output_tokens} tokens"
-                  + (f" · saved {result.path}" if result.path else ""))
+    console.print(
+        f"{len(result.members) - failed}/{len(result.members)} members answered in "
+        f"{result.elapsed_s:.2f}s, {result.output_tokens} tokens"
+        + (f" · saved {result.path}" if result.path else "")
+    )
     console.print(f"[dim]{result.note}[/]")
 
 
@@ -155,8 +198,9 @@ def parse_interval(text: str) -> float:
 def print_trading(console: Any, report: Any) -> None:
     from rich.table import Table
 
-    table = Table(title=f"paper trading · {report.timeframe} candles · {report.at}",
-                  title_justify="left")
+    table = Table(
+        title=f"paper trading · {report.timeframe} candles · {report.at}", title_justify="left"
+    )
     for column in ("symbol", "price", "votes", "conf", "decision", "why"):
         table.add_column(column, overflow="fold")
     for d in report.decisions:
@@ -168,15 +212,24 @@ def print_trading(console: Any, report: Any) -> None:
             votes += f" ({', '.join(extra)})"
         style = {"BUY": "green", "SELL": "red"}.get(d.action, "")
         filled = f" ({d.fill.side} {d.fill.qty:.4g})" if d.fill else ""
-        table.add_row(d.symbol, _price(d.price), votes, _fmt(d.confidence),
-                      f"[bold {style}]{d.action}[/]{filled}", d.reason)
+        table.add_row(
+            d.symbol,
+            _price(d.price),
+            votes,
+            _fmt(d.confidence),
+            f"[bold {style}]{d.action}[/]{filled}",
+            d.reason,
+        )
     console.print(table)
     for fill in report.exits:
-        console.print(f"exit: {fill.side} {fill.symbol} {fill.qty:.6g} @ {_price(fill.price)} "
-                      f"({fill.reason})")
+        console.print(
+            f"exit: {fill.side} {fill.symbol} {fill.qty:.6g} @ {_price(fill.price)} ({fill.reason})"
+        )
     p = report.portfolio
-    console.print(f"portfolio '{p['name']}': equity {p['equity']:,.2f} (cash {p['cash']:,.2f}, "
-                  f"in positions {p['exposure']:,.2f}, P&L {p['pnl_pct']:+.2f}%)")
+    console.print(
+        f"portfolio '{p['name']}': equity {p['equity']:,.2f} (cash {p['cash']:,.2f}, "
+        f"in positions {p['exposure']:,.2f}, P&L {p['pnl_pct']:+.2f}%)"
+    )
     if report.risk is not None:
         r = report.risk
         state = "within limits" if not r.breaches else "; ".join(r.breaches) + f" -> {r.action}"
@@ -190,16 +243,31 @@ def print_trading(console: Any, report: Any) -> None:
 @click.option("--once", is_flag=True, help="One round, then exit (the default).")
 @click.option("--every", metavar="15m", help="Run a round every interval until Ctrl-C.")
 @click.option("--rounds", type=click.IntRange(1), help="With --every: stop after N rounds.")
-@click.option("-m", "--model", "models", multiple=True, metavar="ALIAS[,ALIAS]",
-              help="Deciding model(s); several = a swarm.")
+@click.option(
+    "-m",
+    "--model",
+    "models",
+    multiple=True,
+    metavar="ALIAS[,ALIAS]",
+    help="Deciding model(s); several = a swarm.",
+)
 @click.option("-n", "--samples", type=click.IntRange(1, 64), help="Answers per model (seeds).")
 @click.option("--timeframe", help="Candle timeframe (1d, 1h …).")
 @click.option("--live", is_flag=True, help="Send real orders (needs an execution plugin).")
 @click.option("--json", "as_json", is_flag=True, help="Print each round as JSON.")
 @click.pass_context
-def trading_command(ctx: click.Context, symbols: str | None, once: bool, every: str | None,
-                    rounds: int | None, models: tuple[str, ...], samples: int | None,
-                    timeframe: str | None, live: bool, as_json: bool) -> None:
+def trading_command(
+    ctx: click.Context,
+    symbols: str | None,
+    once: bool,
+    every: str | None,
+    rounds: int | None,
+    models: tuple[str, ...],
+    samples: int | None,
+    timeframe: str | None,
+    live: bool,
+    as_json: bool,
+) -> None:
     """Decide BUY / SELL / NOTHING per symbol and paper trade (offline on sample data)."""
     import anyio
 
@@ -238,8 +306,9 @@ def trading_command(ctx: click.Context, symbols: str | None, once: bool, every: 
     anyio.run(go)
 
 
-async def _loop(agent: Any, symbols: list[str], interval: float, rounds: int | None,
-                show: Callable[[Any], None]) -> None:
+async def _loop(
+    agent: Any, symbols: list[str], interval: float, rounds: int | None, show: Callable[[Any], None]
+) -> None:
     """Rounds every `interval` s. First Ctrl-C: finish this round, then stop; second: abort."""
     import anyio
 
@@ -279,8 +348,14 @@ async def _loop(agent: Any, symbols: list[str], interval: float, rounds: int | N
 @click.option("--force", is_flag=True, help="Run again even if this idea was done before.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def rbi_command(ctx: click.Context, idea: str, max_rounds: int | None, model: str | None,
-                force: bool, as_json: bool) -> None:
+def rbi_command(
+    ctx: click.Context,
+    idea: str,
+    max_rounds: int | None,
+    model: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Research an idea (text or a file), write backtesting.py code, run and debug it."""
     import anyio
 
@@ -305,8 +380,10 @@ def rbi_command(ctx: click.Context, idea: str, max_rounds: int | None, model: st
     console = _console()
     from rich.table import Table
 
-    table = Table(title=f"rbi · {result.spec.get('name', 'strategy') if result.spec else 'idea'}",
-                  title_justify="left")
+    table = Table(
+        title=f"rbi · {result.spec.get('name', 'strategy') if result.spec else 'idea'}",
+        title_justify="left",
+    )
     for column in ("round", "model", "ok", "error"):
         table.add_column(column, overflow="fold")
     for r in result.rounds:
@@ -317,9 +394,11 @@ def rbi_command(ctx: click.Context, idea: str, max_rounds: int | None, model: st
         console.print(f"already researched (idea {result.idea_hash}); --force to run again")
     if result.stats:
         st = result.stats
-        console.print(f"[bold green]backtest ok[/]: return {st.get('return_pct')}%, Sharpe "
-                      f"{st.get('sharpe')}, max drawdown {st.get('max_drawdown_pct')}%, "
-                      f"trades {st.get('trades')}")
+        console.print(
+            f"[bold green]backtest ok[/]: return {st.get('return_pct')}%, Sharpe "
+            f"{st.get('sharpe')}, max drawdown {st.get('max_drawdown_pct')}%, "
+            f"trades {st.get('trades')}"
+        )
     else:
         console.print(f"[bold yellow]{result.status}[/]: {result.reason}")
     console.print(f"code and stats: {result.folder}")
@@ -331,13 +410,18 @@ def rbi_command(ctx: click.Context, idea: str, max_rounds: int | None, model: st
 
 
 @click.command("copybot")
-@click.option("--positions", "positions_file", metavar="FILE",
-              help="JSON of the tracked portfolio (default: [agents.copybot] source).")
+@click.option(
+    "--positions",
+    "positions_file",
+    metavar="FILE",
+    help="JSON of the tracked portfolio (default: [agents.copybot] source).",
+)
 @click.option("-m", "--model", "models", multiple=True, metavar="ALIAS[,ALIAS]")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def copybot_command(ctx: click.Context, positions_file: str | None, models: tuple[str, ...],
-                    as_json: bool) -> None:
+def copybot_command(
+    ctx: click.Context, positions_file: str | None, models: tuple[str, ...], as_json: bool
+) -> None:
     """Ask the model(s) whether to mirror each position of a tracked portfolio."""
     import anyio
 
@@ -366,9 +450,15 @@ def copybot_command(ctx: click.Context, positions_file: str | None, models: tupl
     for column in ("symbol", "tracked", "models said", "conf", "decision", "size", "why"):
         table.add_column(column, overflow="fold")
     for d in report.decisions:
-        table.add_row(d.symbol, f"{d.tracked_weight:.0%}", d.model_action or "no consensus",
-                      _fmt(d.confidence), d.action,
-                      f"{d.notional:,.2f}" if d.notional else "", d.reason)
+        table.add_row(
+            d.symbol,
+            f"{d.tracked_weight:.0%}",
+            d.model_action or "no consensus",
+            _fmt(d.confidence),
+            d.action,
+            f"{d.notional:,.2f}" if d.notional else "",
+            d.reason,
+        )
     console.print(table)
     p = report.portfolio
     console.print(f"portfolio '{p['name']}': equity {p['equity']:,.2f} (P&L {p['pnl_pct']:+.2f}%)")

@@ -61,8 +61,11 @@ def tally(ballots: Sequence[Ballot], weighted: bool = False) -> Tally:
         return result
     winner = leaders[0]
     result.winner = winner
-    confs = [b.confidence for b in ballots
-             if display[vote_key(b.label)] == winner and b.confidence is not None]
+    confs = [
+        b.confidence
+        for b in ballots
+        if display[vote_key(b.label)] == winner and b.confidence is not None
+    ]
     result.confidence = sum(confs) / len(confs) if confs else None
     result.agreement = result.counts[winner] / len(ballots)
     return result

@@ -24,7 +24,7 @@ def rsi(closes: list[float], period: int = 14) -> float | None:
     if len(closes) <= period:
         return None
     gains = losses = 0.0
-    for prev, cur in itertools.pairwise(closes[-period - 1:]):
+    for prev, cur in itertools.pairwise(closes[-period - 1 :]):
         change = cur - prev
         gains += max(change, 0.0)
         losses += max(-change, 0.0)
@@ -59,8 +59,13 @@ def compute(candles: list[Candle], fast: int = 10, slow: int = 30) -> dict[str, 
         f"sma{fast}": sma_fast,
         f"sma{slow}": sma_slow,
         f"close_vs_sma{slow}_pct": pct(last, sma_slow) if sma_slow else None,
-        "trend": (None if sma_fast is None or sma_slow is None
-                  else "up" if sma_fast > sma_slow else "down"),
+        "trend": (
+            None
+            if sma_fast is None or sma_slow is None
+            else "up"
+            if sma_fast > sma_slow
+            else "down"
+        ),
         "rsi14": rsi(closes),
         "volume_vs_avg20_pct": pct(volumes[-1], avg_volume) if avg_volume else None,
         "volatility_pct": vol,

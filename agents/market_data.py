@@ -57,10 +57,12 @@ def _parse_rows(rows: list[dict[str, str]], source: str) -> list[Candle]:
                 f"{','.join(_COLUMNS)}"
             )
         try:
-            candles.append({
-                "time": lowered["time"],
-                **{c: float(lowered[c]) for c in _COLUMNS[1:]},
-            })
+            candles.append(
+                {
+                    "time": lowered["time"],
+                    **{c: float(lowered[c]) for c in _COLUMNS[1:]},
+                }
+            )
         except ValueError:
             raise ConfigError(
                 f"{source}: line {index} has a non-numeric price or volume — fix it"
@@ -85,9 +87,7 @@ def _read_parquet(path: Path) -> list[Candle]:
     return _parse_rows([{k: str(v) for k, v in r.items()} for r in records], str(path))
 
 
-def load_file_candles(
-    symbol: str, timeframe: str, data_path: str | None
-) -> list[Candle] | None:
+def load_file_candles(symbol: str, timeframe: str, data_path: str | None) -> list[Candle] | None:
     """Candles from `data_path` (if set) or the bundled files; None if neither has them."""
     base = base_symbol(symbol)
     if data_path:

@@ -67,9 +67,17 @@ class Portfolio(BaseModel):
 
     # ---- trades -----------------------------------------------------------------
 
-    def buy(self, symbol: str, notional: float, price: float, *, reason: str,
-            stop_loss_pct: float | None = None, take_profit_pct: float | None = None,
-            source: str = "") -> Fill | None:
+    def buy(
+        self,
+        symbol: str,
+        notional: float,
+        price: float,
+        *,
+        reason: str,
+        stop_loss_pct: float | None = None,
+        take_profit_pct: float | None = None,
+        source: str = "",
+    ) -> Fill | None:
         """Open or add to a long position worth `notional` (capped by cash)."""
         notional = min(notional, self.cash)
         if notional <= 0 or price <= 0:
@@ -133,9 +141,14 @@ class Portfolio(BaseModel):
             "equity": round(self.equity(), 2),
             "exposure": round(self.exposure(), 2),
             "pnl_pct": round(self.pnl_pct(), 3),
-            "positions": {s: {"qty": round(p.qty, 8), "entry": p.entry_price,
-                              "value": round(self.position_value(s), 2)}
-                          for s, p in self.positions.items()},
+            "positions": {
+                s: {
+                    "qty": round(p.qty, 8),
+                    "entry": p.entry_price,
+                    "value": round(self.position_value(s), 2),
+                }
+                for s, p in self.positions.items()
+            },
         }
 
 
@@ -154,5 +167,6 @@ def load_portfolio(
 
 
 def save_portfolio(portfolio: Portfolio, data_dir: str | None = None) -> Path:
-    return storage.write_json(portfolio_path(portfolio.name, data_dir),
-                              portfolio.model_dump(mode="json"))
+    return storage.write_json(
+        portfolio_path(portfolio.name, data_dir), portfolio.model_dump(mode="json")
+    )

@@ -115,20 +115,40 @@ class RiskAgent(Agent):
         equity = portfolio.equity()
         loss_pct = max(-portfolio.pnl_pct(), 0.0)
         exposure_pct = portfolio.exposure() / equity * 100.0 if equity > 0 else 0.0
-        report = RiskReport(portfolio=portfolio.name, equity=round(equity, 2),
-                            loss_pct=round(loss_pct, 3), exposure_pct=round(exposure_pct, 3),
-                            note=model_note(self.herd, [s.model]))
+        report = RiskReport(
+            portfolio=portfolio.name,
+            equity=round(equity, 2),
+            loss_pct=round(loss_pct, 3),
+            exposure_pct=round(exposure_pct, 3),
+            note=model_note(self.herd, [s.model]),
+        )
         if loss_pct >= s.max_loss_pct:
             report.breaches.append(f"loss {loss_pct:.2f}% >= max_loss_pct {s.max_loss_pct:g}%")
-            self._alert(report, RiskAlert(name="risk.max_loss", severity="critical",
-                                          message=report.breaches[-1], portfolio=portfolio.name,
-                                          value=loss_pct, threshold=s.max_loss_pct))
+            self._alert(
+                report,
+                RiskAlert(
+                    name="risk.max_loss",
+                    severity="critical",
+                    message=report.breaches[-1],
+                    portfolio=portfolio.name,
+                    value=loss_pct,
+                    threshold=s.max_loss_pct,
+                ),
+            )
         if exposure_pct >= s.max_exposure_pct:
             report.breaches.append(
-                f"exposure {exposure_pct:.2f}% >= max_exposure_pct {s.max_exposure_pct:g}%")
-            self._alert(report, RiskAlert(name="risk.max_exposure", message=report.breaches[-1],
-                                          portfolio=portfolio.name, value=exposure_pct,
-                                          threshold=s.max_exposure_pct))
+                f"exposure {exposure_pct:.2f}% >= max_exposure_pct {s.max_exposure_pct:g}%"
+            )
+            self._alert(
+                report,
+                RiskAlert(
+                    name="risk.max_exposure",
+                    message=report.breaches[-1],
+                    portfolio=portfolio.name,
+                    value=exposure_pct,
+                    threshold=s.max_exposure_pct,
+                ),
+            )
         if not report.breaches or not portfolio.positions:
             return report
         try:
@@ -138,11 +158,16 @@ class RiskAgent(Agent):
             message = exc.message if isinstance(exc, HerdError) else str(exc)
             report.error = message or type(exc).__name__
             report.model_status = "failed"
-            self._alert(report, RiskAlert(
-                name="risk.check_failed", severity="critical", portfolio=portfolio.name,
-                message=f"risk model failed ({report.error}); portfolio kept as it is — "
-                        f"review it by hand",
-            ))
+            self._alert(
+                report,
+                RiskAlert(
+                    name="risk.check_failed",
+                    severity="critical",
+                    portfolio=portfolio.name,
+                    message=f"risk model failed ({report.error}); portfolio kept as it is — "
+                    f"review it by hand",
+                ),
+            )
             return report
         report.model_status = "ok"
         report.reasoning = reasoning
@@ -150,26 +175,28 @@ class RiskAgent(Agent):
             report.action = "keep"
             return report
         price = portfolio.marks.get(symbol, portfolio.positions[symbol].entry_price)
-        portfolio.sell(symbol, price, reason=f"risk: {'; '.join(report.breaches)}",
-                       fraction=fraction)
+        portfolio.sell(
+            symbol, price, reason=f"risk: {'; '.join(report.breaches)}", fraction=fraction
+        )
         report.action, report.symbol, report.fraction = "reduce", symbol, round(fraction, 4)
         return report
 
-    async def _ask(
-        self, portfolio: Portfolio, report: RiskReport
-    ) -> tuple[str | None, float, str]:
+    async def _ask(self, portfolio: Portfolio, report: RiskReport) -> tuple[str | None, float, str]:
         s = self.settings
         symbols = sorted(portfolio.positions)
         state = json.dumps(portfolio.summary(), separators=(",", ":"))
         messages = [
             {"role": "system", "content": "You are a cautious risk manager for a paper portfolio."},
-            {"role": "user", "content": (
-                f"Portfolio: {state}\nLimits breached: {'; '.join(report.breaches)}\n"
-                f"Choose KEEP, or REDUCE one position (symbol) by a fraction up to "
-                f"{s.max_reduce_fraction:g}. Reply with JSON only: {{\"action\": \"KEEP\" | "
-                f"\"REDUCE\", \"symbol\": one of {symbols}, \"fraction\": <0..1>, "
-                f"\"confidence\": <0..1>, \"reasoning\": \"<one sentence>\"}}"
-            )},
+            {
+                "role": "user",
+                "content": (
+                    f"Portfolio: {state}\nLimits breached: {'; '.join(report.breaches)}\n"
+                    f"Choose KEEP, or REDUCE one position (symbol) by a fraction up to "
+                    f'{s.max_reduce_fraction:g}. Reply with JSON only: {{"action": "KEEP" | '
+                    f'"REDUCE", "symbol": one of {symbols}, "fraction": <0..1>, '
+                    f'"confidence": <0..1>, "reasoning": "<one sentence>"}}'
+                ),
+            },
         ]
         options: dict[str, Any] = {"max_tokens": s.max_tokens, "temperature": 0.0}
         try:
@@ -179,8 +206,9 @@ class RiskAgent(Agent):
         except HerdError:
             pass
         with anyio.fail_after(s.timeout):
-            response = await self.herd.chat(s.model, messages, agent=self.name,
-                                            timeout=s.timeout, **options)
+            response = await self.herd.chat(
+                s.model, messages, agent=self.name, timeout=s.timeout, **options
+            )
         parsed = parse_answer(response.content, RISK_LABELS, ("action",))
         if parsed.label == "KEEP":
             return None, 0.0, parsed.reasoning

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 #: the harness the child runs: it guards the network, loads the data, runs the strategy
-HARNESS = r'''
+HARNESS = r"""
 import json, resource, socket
 
 config = json.load(open("config.json"))
@@ -82,7 +82,7 @@ out = {"strategy": found[-1].__name__, "return_pct": num("Return [%]"),
        "win_rate_pct": num("Win Rate [%]"), "exposure_pct": num("Exposure Time [%]"),
        "bars": len(data)}
 json.dump(out, open("stats.json", "w"))
-'''
+"""
 
 
 @dataclass(slots=True)
@@ -124,8 +124,10 @@ def network_namespace_available() -> bool:
 def isolation_note(namespace: bool) -> str:
     if namespace:
         return "network: empty namespace (unshare -rn) + socket guard; rlimits: cpu, memory, files"
-    return ("network: Python socket guard only (no user namespaces here — not a hard "
-            "boundary); rlimits: cpu, memory, files")
+    return (
+        "network: Python socket guard only (no user namespaces here — not a hard "
+        "boundary); rlimits: cpu, memory, files"
+    )
 
 
 def _tail(text: str, chars: int = 4000) -> str:
@@ -152,22 +154,38 @@ def run_backtest(
     (workdir / "harness.py").write_text(HARNESS, encoding="utf-8")
     # the harness applies the rlimits to itself first thing (no preexec_fn: this runs in
     # a worker thread, and preexec_fn is unsafe in a threaded parent)
-    config = {"cash": cash, "commission": commission, "cpu_s": limits.cpu_s,
-              "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
-              "open_files": limits.open_files}
+    config = {
+        "cash": cash,
+        "commission": commission,
+        "cpu_s": limits.cpu_s,
+        "memory_mb": limits.memory_mb,
+        "file_mb": limits.file_mb,
+        "open_files": limits.open_files,
+    }
     (workdir / "config.json").write_text(json.dumps(config))
     (workdir / "stats.json").unlink(missing_ok=True)
     namespace = isolate_network and network_namespace_available()
     argv = [sys.executable, "-I", "-B", "harness.py"]
     if namespace:
         argv = [shutil.which("unshare") or "unshare", "-rn", *argv]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir),
-           "LANG": "C.UTF-8", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        "MPLBACKEND": "Agg",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
     started = time.perf_counter()
     proc = subprocess.Popen(
-        argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        argv,
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     timed_out = False
     try:
@@ -180,13 +198,22 @@ def run_backtest(
     note = isolation_note(namespace)
     stats_file = workdir / "stats.json"
     if not timed_out and proc.returncode == 0 and stats_file.is_file():
-        return RunResult(True, json.loads(stats_file.read_text()), None, 0, duration,
-                         stdout=_tail(stdout), stderr=_tail(stderr), isolation=note)
+        return RunResult(
+            True,
+            json.loads(stats_file.read_text()),
+            None,
+            0,
+            duration,
+            stdout=_tail(stdout),
+            stderr=_tail(stderr),
+            isolation=note,
+        )
     if timed_out:
         error = f"timed out after {limits.timeout_s:g}s (wall clock) — the process was killed"
     elif proc.returncode == -signal.SIGXCPU or proc.returncode == -signal.SIGKILL:
         error = f"killed by the CPU limit ({limits.cpu_s}s)\n{_tail(stderr, 1500)}"
     else:
         error = _tail(stderr.strip()) or f"exited with code {proc.returncode} and no output"
-    return RunResult(False, None, error, proc.returncode, duration, timed_out,
-                     _tail(stdout), _tail(stderr), note)
+    return RunResult(
+        False, None, error, proc.returncode, duration, timed_out, _tail(stdout), _tail(stderr), note
+    )

@@ -67,17 +67,23 @@ async def timed(n: int, call: Callable[[int], Awaitable[Any]]) -> list[float]:
 
 def herd_for(plugins: dict[str, Any], model: MockModel | None = None) -> tuple[Herd, MockModel]:
     model = model or MockModel(default="The answer is 42. " * 8)
-    herd = make_herd({"mock": model}, config={"plugins": plugins},
-                     plugins=(cache_memory, cache_disk, cache_redis))
+    herd = make_herd(
+        {"mock": model},
+        config={"plugins": plugins},
+        plugins=(cache_memory, cache_disk, cache_redis),
+    )
     return herd, model
 
 
-PROMPT = [{"role": "system", "content": "You are a terse trading assistant."},
-          {"role": "user", "content": "BTC 1h candles show a higher low. BUY, SELL or NOTHING?"}]
+PROMPT = [
+    {"role": "system", "content": "You are a terse trading assistant."},
+    {"role": "user", "content": "BTC 1h candles show a higher low. BUY, SELL or NOTHING?"},
+]
 
 
-async def bench_tier(name: str, plugins: dict[str, Any], n: int,
-                     env: dict[str, str] | None = None) -> dict[str, float]:
+async def bench_tier(
+    name: str, plugins: dict[str, Any], n: int, env: dict[str, str] | None = None
+) -> dict[str, float]:
     herd, _model = herd_for(plugins)
     if env:
         herd.env = env
@@ -86,9 +92,14 @@ async def bench_tier(name: str, plugins: dict[str, Any], n: int,
         hits = await timed(n, lambda i: herd.chat("mock", PROMPT, temperature=0))
         last = await herd.chat("mock", PROMPT, temperature=0)
         assert last.cache_tier == name, f"expected a {name} hit, got {last.cache_tier}"
-        misses = await timed(min(n, 1000), lambda i: herd.chat(
-            "mock", [*PROMPT, {"role": "user", "content": f"{name} miss {i} {random.random()}"}],
-            temperature=0))
+        misses = await timed(
+            min(n, 1000),
+            lambda i: herd.chat(
+                "mock",
+                [*PROMPT, {"role": "user", "content": f"{name} miss {i} {random.random()}"}],
+                temperature=0,
+            ),
+        )
     return {"hit_p50_us": p50(hits), "miss_p50_us": p50(misses)}
 
 
@@ -103,8 +114,7 @@ async def bench_direct(n: int) -> dict[str, float]:
         keys.append((time.perf_counter_ns() - start) / 1000)
     async with herd:
         nocache = await timed(n, lambda i: herd.chat("mock", PROMPT, temperature=0))
-    return {"direct_p50_us": p50(direct), "key_p50_us": p50(keys),
-            "no_cache_p50_us": p50(nocache)}
+    return {"direct_p50_us": p50(direct), "key_p50_us": p50(keys), "no_cache_p50_us": p50(nocache)}
 
 
 async def bench_coalesce(rounds: int = 5) -> dict[str, Any]:
@@ -116,14 +126,18 @@ async def bench_coalesce(rounds: int = 5) -> dict[str, Any]:
             await herd.chat("mock", "warm-up")  # start-up cost is not the coalescer's
             start = time.perf_counter()
             answers = await asyncio.gather(
-                *(herd.chat("mock", f"same question {r}") for _ in range(100)))
+                *(herd.chat("mock", f"same question {r}") for _ in range(100))
+            )
             took = time.perf_counter() - start
         assert all(a.content == "ok" for a in answers)
         results.append((len(model.history) - 1, took * 1000))
     upstream = [u for u, _ in results]
     times = sorted(t for _, t in results)
-    return {"upstream_calls": upstream, "total_ms_median": times[len(times) // 2],
-            "total_ms_max": times[-1]}
+    return {
+        "upstream_calls": upstream,
+        "total_ms_median": times[len(times) // 2],
+        "total_ms_max": times[-1],
+    }
 
 
 async def bench_hit_rate() -> dict[str, float]:
@@ -146,9 +160,23 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -167,13 +195,18 @@ async def main_async(n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         db = str(Path(tmp) / "bench.sqlite3")
         out["disk"] = await bench_tier(
-            "disk", {"cache_memory": {"enabled": False}, "cache_disk": {"path": db}}, n // 2)
+            "disk", {"cache_memory": {"enabled": False}, "cache_disk": {"path": db}}, n // 2
+        )
         key = "T1mM0fQm2yXH3Rzw3b1bSg8u8Qv5m7P9l8b7v2n4k1c="  # throw-away bench key
         out["disk+fernet"] = await bench_tier(
-            "disk", {"cache_memory": {"enabled": False},
-                     "cache_disk": {"path": db + ".enc",
-                                    "encrypt_key_env": "HERD_BENCH_CACHE_KEY"}}, n // 2,
-            env={"HERD_BENCH_CACHE_KEY": key})
+            "disk",
+            {
+                "cache_memory": {"enabled": False},
+                "cache_disk": {"path": db + ".enc", "encrypt_key_env": "HERD_BENCH_CACHE_KEY"},
+            },
+            n // 2,
+            env={"HERD_BENCH_CACHE_KEY": key},
+        )
         redis = start_redis(Path(tmp))
         if redis is None:
             out["redis"] = {"skipped": "redis-server not found — sudo apt-get install redis-server"}
@@ -181,8 +214,13 @@ async def main_async(n: int) -> dict[str, Any]:
             proc, port = redis
             try:
                 out["redis"] = await bench_tier(
-                    "redis", {"cache_memory": {"enabled": False},
-                              "cache_redis": {"url": f"redis://127.0.0.1:{port}/0"}}, n // 2)
+                    "redis",
+                    {
+                        "cache_memory": {"enabled": False},
+                        "cache_redis": {"url": f"redis://127.0.0.1:{port}/0"},
+                    },
+                    n // 2,
+                )
             finally:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -204,30 +242,42 @@ async def main_async(n: int) -> dict[str, Any]:
 def render(data: dict[str, Any]) -> None:
     base = data["baseline"]
     print(f"python {data['python']}, {data['cpus']} CPUs")
-    print(f"baseline: MockModel called directly p50 {base['direct_p50_us']:.1f} µs; "
-          f"herd.chat with no cache tier p50 {base['no_cache_p50_us']:.1f} µs; "
-          f"request_key p50 {base['key_p50_us']:.2f} µs")
-    print(f"{'tier':8} {'hit p50':>10} {'target':>8} {'miss p50':>10} {'hit/direct':>11} "
-          f"{'miss/hit':>9}  ok")
+    print(
+        f"baseline: MockModel called directly p50 {base['direct_p50_us']:.1f} µs; "
+        f"herd.chat with no cache tier p50 {base['no_cache_p50_us']:.1f} µs; "
+        f"request_key p50 {base['key_p50_us']:.2f} µs"
+    )
+    print(
+        f"{'tier':8} {'hit p50':>10} {'target':>8} {'miss p50':>10} {'hit/direct':>11} "
+        f"{'miss/hit':>9}  ok"
+    )
     for tier in TARGETS_US:
         row = data[tier]
         if "skipped" in row:
             print(f"{tier:8} skipped: {row['skipped']}")
             continue
-        print(f"{tier:8} {row['hit_p50_us']:>8.1f}µs {row['target_us']:>6.0f}µs "
-              f"{row['miss_p50_us']:>8.1f}µs {row['hit_vs_direct_model_call']:>10.2f}x "
-              f"{row['miss_over_hit']:>8.2f}x  {'yes' if row['ok'] else 'NO'}")
+        print(
+            f"{tier:8} {row['hit_p50_us']:>8.1f}µs {row['target_us']:>6.0f}µs "
+            f"{row['miss_p50_us']:>8.1f}µs {row['hit_vs_direct_model_call']:>10.2f}x "
+            f"{row['miss_over_hit']:>8.2f}x  {'yes' if row['ok'] else 'NO'}"
+        )
     enc = data["disk+fernet"]
-    print(f"disk with Fernet encryption: hit p50 {enc['hit_p50_us']:.1f} µs, "
-          f"miss p50 {enc['miss_p50_us']:.1f} µs")
+    print(
+        f"disk with Fernet encryption: hit p50 {enc['hit_p50_us']:.1f} µs, "
+        f"miss p50 {enc['miss_p50_us']:.1f} µs"
+    )
     co = data["coalesce"]
-    print(f"coalescing: 100 identical calls on a 50 ms model -> upstream calls per round "
-          f"{co['upstream_calls']}, total {co['total_ms_median']:.1f} ms median "
-          f"(max {co['total_ms_max']:.1f}) — target 1 call, < 60 ms: "
-          f"{'yes' if co['ok'] else 'NO'}")
+    print(
+        f"coalescing: 100 identical calls on a 50 ms model -> upstream calls per round "
+        f"{co['upstream_calls']}, total {co['total_ms_median']:.1f} ms median "
+        f"(max {co['total_ms_max']:.1f}) — target 1 call, < 60 ms: "
+        f"{'yes' if co['ok'] else 'NO'}"
+    )
     hr = data["hit_rate"]
-    print(f"hit rate (Zipf-like, 200 prompts, 5000 calls, L1 capped at 100 entries): "
-          f"{hr['hit_rate']:.1%} ({hr['evictions']} evictions)")
+    print(
+        f"hit rate (Zipf-like, 200 prompts, 5000 calls, L1 capped at 100 entries): "
+        f"{hr['hit_rate']:.1%} ({hr['evictions']} evictions)"
+    )
 
 
 def main() -> None:

@@ -51,10 +51,14 @@ def _herds(endpoint: str, tmp: Path) -> dict[str, Any]:
         "bare": ({}, ()),
         "alerts": ({"alerts": alerts_cfg, **quiet}, (alerts, resource_monitor)),
         "otel": ({"otel": otel_cfg}, (otel,)),
-        "otel+alerts": ({"otel": otel_cfg, "alerts": alerts_cfg, **quiet},
-                        (otel, alerts, resource_monitor)),
-        "all": ({"otel": otel_cfg, "alerts": alerts_cfg, "audit": audit_cfg, **quiet},
-                (otel, alerts, audit, resource_monitor)),
+        "otel+alerts": (
+            {"otel": otel_cfg, "alerts": alerts_cfg, **quiet},
+            (otel, alerts, resource_monitor),
+        ),
+        "all": (
+            {"otel": otel_cfg, "alerts": alerts_cfg, "audit": audit_cfg, **quiet},
+            (otel, alerts, audit, resource_monitor),
+        ),
     }
     return {
         name: make_herd({"bench": MockModel()}, config={"plugins": plugins}, plugins=mods)
@@ -66,8 +70,9 @@ class _Receiver:
     """The loopback OTLP receiver in its own process, so its decoding is not counted."""
 
     def __enter__(self) -> _Receiver:
-        self.proc = subprocess.Popen([sys.executable, str(RECEIVER)], stdout=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(RECEIVER)], stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         self.endpoint = self.proc.stdout.readline().strip()
         return self
@@ -88,8 +93,12 @@ async def run(calls: int) -> dict[str, dict[str, float]]:
         for herd in herds.values():
             await herd.start()
         model = MockModel()
-        request = ChatRequest(alias="bench", provider="mock", model="mock-1",
-                              messages=[Message(role="user", content="warm")])
+        request = ChatRequest(
+            alias="bench",
+            provider="mock",
+            model="mock-1",
+            messages=[Message(role="user", content="warm")],
+        )
         direct: list[float] = []
         through: dict[str, list[float]] = {name: [] for name in herds}
         warmup = 500
@@ -129,8 +138,15 @@ async def run(calls: int) -> dict[str, dict[str, float]]:
             spent = (time.process_time() - c0) / calls * 1e6
             cpu[name] = min(cpu.get(name, spent), spent)
     base = pct(direct, 0.5)
-    out = {name: {"p50_us": pct(v, 0.5), "p99_us": pct(v, 0.99), "cpu_us": cpu[name],
-                  "overhead_p50_us": pct(v, 0.5) - base} for name, v in through.items()}
+    out = {
+        name: {
+            "p50_us": pct(v, 0.5),
+            "p99_us": pct(v, 0.99),
+            "cpu_us": cpu[name],
+            "overhead_p50_us": pct(v, 0.5) - base,
+        }
+        for name, v in through.items()
+    }
     out["_"] = {"direct_p50_us": base, "spans_received": spans}
     return out
 
@@ -141,16 +157,20 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args.calls))
     extra = result.pop("_")
-    print(f"per-call overhead, p50 over {args.calls} calls each "
-          f"(direct MockModel call p50 {extra['direct_p50_us']:.1f} µs; "
-          f"{extra['spans_received']:.0f} spans reached the loopback receiver from the 3 "
-          f"traced herds)")
+    print(
+        f"per-call overhead, p50 over {args.calls} calls each "
+        f"(direct MockModel call p50 {extra['direct_p50_us']:.1f} µs; "
+        f"{extra['spans_received']:.0f} spans reached the loopback receiver from the 3 "
+        f"traced herds)"
+    )
     bare = result["bare"]["overhead_p50_us"]
     for name, row in result.items():
         ratio = row["overhead_p50_us"] / bare if bare > 0 else float("nan")
-        print(f"  {name:<12} overhead p50 {row['overhead_p50_us']:7.1f} µs  "
-              f"(p99 {row['p99_us']:7.1f} µs)  {ratio:4.2f}x bare   "
-              f"CPU per call, all threads {row['cpu_us']:6.1f} µs")
+        print(
+            f"  {name:<12} overhead p50 {row['overhead_p50_us']:7.1f} µs  "
+            f"(p99 {row['p99_us']:7.1f} µs)  {ratio:4.2f}x bare   "
+            f"CPU per call, all threads {row['cpu_us']:6.1f} µs"
+        )
     traced = result["otel"]["overhead_p50_us"]
     verdict = "OK" if traced <= 60 else "OVER"
     print(f"tracing+metrics on: {traced:.1f} µs p50 overhead per call, target <= 60 µs: {verdict}")

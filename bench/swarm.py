@@ -33,12 +33,21 @@ def measure(members: int, latency: float, repeats: int = 9) -> dict[str, Any]:
     models = {}
     for i in range(members):
         name = f"m{i}"
-        model = MockModel(ModelSpec(alias=name, provider="mock", model=f"bench-{name}"),
-                          latency=latency, default=ANSWER)
+        model = MockModel(
+            ModelSpec(alias=name, provider="mock", model=f"bench-{name}"),
+            latency=latency,
+            default=ANSWER,
+        )
         models[name] = model
-    herd = make_herd(models, config={"agents": {"swarm": {
-        "members": list(models), "samples": 1, "early_stop": False, "save": False}}},
-        plugins=(swarm_plugin,))
+    herd = make_herd(
+        models,
+        config={
+            "agents": {
+                "swarm": {"members": list(models), "samples": 1, "early_stop": False, "save": False}
+            }
+        },
+        plugins=(swarm_plugin,),
+    )
     agent = herd.agent("swarm")
     times: list[float] = []
     cpu: list[float] = []
@@ -54,26 +63,35 @@ def measure(members: int, latency: float, repeats: int = 9) -> dict[str, Any]:
         await herd.aclose()
 
     anyio.run(go)
-    return {"members": members, "latency_s": latency, "best_s": min(times),
-            "median_s": statistics.median(times), "best_ratio": min(times) / latency,
-            "median_ratio": statistics.median(times) / latency,
-            "cpu_per_member_us": statistics.median(cpu) / members * 1e6}
+    return {
+        "members": members,
+        "latency_s": latency,
+        "best_s": min(times),
+        "median_s": statistics.median(times),
+        "best_ratio": min(times) / latency,
+        "median_ratio": statistics.median(times) / latency,
+        "cpu_per_member_us": statistics.median(cpu) / members * 1e6,
+    }
 
 
 def main() -> int:
     os.environ.setdefault("HERD_DATA_DIR", tempfile.mkdtemp(prefix="herd-bench-"))
     failed = False
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    print(f"load average per core: {load:.2f} (wall ratios grow when other processes "
-          f"compete for the CPU; the CPU cost per member does not)")
+    print(
+        f"load average per core: {load:.2f} (wall ratios grow when other processes "
+        f"compete for the CPU; the CPU cost per member does not)"
+    )
     for members, latency, target in CASES:
         r = measure(members, latency)
         ok = r["median_ratio"] <= target
         failed |= not ok
-        print(f"swarm {members:>3} members x {latency * 1000:.0f} ms: median "
-              f"{r['median_s'] * 1000:.1f} ms = {r['median_ratio']:.3f}x the slowest member "
-              f"(best {r['best_ratio']:.3f}x; target <= {target}x) {'ok' if ok else 'MISSED'}; "
-              f"CPU {r['cpu_per_member_us']:.0f} µs per member (kernel call included)")
+        print(
+            f"swarm {members:>3} members x {latency * 1000:.0f} ms: median "
+            f"{r['median_s'] * 1000:.1f} ms = {r['median_ratio']:.3f}x the slowest member "
+            f"(best {r['best_ratio']:.3f}x; target <= {target}x) {'ok' if ok else 'MISSED'}; "
+            f"CPU {r['cpu_per_member_us']:.0f} µs per member (kernel call included)"
+        )
     return 1 if failed else 0
 
 

@@ -58,28 +58,39 @@ class StampedModel(MockModel):
         return response
 
 
-def tenant_config(redis_url: str | None, tenants: dict[str, tuple[str, int, int]],
-                  scheduler: bool) -> dict[str, Any]:
+def tenant_config(
+    redis_url: str | None, tenants: dict[str, tuple[str, int, int]], scheduler: bool
+) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "tenants": {name: {"tier": tier, "requests_per_minute": rpm, "burst_s": BURST_S}
-                    for name, (tier, rpm, _) in tenants.items()},
+        "tenants": {
+            name: {"tier": tier, "requests_per_minute": rpm, "burst_s": BURST_S}
+            for name, (tier, rpm, _) in tenants.items()
+        },
         # only the request rate is measured here: token limits off (0 = no limit)
-        "tiers": {tier: {"tokens_per_minute": 0, "daily_tokens": 0}
-                  for tier, _, _ in tenants.values()},
+        "tiers": {
+            tier: {"tokens_per_minute": 0, "daily_tokens": 0} for tier, _, _ in tenants.values()
+        },
         "plugins": {},
     }
     if redis_url:
-        config["plugins"]["tenants"] = {"redis_url": redis_url,
-                                        "key_prefix": f"bench:{os.getpid()}:{time.time_ns()}"}
+        config["plugins"]["tenants"] = {
+            "redis_url": redis_url,
+            "key_prefix": f"bench:{os.getpid()}:{time.time_ns()}",
+        }
     if scheduler:
-        config["plugins"]["scheduler"] = {"enabled": True, "max_concurrency": CAPACITY,
-                                          "max_queue": 1000, "queue_timeout_s": 10,
-                                          "actions": {"high": [], "critical": []}}
+        config["plugins"]["scheduler"] = {
+            "enabled": True,
+            "max_concurrency": CAPACITY,
+            "max_queue": 1000,
+            "queue_timeout_s": 10,
+            "actions": {"high": [], "critical": []},
+        }
     return config
 
 
-async def flood(herd: Any, tenant: str, callers: int, start: float, end: float,
-                stats: dict[str, Any]) -> None:
+async def flood(
+    herd: Any, tenant: str, callers: int, start: float, end: float, stats: dict[str, Any]
+) -> None:
     """`callers` loops calling as `tenant` from `start` to `end` (perf_counter)."""
     waits: list[float] = stats.setdefault("waits", [])
     counter = 0
@@ -94,8 +105,7 @@ async def flood(herd: Any, tenant: str, callers: int, start: float, end: float,
                 return
             try:
                 counter += 1  # distinct prompts: identical ones would be coalesced
-                response = await herd.chat("mock", f"hi {counter}", tenant=tenant,
-                                           cache="no-store")
+                response = await herd.chat("mock", f"hi {counter}", tenant=tenant, cache="no-store")
             except QuotaExceededError as exc:
                 stats["rejected"] = stats.get("rejected", 0) + 1
                 pause = (exc.retry_after or 0.01) * callers * random.uniform(0.1, 0.5)
@@ -118,15 +128,21 @@ def p99(values: list[float]) -> float:
 
 
 async def phase_fairness(duration: float) -> dict[str, Any]:
-    herd = make_herd({"mock": StampedModel(latency=LATENCY)},
-                     config=tenant_config(None, TENANTS, scheduler=True),
-                     plugins=(tenants_plugin, scheduler_plugin))
+    herd = make_herd(
+        {"mock": StampedModel(latency=LATENCY)},
+        config=tenant_config(None, TENANTS, scheduler=True),
+        plugins=(tenants_plugin, scheduler_plugin),
+    )
     await herd.start()
     start = time.perf_counter() + 0.2
     end = start + duration
     stats: dict[str, dict[str, Any]] = {name: {} for name in TENANTS}
-    await asyncio.gather(*(flood(herd, name, callers, start, end, stats[name])
-                           for name, (_, _, callers) in TENANTS.items()))
+    await asyncio.gather(
+        *(
+            flood(herd, name, callers, start, end, stats[name])
+            for name, (_, _, callers) in TENANTS.items()
+        )
+    )
     await herd.aclose()
     out: dict[str, Any] = {"duration_s": duration, "tenants": {}}
     for name, (_, rpm, callers) in TENANTS.items():
@@ -134,25 +150,34 @@ async def phase_fairness(duration: float) -> dict[str, Any]:
         allowed = rate * BURST_S + rate * duration
         ok = stats[name].get("ok", 0)
         out["tenants"][name] = {
-            "callers": callers, "limit_per_s": rate, "allowed": round(allowed),
-            "achieved": ok, "achieved_per_s": round(ok / duration, 1),
+            "callers": callers,
+            "limit_per_s": rate,
+            "allowed": round(allowed),
+            "achieved": ok,
+            "achieved_per_s": round(ok / duration, 1),
             "error_pct": round((ok / allowed - 1) * 100, 2),
-            "rejected": stats[name].get("rejected", 0), "shed": stats[name].get("shed", 0),
+            "rejected": stats[name].get("rejected", 0),
+            "shed": stats[name].get("shed", 0),
             "p99_wait_ms": round(p99(stats[name].get("waits", [])) * 1000, 2),
-            "p50_wait_ms": round(sorted(stats[name].get("waits", [0]))[
-                len(stats[name].get("waits", [0])) // 2] * 1000, 2),
+            "p50_wait_ms": round(
+                sorted(stats[name].get("waits", [0]))[len(stats[name].get("waits", [0])) // 2]
+                * 1000,
+                2,
+            ),
         }
     out["calls"] = sum(t["achieved"] + t["rejected"] + t["shed"] for t in out["tenants"].values())
     return out
 
 
-async def worker(redis_url: str, duration: float, start_wall: float, callers: int,
-                 rpm: int) -> dict[str, Any]:
+async def worker(
+    redis_url: str, duration: float, start_wall: float, callers: int, rpm: int
+) -> dict[str, Any]:
     shared = {"shared": ("basic", rpm, callers)}
     config = tenant_config(redis_url, shared, scheduler=False)
     config["plugins"]["tenants"]["key_prefix"] = "bench:shared"
-    herd = make_herd({"mock": StampedModel(latency=LATENCY)}, config=config,
-                     plugins=(tenants_plugin,))
+    herd = make_herd(
+        {"mock": StampedModel(latency=LATENCY)}, config=config, plugins=(tenants_plugin,)
+    )
     await herd.start()
     plugin = herd.pm.get_plugin("tenants-calls")
     if plugin is None or plugin.redis is None or plugin.warned:
@@ -179,8 +204,10 @@ def phase_redis(duration: float, rpm: int = 6000, callers: int = 50) -> dict[str
     if binary is None:
         return {"skipped": "redis-server is not installed (apt-get install redis-server)"}
     port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -191,10 +218,27 @@ def phase_redis(duration: float, rpm: int = 6000, callers: int = 50) -> dict[str
                 time.sleep(0.05)
         url = f"redis://127.0.0.1:{port}/0"
         start_wall = time.time() + 3.0  # both processes import and connect before this
-        procs = [subprocess.Popen(
-            [sys.executable, __file__, "--worker", url, "--duration", str(duration),
-             "--start-at", str(start_wall), "--callers", str(callers), "--rpm", str(rpm)],
-            stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    url,
+                    "--duration",
+                    str(duration),
+                    "--start-at",
+                    str(start_wall),
+                    "--callers",
+                    str(callers),
+                    "--rpm",
+                    str(rpm),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         results = []
         for proc in procs:
             out, _ = proc.communicate(timeout=duration + 60)
@@ -207,10 +251,17 @@ def phase_redis(duration: float, rpm: int = 6000, callers: int = 50) -> dict[str
     rate = rpm / 60
     allowed = rate * BURST_S + rate * duration
     combined = sum(r["ok"] for r in results)
-    return {"processes": 2, "callers_each": callers, "limit_per_s": rate,
-            "allowed": round(allowed), "per_process": [r["ok"] for r in results],
-            "combined": combined, "error_pct": round((combined / allowed - 1) * 100, 2),
-            "rejected": sum(r["rejected"] for r in results), "duration_s": duration}
+    return {
+        "processes": 2,
+        "callers_each": callers,
+        "limit_per_s": rate,
+        "allowed": round(allowed),
+        "per_process": [r["ok"] for r in results],
+        "combined": combined,
+        "error_pct": round((combined / allowed - 1) * 100, 2),
+        "rejected": sum(r["rejected"] for r in results),
+        "duration_s": duration,
+    }
 
 
 def main() -> None:
@@ -224,36 +275,48 @@ def main() -> None:
     parser.add_argument("--rpm", type=int, default=6000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = asyncio.run(worker(args.worker, args.duration, args.start_at or time.time(),
-                                    args.callers, args.rpm))
+        result = asyncio.run(
+            worker(args.worker, args.duration, args.start_at or time.time(), args.callers, args.rpm)
+        )
         print(json.dumps(result))
         return
     began = time.perf_counter()
     fairness = asyncio.run(phase_fairness(args.duration))
     shared = phase_redis(args.redis_duration)
-    report = {"fairness": fairness, "redis_shared": shared,
-              "wall_s": round(time.perf_counter() - began, 1)}
+    report = {
+        "fairness": fairness,
+        "redis_shared": shared,
+        "wall_s": round(time.perf_counter() - began, 1),
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return
     admitted = sum(t["achieved"] for t in fairness["tenants"].values())
-    print(f"phase 1: {admitted} calls served, {fairness['calls']} attempts in "
-          f"{args.duration:g}s, 200 callers, "
-          f"MockModel {LATENCY * 1000:g} ms, scheduler capacity {CAPACITY}")
-    print(f"{'tenant':10} {'limit/s':>8} {'allowed':>8} {'achieved':>9} {'error':>7} "
-          f"{'rejected':>9} {'p50 wait':>9} {'p99 wait':>9}")
+    print(
+        f"phase 1: {admitted} calls served, {fairness['calls']} attempts in "
+        f"{args.duration:g}s, 200 callers, "
+        f"MockModel {LATENCY * 1000:g} ms, scheduler capacity {CAPACITY}"
+    )
+    print(
+        f"{'tenant':10} {'limit/s':>8} {'allowed':>8} {'achieved':>9} {'error':>7} "
+        f"{'rejected':>9} {'p50 wait':>9} {'p99 wait':>9}"
+    )
     for name, t in fairness["tenants"].items():
-        print(f"{name:10} {t['limit_per_s']:8.0f} {t['allowed']:8d} {t['achieved']:9d} "
-              f"{t['error_pct']:6.2f}% {t['rejected']:9d} {t['p50_wait_ms']:7.2f}ms "
-              f"{t['p99_wait_ms']:7.2f}ms")
+        print(
+            f"{name:10} {t['limit_per_s']:8.0f} {t['allowed']:8d} {t['achieved']:9d} "
+            f"{t['error_pct']:6.2f}% {t['rejected']:9d} {t['p50_wait_ms']:7.2f}ms "
+            f"{t['p99_wait_ms']:7.2f}ms"
+        )
     if "skipped" in shared:
         print(f"phase 2: skipped — {shared['skipped']}")
     else:
-        print(f"phase 2: 2 processes x {shared['callers_each']} callers sharing "
-              f"{shared['limit_per_s']:g}/s through Redis for {shared['duration_s']:g}s: "
-              f"allowed {shared['allowed']}, achieved {shared['combined']} "
-              f"({shared['per_process'][0]} + {shared['per_process'][1]}), "
-              f"error {shared['error_pct']:.2f}%")
+        print(
+            f"phase 2: 2 processes x {shared['callers_each']} callers sharing "
+            f"{shared['limit_per_s']:g}/s through Redis for {shared['duration_s']:g}s: "
+            f"allowed {shared['allowed']}, achieved {shared['combined']} "
+            f"({shared['per_process'][0]} + {shared['per_process'][1]}), "
+            f"error {shared['error_pct']:.2f}%"
+        )
     print(f"wall time {report['wall_s']}s")
 
 

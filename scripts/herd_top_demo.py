@@ -38,16 +38,20 @@ async def main(out: Path) -> None:
         models,
         config={
             "herd": {"retries": 0},
-            "models": {"local": {"provider": "mock", "model": "smollm2-135m", "n_ctx": 2048},
-                       "claude": {"provider": "mock", "model": "claude-sonnet-4-5",
-                                  "context_window": 200000},
-                       "gpt": {"provider": "mock", "model": "gpt-5-mini",
-                               "context_window": 128000},
-                       "deepseek": {"provider": "mock", "model": "deepseek-chat",
-                                    "fallbacks": ["gpt"]}},
-            "plugins": {"alerts": {"status_dir": str(status_dir), "eval_interval_s": 3600,
-                                   "window_s": 30},
-                        "resource_monitor": {"interval_s": 0.5}},
+            "models": {
+                "local": {"provider": "mock", "model": "smollm2-135m", "n_ctx": 2048},
+                "claude": {
+                    "provider": "mock",
+                    "model": "claude-sonnet-4-5",
+                    "context_window": 200000,
+                },
+                "gpt": {"provider": "mock", "model": "gpt-5-mini", "context_window": 128000},
+                "deepseek": {"provider": "mock", "model": "deepseek-chat", "fallbacks": ["gpt"]},
+            },
+            "plugins": {
+                "alerts": {"status_dir": str(status_dir), "eval_interval_s": 3600, "window_s": 30},
+                "resource_monitor": {"interval_s": 0.5},
+            },
         },
         plugins=(alerts, resource_monitor),
     )
@@ -59,8 +63,9 @@ async def main(out: Path) -> None:
         for _ in range(n):
             prompt = " ".join(["candle"] * rng.randint(40, 400))
             with contextlib.suppress(Exception):
-                await herd.chat(alias, prompt, temperature=temperature, validate=valid,
-                                cache="no-store")
+                await herd.chat(
+                    alias, prompt, temperature=temperature, validate=valid, cache="no-store"
+                )
 
     async with herd:
         async with anyio.create_task_group() as tg:

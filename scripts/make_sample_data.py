@@ -27,8 +27,9 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 TIMEFRAMES = {"1d": (timedelta(days=1), 180), "1h": (timedelta(hours=1), 24 * 30)}
 
 
-def _walk(start: float, vol: float, base_volume: float, seed: int, step: timedelta,
-          count: int) -> list[list[str]]:
+def _walk(
+    start: float, vol: float, base_volume: float, seed: int, step: timedelta, count: int
+) -> list[list[str]]:
     rng = random.Random(seed * 1000 + int(step.total_seconds()))
     scale = math.sqrt(step.total_seconds() / 86_400)
     price = start
@@ -46,11 +47,16 @@ def _walk(start: float, vol: float, base_volume: float, seed: int, step: timedel
         volume = base_volume * scale * math.exp(rng.gauss(0.0, 0.35)) * (1 + 8 * abs(ret))
         when = START + step * i
         digits = 2 if start > 10 else 4
-        rows.append([
-            when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            f"{open_:.{digits}f}", f"{high:.{digits}f}", f"{low:.{digits}f}",
-            f"{close:.{digits}f}", f"{volume:.2f}",
-        ])
+        rows.append(
+            [
+                when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                f"{open_:.{digits}f}",
+                f"{high:.{digits}f}",
+                f"{low:.{digits}f}",
+                f"{close:.{digits}f}",
+                f"{volume:.2f}",
+            ]
+        )
         price = close
     return rows
 

@@ -66,8 +66,14 @@ def read_ram(reserve: int = 2 * GiB) -> Device:
     import psutil
 
     vm = psutil.virtual_memory()
-    return Device("system RAM", "cpu", 0, int(vm.total), max(0, int(vm.available) - reserve),
-                  note=f"available minus {reserve / GiB:g} GiB reserve")
+    return Device(
+        "system RAM",
+        "cpu",
+        0,
+        int(vm.total),
+        max(0, int(vm.available) - reserve),
+        note=f"available minus {reserve / GiB:g} GiB reserve",
+    )
 
 
 def read_devices(reserve: int = 2 * GiB) -> tuple[list[Device], Device, str]:

@@ -113,8 +113,19 @@ class Estimate:
         return self.weights + self.kv_cache + self.overhead
 
 
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-           10: "<Q", 11: "<q", 12: "<d"}
+_SCALAR = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -138,7 +149,7 @@ class _HeaderReader:
 
     def string(self) -> str:
         length = self.unpack("<Q")
-        raw = bytes(self.data[self.pos:self.pos + length])
+        raw = bytes(self.data[self.pos : self.pos + length])
         self.pos += length
         return raw.decode("utf-8", errors="replace")
 
@@ -186,8 +197,10 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], list[_Tensor]]:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     try:
-        with open(path, "rb") as handle, \
-                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
             reader = _HeaderReader(data)
             if bytes(data[:4]) != b"GGUF":
                 raise ValueError("bad magic")
@@ -235,8 +248,10 @@ def read_facts(path: str | Path) -> ModelFacts:
     embd = arch_int("embedding_length")
     heads = arch_int("attention.head_count")
     if n_layers is None or embd is None or heads is None:
-        raise ValueError(f"{path}: GGUF metadata lacks {arch}.block_count / embedding_length / "
-                         f"attention.head_count — is it a language model?")
+        raise ValueError(
+            f"{path}: GGUF metadata lacks {arch}.block_count / embedding_length / "
+            f"attention.head_count — is it a language model?"
+        )
     heads_kv = arch_int("attention.head_count_kv", heads) or heads
     head_dim = embd // heads if heads else 0
     key_length = arch_int("attention.key_length", head_dim) or head_dim
@@ -263,11 +278,22 @@ def read_facts(path: str | Path) -> ModelFacts:
             output_bytes += size
     name = str(meta.get("general.name") or Path(path).stem)
     return ModelFacts(
-        name=name, architecture=arch, n_layers=n_layers, context_length=ctx,
-        embedding_length=embd, head_count=heads, head_count_kv=heads_kv,
-        key_length=key_length, value_length=value_length, vocab_size=vocab,
-        layer_bytes=layer_bytes, output_bytes=output_bytes, embedding_bytes=embedding_bytes,
-        bytes_by_type=by_type, params_by_type=params, path=str(path),
+        name=name,
+        architecture=arch,
+        n_layers=n_layers,
+        context_length=ctx,
+        embedding_length=embd,
+        head_count=heads,
+        head_count_kv=heads_kv,
+        key_length=key_length,
+        value_length=value_length,
+        vocab_size=vocab,
+        layer_bytes=layer_bytes,
+        output_bytes=output_bytes,
+        embedding_bytes=embedding_bytes,
+        bytes_by_type=by_type,
+        params_by_type=params,
+        path=str(path),
     )
 
 
@@ -291,8 +317,9 @@ def overhead_bytes(facts: ModelFacts) -> int:
     return RUNTIME_OVERHEAD + facts.vocab_size * VOCAB_BYTES_PER_TOKEN
 
 
-def estimate(facts: ModelFacts, n_ctx: int | None = None, kv_type: str = "f16",
-             n_batch: int = 512) -> Estimate:
+def estimate(
+    facts: ModelFacts, n_ctx: int | None = None, kv_type: str = "f16", n_batch: int = 512
+) -> Estimate:
     """Memory for the whole model in one place (all on CPU, or all on one GPU)."""
     ctx = n_ctx or facts.context_length
     return Estimate(
@@ -307,10 +334,23 @@ def estimate(facts: ModelFacts, n_ctx: int | None = None, kv_type: str = "f16",
 
 #: bytes per parameter by Ollama's `quantization_level` (for /api/show without tensors)
 OLLAMA_BYTES_PER_PARAM = {
-    "F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 34 / 32, "Q6_K": 210 / 256,
-    "Q5_K_M": 176 / 256, "Q5_K_S": 176 / 256, "Q5_0": 22 / 32, "Q5_1": 24 / 32,
-    "Q4_K_M": 144 / 256, "Q4_K_S": 144 / 256, "Q4_0": 18 / 32, "Q4_1": 20 / 32,
-    "Q3_K_M": 110 / 256, "Q3_K_S": 110 / 256, "Q3_K_L": 110 / 256, "Q2_K": 84 / 256,
+    "F32": 4.0,
+    "F16": 2.0,
+    "BF16": 2.0,
+    "Q8_0": 34 / 32,
+    "Q6_K": 210 / 256,
+    "Q5_K_M": 176 / 256,
+    "Q5_K_S": 176 / 256,
+    "Q5_0": 22 / 32,
+    "Q5_1": 24 / 32,
+    "Q4_K_M": 144 / 256,
+    "Q4_K_S": 144 / 256,
+    "Q4_0": 18 / 32,
+    "Q4_1": 20 / 32,
+    "Q3_K_M": 110 / 256,
+    "Q3_K_S": 110 / 256,
+    "Q3_K_L": 110 / 256,
+    "Q2_K": 84 / 256,
 }
 
 
@@ -333,8 +373,10 @@ def facts_from_ollama_show(name: str, show: dict[str, Any]) -> ModelFacts:
     embd = get("embedding_length")
     heads = get("attention.head_count")
     if not (n_layers and embd and heads):
-        raise ValueError(f"ollama model '{name}': /api/show has no {arch}.block_count / "
-                         f"embedding_length / attention.head_count")
+        raise ValueError(
+            f"ollama model '{name}': /api/show has no {arch}.block_count / "
+            f"embedding_length / attention.head_count"
+        )
     heads_kv = get("attention.head_count_kv", heads)
     head_dim = embd // heads
     quant = str(details.get("quantization_level") or "Q4_K_M").upper()
@@ -345,10 +387,19 @@ def facts_from_ollama_show(name: str, show: dict[str, Any]) -> ModelFacts:
     embedding = int(vocab * embd * per_param)
     per_layer = max(0, weights - 2 * embedding) // n_layers
     return ModelFacts(
-        name=name, architecture=arch, n_layers=n_layers, context_length=get("context_length", 2048),
-        embedding_length=embd, head_count=heads, head_count_kv=heads_kv,
+        name=name,
+        architecture=arch,
+        n_layers=n_layers,
+        context_length=get("context_length", 2048),
+        embedding_length=embd,
+        head_count=heads,
+        head_count_kv=heads_kv,
         key_length=get("attention.key_length", head_dim),
-        value_length=get("attention.value_length", head_dim), vocab_size=vocab,
-        layer_bytes=[per_layer] * n_layers, output_bytes=embedding, embedding_bytes=embedding,
-        bytes_by_type={quant: weights}, params_by_type={quant: n_params},
+        value_length=get("attention.value_length", head_dim),
+        vocab_size=vocab,
+        layer_bytes=[per_layer] * n_layers,
+        output_bytes=embedding,
+        embedding_bytes=embedding,
+        bytes_by_type={quant: weights},
+        params_by_type={quant: n_params},
     )

@@ -28,8 +28,9 @@ class State:
 
 
 def invoke(command: click.Command, args: list[str], herd: Any) -> Any:
-    return CliRunner(env={"COLUMNS": "250"}).invoke(command, args, obj=State(herd),
-                                                   catch_exceptions=False)
+    return CliRunner(env={"COLUMNS": "250"}).invoke(
+        command, args, obj=State(herd), catch_exceptions=False
+    )
 
 
 def test_plugins_add_their_commands() -> None:
@@ -53,24 +54,31 @@ def test_real_herd_cli_lists_the_agent_commands() -> None:
 
 
 def test_swarm_command_table_and_json(herd_factory: Any) -> None:
-    models = {n: mock(n, *[answer(lab)] * 2) for n, lab in (("a", "YES"), ("b", "YES"), ("c", "NO"))}
-    herd = herd_factory(models, {"swarm": {"members": list(models), "samples": 1,
-                                           "early_stop": False}})
+    models = {
+        n: mock(n, *[answer(lab)] * 2) for n, lab in (("a", "YES"), ("b", "YES"), ("c", "NO"))
+    }
+    herd = herd_factory(
+        models, {"swarm": {"members": list(models), "samples": 1, "early_stop": False}}
+    )
     out = invoke(commands.swarm_command, ["Is it?", "--labels", "YES,NO"], herd).output
     assert "consensus: YES" in out and "agreement 67%" in out and "(votes: YES 2, NO 1)" in out
     assert "3/3 members answered" in out
     assert "model: a, b, c (language-model output, not financial advice)" in out
-    data = json.loads(invoke(commands.swarm_command, ["Is it?", "--labels", "YES,NO", "--json",
-                                                      "--no-save"], herd).output)
+    data = json.loads(
+        invoke(
+            commands.swarm_command, ["Is it?", "--labels", "YES,NO", "--json", "--no-save"], herd
+        ).output
+    )
     assert data["consensus"]["label"] == "YES" and data["path"] is None
     assert [m["status"] for m in data["members"]] == ["ok", "ok", "ok"]
 
 
 def test_trading_command_once_and_json(herd_factory: Any) -> None:
-    herd = herd_factory({"a": mock("a", *[answer("BUY", 0.9, "action")] * 4)},
-                        {"trading": {"models": ["a"], "samples": 1}})
-    out = invoke(commands.trading_command,
-                 ["--symbols", "btc,eth", "--once"], herd).output
+    herd = herd_factory(
+        {"a": mock("a", *[answer("BUY", 0.9, "action")] * 4)},
+        {"trading": {"models": ["a"], "samples": 1}},
+    )
+    out = invoke(commands.trading_command, ["--symbols", "btc,eth", "--once"], herd).output
     assert "BTC" in out and "ETH" in out and "BUY (buy" in out
     assert "portfolio 'paper': equity" in out and "risk: within limits" in out
     assert "journal: " in out and "model: a (" in out
@@ -80,8 +88,9 @@ def test_trading_command_once_and_json(herd_factory: Any) -> None:
 
 def test_trading_command_errors(herd_factory: Any) -> None:
     herd = herd_factory({"a": mock("a")}, {"trading": {"models": ["a"], "samples": 1}})
-    result = CliRunner().invoke(commands.trading_command, ["--once", "--every", "1m"],
-                                obj=State(herd))
+    result = CliRunner().invoke(
+        commands.trading_command, ["--once", "--every", "1m"], obj=State(herd)
+    )
     assert result.exit_code == 2 and "pass --once or --every, not both" in result.output
     with pytest.raises(ConfigError, match=r"--every 'soon' is not an interval — use e\.g\. 30s"):
         invoke(commands.trading_command, ["--every", "soon"], herd)
@@ -92,14 +101,19 @@ def test_trading_command_errors(herd_factory: Any) -> None:
 
 
 def test_every_stops_gracefully_on_ctrl_c(herd_factory: Any) -> None:
-    herd = herd_factory({"a": mock("a", *[answer("NOTHING", 0.9, "action")] * 20)},
-                        {"trading": {"models": ["a"], "samples": 1}})
+    herd = herd_factory(
+        {"a": mock("a", *[answer("NOTHING", 0.9, "action")] * 20)},
+        {"trading": {"models": ["a"], "samples": 1}},
+    )
     timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
-        result = CliRunner().invoke(commands.trading_command,
-                                    ["--symbols", "BTC", "--every", "0.25s", "--json"],
-                                    obj=State(herd), catch_exceptions=False)
+        result = CliRunner().invoke(
+            commands.trading_command,
+            ["--symbols", "BTC", "--every", "0.25s", "--json"],
+            obj=State(herd),
+            catch_exceptions=False,
+        )
     finally:
         timer.cancel()
     assert result.exit_code == 0
@@ -110,17 +124,21 @@ def test_every_stops_gracefully_on_ctrl_c(herd_factory: Any) -> None:
 
 
 def test_every_with_rounds_limit(herd_factory: Any) -> None:
-    herd = herd_factory({"a": mock("a", *[answer("NOTHING", 0.9, "action")] * 4)},
-                        {"trading": {"models": ["a"], "samples": 1}})
-    out = invoke(commands.trading_command, ["--symbols", "ETH", "--every", "0.01s",
-                                            "--rounds", "2"], herd).output
+    herd = herd_factory(
+        {"a": mock("a", *[answer("NOTHING", 0.9, "action")] * 4)},
+        {"trading": {"models": ["a"], "samples": 1}},
+    )
+    out = invoke(
+        commands.trading_command, ["--symbols", "ETH", "--every", "0.01s", "--rounds", "2"], herd
+    ).output
     assert out.count("paper trading · 1d candles") == 2
     assert "stopped after 2 round(s)" in out
 
 
 def test_copybot_command(herd_factory: Any) -> None:
-    herd = herd_factory({"a": mock("a", *[answer("NOTHING", 0.9, "action")] * 2)},
-                        {"copybot": {"models": ["a"]}})
+    herd = herd_factory(
+        {"a": mock("a", *[answer("NOTHING", 0.9, "action")] * 2)}, {"copybot": {"models": ["a"]}}
+    )
     out = invoke(commands.copybot_command, [], herd).output
     assert "copybot · following sample-fund · paper" in out
     assert "short positions are not mirrored" in out

@@ -21,12 +21,16 @@ def by_symbol(answers: dict[str, str]) -> Any:
     def pick(request: Any) -> str:
         prompt = request.messages[-1].content
         return next(text for sym, text in answers.items() if f" {sym} at " in prompt)
+
     return pick
 
 
 def test_mirrors_sized_by_confidence(herd_factory: Any) -> None:
-    model = mock("a", *[by_symbol({"BTC": answer("BUY", 0.8, "action"),
-                                   "ETH": answer("BUY", 0.3, "action")})] * 2)
+    model = mock(
+        "a",
+        *[by_symbol({"BTC": answer("BUY", 0.8, "action"), "ETH": answer("BUY", 0.3, "action")})]
+        * 2,
+    )
     herd = herd_factory({"a": model}, {"copybot": {"models": ["a"]}})
     report = copy(herd)
     assert report.tracked == "sample-fund"
@@ -43,13 +47,19 @@ def test_mirrors_sized_by_confidence(herd_factory: Any) -> None:
 
 def test_tracked_file_errors_are_one_line(herd_factory: Any, tmp_path: Path) -> None:
     herd = herd_factory({"a": mock("a")}, {"copybot": {"models": ["a"]}})
-    with pytest.raises(ConfigError, match=r"tracked portfolio file .*nope.json does not exist — "
-                                          r"check \[agents.copybot\] source or --positions"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tracked portfolio file .*nope.json does not exist — "
+        r"check \[agents.copybot\] source or --positions",
+    ):
         copy(herd, source=str(tmp_path / "nope.json"))
     bad = tmp_path / "bad.json"
     bad.write_text('{"positions": [{"symbol": "BTC", "side": "sideways"}]}')
-    with pytest.raises(ConfigError, match=r"bad.json: positions.0.side: Input should be 'long' "
-                                          r"or 'short' — expected"):
+    with pytest.raises(
+        ConfigError,
+        match=r"bad.json: positions.0.side: Input should be 'long' "
+        r"or 'short' — expected",
+    ):
         copy(herd, source=str(bad))
     broken = tmp_path / "broken.json"
     broken.write_text("{\n  positions: }")

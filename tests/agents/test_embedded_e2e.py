@@ -33,8 +33,12 @@ def herd() -> Iterator[Herd]:
     avail = llamacpp.LlamaCppModel.availability(spec, {})
     if not avail.ok:
         pytest.skip(f"embedded model unavailable: {avail.reason}")
-    h = Herd(config, env={}, load_entry_points=False,
-             plugins=(llamacpp, market_data, swarm, trading, rbi, copybot, risk))
+    h = Herd(
+        config,
+        env={},
+        load_entry_points=False,
+        plugins=(llamacpp, market_data, swarm, trading, rbi, copybot, risk),
+    )
     yield h
     _RUNNER.run(h.aclose())
     _RUNNER.close()
@@ -88,8 +92,7 @@ def test_risk_breach_never_empties_the_portfolio(herd: Herd) -> None:
 
 def test_rbi_rounds_are_recorded(herd: Herd) -> None:
     pytest.importorskip("backtesting", reason='needs: pip install "modelherd[rbi]"')
-    agent = herd.agent("rbi", max_rounds=0, spec_max_tokens=64, code_max_tokens=128,
-                       timeout_s=30)
+    agent = herd.agent("rbi", max_rounds=0, spec_max_tokens=64, code_max_tokens=128, timeout_s=30)
     result = run(herd, agent.run(idea="Buy when the close crosses above its 20-day average"))
     assert result.status in ("ok", "failed")
     assert len(result.rounds) == 1 and result.rounds[0].step == "code"
@@ -101,8 +104,7 @@ def test_rbi_rounds_are_recorded(herd: Herd) -> None:
 def test_stragglers_on_the_embedded_model_really_stop(herd: Herd) -> None:
     """quorum = 1: the first answer settles it; the four queued or running calls must
     return at once (llama.cpp stops at the next token), not run to the end."""
-    agent = herd.agent("swarm", members=["local"], samples=5, max_tokens=64, quorum=1,
-                       save=False)
+    agent = herd.agent("swarm", members=["local"], samples=5, max_tokens=64, quorum=1, save=False)
     result = run(herd, agent.ask("Is fire hot?", labels=["YES", "NO"]))
     statuses = sorted(m.status for m in result.members)
     assert statuses == ["cancelled"] * 4 + ["ok"]
@@ -117,8 +119,13 @@ def test_a_cancelled_generation_frees_the_model_at_once(herd: Herd) -> None:
 
     async def go() -> float:
         with anyio.move_on_after(0.4):
-            await herd.chat("local", "Write a very long story about the sea.", max_tokens=256,
-                            cache="no-store", seed=11)
+            await herd.chat(
+                "local",
+                "Write a very long story about the sea.",
+                max_tokens=256,
+                cache="no-store",
+                seed=11,
+            )
         model = herd.get_model("local")
         loaded = model.loaded
         started = time.perf_counter()

@@ -45,8 +45,18 @@ def test_within_limits_asks_nobody(herd_factory: Any) -> None:
 
 def test_breach_reduces_one_position_within_the_cap(herd_factory: Any) -> None:
     sink = AlertSink()
-    model = mock("r", json.dumps({"action": "REDUCE", "symbol": "BTC", "fraction": 0.9,
-                                  "confidence": 0.8, "reasoning": "too big"}))
+    model = mock(
+        "r",
+        json.dumps(
+            {
+                "action": "REDUCE",
+                "symbol": "BTC",
+                "fraction": 0.9,
+                "confidence": 0.8,
+                "reasoning": "too big",
+            }
+        ),
+    )
     herd = herd_factory({"r": model}, {"risk": {"model": "r"}})
     herd.register_plugin(sink)
     portfolio = losing_portfolio()
@@ -65,13 +75,19 @@ def test_breach_reduces_one_position_within_the_cap(herd_factory: Any) -> None:
     [
         (ProviderError("risk model down"), "risk model down"),
         ("sell everything now!!!", "the text names none of KEEP, REDUCE"),
-        (json.dumps({"action": "REDUCE", "symbol": "DOGE", "fraction": 1, "confidence": 1}),
-         "REDUCE names 'DOGE', which the portfolio does not hold"),
-        (json.dumps({"action": "CLOSE_ALL", "confidence": 1}),
-         "'CLOSE_ALL' is not one of KEEP, REDUCE"),
+        (
+            json.dumps({"action": "REDUCE", "symbol": "DOGE", "fraction": 1, "confidence": 1}),
+            "REDUCE names 'DOGE', which the portfolio does not hold",
+        ),
+        (
+            json.dumps({"action": "CLOSE_ALL", "confidence": 1}),
+            "'CLOSE_ALL' is not one of KEEP, REDUCE",
+        ),
     ],
 )
-def test_any_error_keeps_the_portfolio_and_alerts(herd_factory: Any, reply: Any, error: str) -> None:
+def test_any_error_keeps_the_portfolio_and_alerts(
+    herd_factory: Any, reply: Any, error: str
+) -> None:
     sink = AlertSink()
     herd = herd_factory({"r": mock("r", *[reply] * 3)}, {"risk": {"model": "r"}})
     herd.register_plugin(sink)
@@ -82,11 +98,13 @@ def test_any_error_keeps_the_portfolio_and_alerts(herd_factory: Any, reply: Any,
     assert report.error == error
     assert portfolio.positions.keys() == before["positions"].keys()
     assert {s: p.qty for s, p in portfolio.positions.items()} == {
-        s: p["qty"] for s, p in before["positions"].items()}
+        s: p["qty"] for s, p in before["positions"].items()
+    }
     failed = [a for a in sink.alerts if a.name == "risk.check_failed"]
     assert len(failed) == 1 and failed[0].state == "firing" and failed[0].severity == "critical"
-    assert failed[0].message == (f"risk model failed ({error}); portfolio kept as it is — "
-                                 f"review it by hand")
+    assert failed[0].message == (
+        f"risk model failed ({error}); portfolio kept as it is — review it by hand"
+    )
 
 
 def test_a_raising_notifier_does_not_change_the_decision(herd_factory: Any) -> None:
@@ -97,9 +115,14 @@ def test_a_raising_notifier_does_not_change_the_decision(herd_factory: Any) -> N
         def on_alert(self, alert: Any, herd: Any) -> None:
             raise RuntimeError("smtp down")
 
-    herd = herd_factory({"r": mock("r", json.dumps({"action": "KEEP", "symbol": "BTC",
-                                                    "fraction": 0, "confidence": 1}))},
-                        {"risk": {"model": "r"}})
+    herd = herd_factory(
+        {
+            "r": mock(
+                "r", json.dumps({"action": "KEEP", "symbol": "BTC", "fraction": 0, "confidence": 1})
+            )
+        },
+        {"risk": {"model": "r"}},
+    )
     herd.register_plugin(Broken())
     report = check(herd, losing_portfolio(), {"BTC": 50.0, "ETH": 5.0})
     assert report.action == "keep" and report.model_status == "ok"

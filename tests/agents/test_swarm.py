@@ -22,10 +22,12 @@ def run_swarm(herd: Any, question: str = "Is it?", **kwargs: Any) -> Any:
 
 
 def test_majority_vote_and_member_table(herd_factory: Any, _data_dir: Path) -> None:
-    models = {name: mock(name, answer(lab)) for name, lab in
-              (("a", "YES"), ("b", "YES"), ("c", "NO"))}
-    herd = herd_factory(models, {"swarm": {"members": ["a", "b", "c"], "samples": 1,
-                                           "early_stop": False}})
+    models = {
+        name: mock(name, answer(lab)) for name, lab in (("a", "YES"), ("b", "YES"), ("c", "NO"))
+    }
+    herd = herd_factory(
+        models, {"swarm": {"members": ["a", "b", "c"], "samples": 1, "early_stop": False}}
+    )
     result = run_swarm(herd, labels=LABELS)
     assert result.consensus.label == "YES"
     assert result.consensus.agreement == pytest.approx(2 / 3)
@@ -71,10 +73,14 @@ def test_tie_is_no_consensus(herd_factory: Any) -> None:
 
 
 def test_weighted_vote_uses_confidence(herd_factory: Any) -> None:
-    models = {"a": mock("a", answer("YES", 0.2)), "b": mock("b", answer("YES", 0.2)),
-              "c": mock("c", answer("NO", 0.9))}
-    herd = herd_factory(models, {"swarm": {"members": list(models), "samples": 1,
-                                           "strategy": "weighted"}})
+    models = {
+        "a": mock("a", answer("YES", 0.2)),
+        "b": mock("b", answer("YES", 0.2)),
+        "c": mock("c", answer("NO", 0.9)),
+    }
+    herd = herd_factory(
+        models, {"swarm": {"members": list(models), "samples": 1, "strategy": "weighted"}}
+    )
     result = run_swarm(herd, labels=LABELS)
     assert result.consensus.label == "NO"
     assert result.consensus.decided_by == "weighted"
@@ -84,8 +90,17 @@ def test_weighted_vote_uses_confidence(herd_factory: Any) -> None:
 def test_member_timeout_is_reported_and_others_count(herd_factory: Any) -> None:
     slow = mock("slow", answer("NO"), latency=5.0, cls=CancelAwareModel)
     models = {"fast": mock("fast", answer("YES")), "slow": slow}
-    herd = herd_factory(models, {"swarm": {"members": ["fast", "slow"], "samples": 1,
-                                           "member_timeout": 0.2, "early_stop": False}})
+    herd = herd_factory(
+        models,
+        {
+            "swarm": {
+                "members": ["fast", "slow"],
+                "samples": 1,
+                "member_timeout": 0.2,
+                "early_stop": False,
+            }
+        },
+    )
     started = time.perf_counter()
     result = run_swarm(herd, labels=LABELS)
     assert time.perf_counter() - started < 2.0
@@ -101,8 +116,9 @@ def test_quorum_cancels_stragglers(herd_factory: Any) -> None:
         "a": mock("a", answer("YES"), latency=0.01),
         "b": mock("b", answer("YES"), latency=0.02),
     }
-    stragglers = {f"s{i}": mock(f"s{i}", answer("NO"), latency=3.0, cls=CancelAwareModel)
-                  for i in range(2)}
+    stragglers = {
+        f"s{i}": mock(f"s{i}", answer("NO"), latency=3.0, cls=CancelAwareModel) for i in range(2)
+    }
     models.update(stragglers)
     herd = herd_factory(models, {"swarm": {"members": list(models), "samples": 1, "quorum": 2}})
     started = time.perf_counter()
@@ -132,8 +148,9 @@ def test_default_early_stop_at_strict_majority(herd_factory: Any) -> None:
 
 
 def test_overall_deadline_cancels_everyone(herd_factory: Any) -> None:
-    models = {f"m{i}": mock(f"m{i}", answer("YES"), latency=5.0, cls=CancelAwareModel)
-              for i in range(3)}
+    models = {
+        f"m{i}": mock(f"m{i}", answer("YES"), latency=5.0, cls=CancelAwareModel) for i in range(3)
+    }
     herd = herd_factory(models, {"swarm": {"members": list(models), "samples": 1, "deadline": 0.2}})
     result = run_swarm(herd, labels=LABELS)
     assert result.consensus.label is None and result.consensus.reason == "no valid answers"
@@ -143,10 +160,23 @@ def test_overall_deadline_cancels_everyone(herd_factory: Any) -> None:
 
 def test_judge_synthesises_from_anonymous_answers(herd_factory: Any) -> None:
     judge = mock("judge", answer("NO", 0.7, why="B is right"))
-    models = {"a": mock("a", answer("YES")), "b": mock("b", answer("NO")),
-              "c": mock("c", answer("YES")), "judge": judge}
-    herd = herd_factory(models, {"swarm": {"members": ["a", "b", "c"], "samples": 1,
-                                           "strategy": "judge", "judge": "judge"}})
+    models = {
+        "a": mock("a", answer("YES")),
+        "b": mock("b", answer("NO")),
+        "c": mock("c", answer("YES")),
+        "judge": judge,
+    }
+    herd = herd_factory(
+        models,
+        {
+            "swarm": {
+                "members": ["a", "b", "c"],
+                "samples": 1,
+                "strategy": "judge",
+                "judge": "judge",
+            }
+        },
+    )
     result = run_swarm(herd, labels=LABELS)
     assert result.consensus.label == "NO" and result.consensus.decided_by == "judge"
     prompt = judge.history[0].messages[-1].content
@@ -156,10 +186,23 @@ def test_judge_synthesises_from_anonymous_answers(herd_factory: Any) -> None:
 
 def test_judge_failure_falls_back_to_vote(herd_factory: Any) -> None:
     judge = mock("judge", *[ProviderError("judge down")] * 3)
-    models = {"a": mock("a", answer("YES")), "b": mock("b", answer("YES")),
-              "c": mock("c", answer("NO")), "judge": judge}
-    herd = herd_factory(models, {"swarm": {"members": ["a", "b", "c"], "samples": 1,
-                                           "strategy": "judge", "judge": "judge"}})
+    models = {
+        "a": mock("a", answer("YES")),
+        "b": mock("b", answer("YES")),
+        "c": mock("c", answer("NO")),
+        "judge": judge,
+    }
+    herd = herd_factory(
+        models,
+        {
+            "swarm": {
+                "members": ["a", "b", "c"],
+                "samples": 1,
+                "strategy": "judge",
+                "judge": "judge",
+            }
+        },
+    )
     result = run_swarm(herd, labels=LABELS)
     assert result.judge.status == "error"
     assert result.judge.error == "ProviderError: judge down"
@@ -168,8 +211,11 @@ def test_judge_failure_falls_back_to_vote(herd_factory: Any) -> None:
 
 
 def test_free_text_answers_vote_case_insensitively(herd_factory: Any) -> None:
-    models = {"a": mock("a", answer("Paris")), "b": mock("b", answer("paris ")),
-              "c": mock("c", answer("Lyon"))}
+    models = {
+        "a": mock("a", answer("Paris")),
+        "b": mock("b", answer("paris ")),
+        "c": mock("c", answer("Lyon")),
+    }
     herd = herd_factory(models, {"swarm": {"members": list(models), "samples": 1}})
     result = run_swarm(herd, "Capital of France?")
     assert result.consensus.label == "Paris"
@@ -186,7 +232,8 @@ def test_bad_settings_say_what_to_fix(herd_factory: Any) -> None:
 
 
 def test_note_says_embedded_model_has_no_judgment(herd_factory: Any) -> None:
-    herd = herd_factory({"a": mock("a", answer("YES"))},
-                        {"swarm": {"members": ["a"], "samples": 1}})
+    herd = herd_factory(
+        {"a": mock("a", answer("YES"))}, {"swarm": {"members": ["a"], "samples": 1}}
+    )
     result = run_swarm(herd, labels=LABELS)
     assert result.note.startswith("model: a (language-model output")

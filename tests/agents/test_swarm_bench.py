@@ -25,8 +25,9 @@ def load_bench() -> Any:
 
 
 @pytest.mark.parametrize(("members", "latency", "target"), [(8, 0.2, 1.5), (64, 0.05, 2.5)])
-def test_swarm_costs_the_slowest_member_not_the_sum(members: int, latency: float,
-                                                    target: float) -> None:
+def test_swarm_costs_the_slowest_member_not_the_sum(
+    members: int, latency: float, target: float
+) -> None:
     result = load_bench().measure(members, latency, repeats=5)
     assert result["best_ratio"] <= target, result
     assert result["best_s"] >= latency  # everyone really waited for their answer

@@ -15,9 +15,11 @@ from modelherd.errors import ConfigError
 
 def per_symbol(answers: dict[str, str]) -> Any:
     """A scripted answer chosen by the symbol named in the prompt."""
+
     def pick(request: Any) -> str:
         prompt = request.messages[-1].content
         return next(text for sym, text in answers.items() if prompt.startswith(sym))
+
     return pick
 
 
@@ -27,8 +29,15 @@ def trade(herd: Any, symbols: list[str], **settings: Any) -> Any:
 
 
 def test_buy_journal_and_portfolio(herd_factory: Any, _data_dir: Path) -> None:
-    model = mock("a", *[per_symbol({"BTC": answer("BUY", 0.9, "action"),
-                                    "ETH": answer("NOTHING", 0.9, "action")})] * 2)
+    model = mock(
+        "a",
+        *[
+            per_symbol(
+                {"BTC": answer("BUY", 0.9, "action"), "ETH": answer("NOTHING", 0.9, "action")}
+            )
+        ]
+        * 2,
+    )
     herd = herd_factory({"a": model}, {"trading": {"models": ["a"], "samples": 1}})
     report = trade(herd, ["BTC", "ETH"])
     btc, eth = report.decisions
@@ -72,12 +81,15 @@ def test_never_buys_on_doubt(herd_factory: Any, answers: list[Any], why: str) ->
 
 
 def test_low_agreement_is_nothing(herd_factory: Any) -> None:
-    models = {"a": mock("a", answer("BUY", 0.9, "action")),
-              "b": mock("b", answer("NOTHING", 0.9, "action")),
-              "c": mock("c", answer("BUY", 0.9, "action")),
-              "d": mock("d", answer("SELL", 0.9, "action"))}
-    herd = herd_factory(models, {"trading": {"models": list(models), "samples": 1,
-                                             "min_agreement": 0.75}})
+    models = {
+        "a": mock("a", answer("BUY", 0.9, "action")),
+        "b": mock("b", answer("NOTHING", 0.9, "action")),
+        "c": mock("c", answer("BUY", 0.9, "action")),
+        "d": mock("d", answer("SELL", 0.9, "action")),
+    }
+    herd = herd_factory(
+        models, {"trading": {"models": list(models), "samples": 1, "min_agreement": 0.75}}
+    )
     decision = trade(herd, ["BTC"]).decisions[0]
     assert decision.model_action == "BUY" and decision.action == "NOTHING"
     assert decision.reason == "BUY agreement 0.50 < min_agreement 0.75"
@@ -88,10 +100,16 @@ def test_sell_closes_and_stop_loss_exits(herd_factory: Any) -> None:
     portfolio.buy("BTC", 1000, 1.0, reason="seed")  # bought at 1.0: far below today's price
     portfolio.buy("ETH", 1000, 1e9, reason="seed", stop_loss_pct=5)  # stop far above
     save_portfolio(portfolio)
-    model = mock("a", *[per_symbol({"BTC": answer("SELL", 0.9, "action"),
-                                    "ETH": answer("NOTHING", 0.9, "action")})] * 2)
-    herd = herd_factory({"a": model}, {"trading": {"models": ["a"], "samples": 1,
-                                                   "risk": False}})
+    model = mock(
+        "a",
+        *[
+            per_symbol(
+                {"BTC": answer("SELL", 0.9, "action"), "ETH": answer("NOTHING", 0.9, "action")}
+            )
+        ]
+        * 2,
+    )
+    herd = herd_factory({"a": model}, {"trading": {"models": ["a"], "samples": 1, "risk": False}})
     report = trade(herd, ["BTC", "ETH"])
     assert [f.symbol for f in report.exits] == ["ETH"]
     assert report.exits[0].reason.startswith("stop-loss at ")
@@ -101,8 +119,10 @@ def test_sell_closes_and_stop_loss_exits(herd_factory: Any) -> None:
 
 
 def test_sell_without_position_places_no_order(herd_factory: Any) -> None:
-    herd = herd_factory({"a": mock("a", answer("SELL", 0.9, "action"))},
-                        {"trading": {"models": ["a"], "samples": 1}})
+    herd = herd_factory(
+        {"a": mock("a", answer("SELL", 0.9, "action"))},
+        {"trading": {"models": ["a"], "samples": 1}},
+    )
     decision = trade(herd, ["SOL"]).decisions[0]
     assert decision.action == "SELL" and decision.fill is None
     assert decision.reason.endswith("no position to sell (paper trading goes long only)")
@@ -111,24 +131,33 @@ def test_sell_without_position_places_no_order(herd_factory: Any) -> None:
 def test_live_is_refused_without_an_execution_plugin(herd_factory: Any) -> None:
     herd = herd_factory({"a": mock("a")}, {"trading": {"models": ["a"]}})
     agent = herd.agent("trading")
-    with pytest.raises(ConfigError, match=r"live trading needs an execution plugin, and none is "
-                                          r"installed .* run without --live for paper trading"):
+    with pytest.raises(
+        ConfigError,
+        match=r"live trading needs an execution plugin, and none is "
+        r"installed .* run without --live for paper trading",
+    ):
         anyio.run(lambda: agent.run(symbols=["BTC"], live=True))
 
 
 def test_unknown_symbol_says_what_exists(herd_factory: Any) -> None:
     herd = herd_factory({"a": mock("a")}, {"trading": {"models": ["a"]}})
-    with pytest.raises(ConfigError, match=r"no market data for 'DOGE' \(1d\) — bundled sample "
-                                          r"symbols for 1d: BTC, ETH, SOL; or set data_path"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no market data for 'DOGE' \(1d\) — bundled sample "
+        r"symbols for 1d: BTC, ETH, SOL; or set data_path",
+    ):
         trade(herd, ["DOGE"])
 
 
 def test_user_csv_folder_wins_over_samples(herd_factory: Any, tmp_path: Path) -> None:
-    rows = "\n".join(f"2026-01-{d:02d}T00:00:00Z,{d},{d + 1},{d - 0.5},{d + 0.5},100"
-                     for d in range(1, 31))
+    rows = "\n".join(
+        f"2026-01-{d:02d}T00:00:00Z,{d},{d + 1},{d - 0.5},{d + 0.5},100" for d in range(1, 31)
+    )
     (tmp_path / "ABC_1d.csv").write_text("time,open,high,low,close,volume\n" + rows + "\n")
-    herd = herd_factory({"a": mock("a", answer("NOTHING", 0.9, "action"))},
-                        {"trading": {"models": ["a"], "samples": 1, "data_path": str(tmp_path)}})
+    herd = herd_factory(
+        {"a": mock("a", answer("NOTHING", 0.9, "action"))},
+        {"trading": {"models": ["a"], "samples": 1, "data_path": str(tmp_path)}},
+    )
     decision = trade(herd, ["ABC"]).decisions[0]
     assert decision.price == 30.5 and decision.features["trend"] == "up"
     (tmp_path / "BAD_1d.csv").write_text("time,open,high,low,close,volume\nx,1,2,3,oops,5\n")
@@ -153,8 +182,14 @@ def test_a_market_data_plugin_wins_over_the_bundled_sample(herd_factory: Any) ->
             if symbol != "XYZ":
                 return None
             return [
-                {"time": 1_700_000_000 + 86_400 * i, "open": 10.0, "high": 10.0, "low": 10.0,
-                 "close": 10.0, "volume": 100.0}
+                {
+                    "time": 1_700_000_000 + 86_400 * i,
+                    "open": 10.0,
+                    "high": 10.0,
+                    "low": 10.0,
+                    "close": 10.0,
+                    "volume": 100.0,
+                }
                 for i in range(limit)
             ]
 

@@ -42,6 +42,9 @@ def cached_herd(
 ) -> tuple[Herd, MockModel]:
     """A herd with the cache tier plugins loaded; tables in `plugins` switch tiers on."""
     model = model or MockModel()
-    herd = make_herd({"mock": model}, config={"plugins": plugins or {}},
-                     plugins=(cache_memory, cache_disk, cache_redis, *extra))
+    herd = make_herd(
+        {"mock": model},
+        config={"plugins": plugins or {}},
+        plugins=(cache_memory, cache_disk, cache_redis, *extra),
+    )
     return herd, model

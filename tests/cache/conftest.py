@@ -12,8 +12,9 @@ from cache_redis_server import REDIS_BIN, RedisServer, start_redis
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if REDIS_BIN is None:
-        pytest.skip("redis-server is not installed — install it with "
-                    "`sudo apt-get install redis-server`")
+        pytest.skip(
+            "redis-server is not installed — install it with `sudo apt-get install redis-server`"
+        )
     server = start_redis(tmp_path)
     try:
         yield server

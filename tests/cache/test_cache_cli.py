@@ -46,8 +46,7 @@ def test_stats_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "disk" in out and "memory" in out and str(db.name) in out
 
 
-def test_clear_unknown_tier_is_one_line(tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_clear_unknown_tier_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path, tmp_path / "c.sqlite3")
     with pytest.raises(SystemExit) as info:
         main(["--config", str(cfg), "cache", "clear", "--tier", "redis"])

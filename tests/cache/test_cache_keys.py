@@ -13,8 +13,12 @@ from pydantic import BaseModel
 
 
 def req(content: str = "hi", **kw: Any) -> ChatRequest:
-    base: dict[str, Any] = {"alias": "a", "provider": "mock", "model": "m",
-                            "messages": [Message(role="user", content=content)]}
+    base: dict[str, Any] = {
+        "alias": "a",
+        "provider": "mock",
+        "model": "m",
+        "messages": [Message(role="user", content=content)],
+    }
     options = kw.pop("options", {})
     return ChatRequest(**base, options=options, **kw)
 
@@ -32,10 +36,14 @@ def test_message_fields_are_pinned() -> None:
         ({"temperature": 0}, {"temperature": 0, "seed": 1}),
         ({"max_tokens": 10}, {"max_tokens": 11}),
         ({"stop": ["\n"]}, {"stop": ["."]}),
-        ({"tools": [{"name": "f", "parameters": {"type": "object"}}]},
-         {"tools": [{"name": "g", "parameters": {"type": "object"}}]}),
-        ({"response_format": {"type": "json_object", "schema": {"a": 1}}},
-         {"response_format": {"type": "json_object", "schema": {"a": 2}}}),
+        (
+            {"tools": [{"name": "f", "parameters": {"type": "object"}}]},
+            {"tools": [{"name": "g", "parameters": {"type": "object"}}]},
+        ),
+        (
+            {"response_format": {"type": "json_object", "schema": {"a": 1}}},
+            {"response_format": {"type": "json_object", "schema": {"a": 2}}},
+        ),
         ({"top_p": 0.5}, {}),
         ({"temperature": 0}, {"temperature": "0"}),
     ],
@@ -49,8 +57,19 @@ def test_what_does_not_change_the_answer_stays_out() -> None:
     noisy = {"temperature": 0, "keep_alive": "5m", "n_gpu_layers": 9}
     assert request_key(req(options=noisy)) == plain
     # context, agent, priority, timeout and the cache mode are not part of the request's meaning
-    assert request_key(req(options={"temperature": 0}, agent="x", priority=5, timeout=3,
-                           cache="no-store", context={"span": object()})) == plain
+    assert (
+        request_key(
+            req(
+                options={"temperature": 0},
+                agent="x",
+                priority=5,
+                timeout=3,
+                cache="no-store",
+                context={"span": object()},
+            )
+        )
+        == plain
+    )
     # nested dict order does not matter
     fmt1 = {"type": "json_object", "schema": {"a": 1, "b": 2}}
     fmt2 = {"schema": {"b": 2, "a": 1}, "type": "json_object"}
@@ -68,8 +87,9 @@ def test_provider_model_messages_and_roles_change_the_key() -> None:
     system = other.model_copy(update={"messages": [Message(role="system", content="hi")]})
     assert request_key(system) != base
     # message boundaries count: ["ab"] is not ["a", "b"]
-    two = other.model_copy(update={"messages": [Message(role="user", content="h"),
-                                                Message(role="user", content="i")]})
+    two = other.model_copy(
+        update={"messages": [Message(role="user", content="h"), Message(role="user", content="i")]}
+    )
     assert request_key(two) != base
 
 
@@ -114,8 +134,13 @@ def test_deterministic_rules() -> None:
 
 def test_key_is_cheap() -> None:
     herd = make_herd()
-    request = herd.build_request("mock", "What is the price of BTC today? Answer briefly.",
-                                 temperature=0, max_tokens=64, stop=["\n"])
+    request = herd.build_request(
+        "mock",
+        "What is the price of BTC today? Answer briefly.",
+        temperature=0,
+        max_tokens=64,
+        stop=["\n"],
+    )
     timings = []
     for _ in range(2000):
         start = time.perf_counter()

@@ -49,8 +49,9 @@ def test_the_error_is_shared_too() -> None:
 
     async def go() -> list[object]:
         async with herd:
-            return await asyncio.gather(*(herd.chat("mock", "x") for _ in range(5)),
-                                        return_exceptions=True)
+            return await asyncio.gather(
+                *(herd.chat("mock", "x") for _ in range(5)), return_exceptions=True
+            )
 
     results = asyncio.run(go())
     assert all(isinstance(r, BadRequestError) for r in results)

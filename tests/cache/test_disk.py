@@ -48,8 +48,11 @@ def echo_model(**kw: Any) -> MockModel:
 
 
 def disk_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "modelherd.cache.disk" and r.levelno == logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "modelherd.cache.disk" and r.levelno == logging.WARNING
+    ]
 
 
 def test_survives_a_restart(tmp_path: Path) -> None:
@@ -76,8 +79,9 @@ def test_shared_by_processes(tmp_path: Path) -> None:
                 print(json.dumps([r.content, r.cache_tier]))
         asyncio.run(main())
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
     assert json.loads(out.stdout) == ["from the other process", None]
     herd, model = cached_herd(plugins=disk(db))
     assert ask(herd, ["shared question"]) == [("from the other process", "disk")]
@@ -106,14 +110,17 @@ def test_size_cap_evicts_least_recently_used(tmp_path: Path) -> None:
 
     assert asyncio.run(go()) == [None]  # the oldest filler was evicted
     with sqlite3.connect(db) as conn:
-        used = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute(
-            "PRAGMA freelist_count").fetchone()[0]
+        used = (
+            conn.execute("PRAGMA page_count").fetchone()[0]
+            - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        )
         page = conn.execute("PRAGMA page_size").fetchone()[0]
     assert used * page <= 150_000 * 1.1
 
 
-def test_a_damaged_entry_is_a_miss_and_one_warning(tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_a_damaged_entry_is_a_miss_and_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "c.sqlite3"
     herd, _ = cached_herd(echo_model(), plugins=disk(db))
     ask(herd, ["a", "b"])
@@ -123,15 +130,19 @@ def test_a_damaged_entry_is_a_miss_and_one_warning(tmp_path: Path,
             conn.execute("UPDATE entries SET value = ? WHERE key = ?", (flipped, key))
     herd2, model2 = cached_herd(echo_model(), plugins=disk(db))
     assert ask(herd2, ["a", "b", "a"]) == [
-        ("answer to a", None), ("answer to b", None), ("answer to a", "disk")]
+        ("answer to a", None),
+        ("answer to b", None),
+        ("answer to a", "disk"),
+    ]
     assert len(model2.history) == 2
     warnings = disk_warnings(caplog)
     assert len(warnings) == 1 and "cannot be trusted (checksum mismatch)" in warnings[0]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_a_damaged_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                       damage: str) -> None:
+def test_a_damaged_file_is_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
     db = tmp_path / "c.sqlite3"
     model = MockModel()
     model.enqueue(*[lambda r: f"answer to {r.messages[-1].content} " + "y" * 3000] * 500)
@@ -186,8 +197,7 @@ def test_full_disk_skips_stores_and_answers_right(tmp_path: Path) -> None:
                                "hits": stats["hits"], "upstream": len(model.history)}}))
         asyncio.run(main())
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=90)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["wrong"] == 0
@@ -208,21 +218,23 @@ def test_an_unusable_path_steps_aside(tmp_path: Path, caplog: pytest.LogCaptureF
     assert len(warnings) == 1 and "steps aside" in warnings[0]
 
 
-def test_encrypted_at_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                           caplog: pytest.LogCaptureFixture) -> None:
+def test_encrypted_at_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "enc.sqlite3"
     secret_answer = "the launch code is 0000"
     monkeypatch.setenv("HERD_CACHE_KEY", KEY)
-    herd, _ = cached_herd(MockModel(default=secret_answer),
-                          plugins=disk(db, encrypt_key_env="HERD_CACHE_KEY"))
+    herd, _ = cached_herd(
+        MockModel(default=secret_answer), plugins=disk(db, encrypt_key_env="HERD_CACHE_KEY")
+    )
     herd.env = dict(os.environ)
     assert ask(herd, ["q", "q"]) == [(secret_answer, None), (secret_answer, "disk")]
-    raw = b"".join(Path(f"{db}{s}").read_bytes() for s in ("", "-wal")
-                   if Path(f"{db}{s}").exists())
+    raw = b"".join(Path(f"{db}{s}").read_bytes() for s in ("", "-wal") if Path(f"{db}{s}").exists())
     assert b"launch code" not in raw and KEY.encode() not in raw
     # a reader with another key cannot use the entry: a miss, never garbage
-    herd2, _model2 = cached_herd(MockModel(default="fresh"),
-                                plugins=disk(db, encrypt_key_env="HERD_CACHE_KEY"))
+    herd2, _model2 = cached_herd(
+        MockModel(default="fresh"), plugins=disk(db, encrypt_key_env="HERD_CACHE_KEY")
+    )
     herd2.env = {"HERD_CACHE_KEY": OTHER_KEY}
     assert ask(herd2, ["q"]) == [("fresh", None)]
     assert any("cannot decrypt" in w for w in disk_warnings(caplog))
@@ -235,10 +247,15 @@ def test_encrypted_at_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.parametrize(
     ("env", "match"),
     [
-        ({}, r"\[plugins.cache_disk\] encrypt_key_env: the environment variable HERD_CACHE_KEY "
-             r"is not set — create a key with"),
-        ({"HERD_CACHE_KEY": "short-secret-value"},
-         r"key #1 in HERD_CACHE_KEY is not a valid Fernet key"),
+        (
+            {},
+            r"\[plugins.cache_disk\] encrypt_key_env: the environment variable HERD_CACHE_KEY "
+            r"is not set — create a key with",
+        ),
+        (
+            {"HERD_CACHE_KEY": "short-secret-value"},
+            r"key #1 in HERD_CACHE_KEY is not a valid Fernet key",
+        ),
     ],
 )
 def test_encryption_config_errors(tmp_path: Path, env: dict[str, str], match: str) -> None:
@@ -251,14 +268,18 @@ def test_encryption_config_errors(tmp_path: Path, env: dict[str, str], match: st
     assert isinstance(info.value.__cause__, ConfigError)
 
 
-def test_missing_cryptography_names_the_pip_command(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_cryptography_names_the_pip_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "cryptography.fernet", None)  # import -> ImportError
     herd, _ = cached_herd(plugins=disk(tmp_path / "e.sqlite3", encrypt_key_env="HERD_CACHE_KEY"))
     herd.env = {"HERD_CACHE_KEY": KEY}
     herd.strict = True
-    with pytest.raises(PluginLoadError, match=r"cache encryption needs the 'cryptography' "
-                       r'package — install it with: pip install "modelherd\[crypto\]"'):
+    with pytest.raises(
+        PluginLoadError,
+        match=r"cache encryption needs the 'cryptography' "
+        r'package — install it with: pip install "modelherd\[crypto\]"',
+    ):
         asyncio.run(herd.start())
 
 

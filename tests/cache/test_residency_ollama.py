@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("ollama", reason='the ollama SDK is not installed — pip install "modelherd[ollama]"')
+pytest.importorskip(
+    "ollama", reason='the ollama SDK is not installed — pip install "modelherd[ollama]"'
+)
 pytest.importorskip("aiohttp", reason="the loopback Ollama server needs aiohttp (dev extra)")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the `providers` package
@@ -36,11 +38,13 @@ def herd_for(server: LoopbackServer, settings: dict[str, Any]) -> Herd:
         "small": {"provider": "ollama", "model": "llama3.2", "host": server.url},
         "big": {"provider": "ollama", "model": "qwen3", "host": server.url},
     }
-    config = HerdConfig.model_validate({
-        "herd": {"default_model": "small", "retries": 0, "timeout": 5.0},
-        "models": models,
-        "plugins": {"residency": settings},
-    })
+    config = HerdConfig.model_validate(
+        {
+            "herd": {"default_model": "small", "retries": 0, "timeout": 5.0},
+            "models": models,
+            "plugins": {"residency": settings},
+        }
+    )
     config.source = "test config"
     return Herd(config, env={}, load_entry_points=False, plugins=(ollama_provider, residency))
 
@@ -64,8 +68,9 @@ def test_eviction_unloads_from_the_ollama_server(ollama_server: LoopbackServer) 
     assert "llama3.2:latest" in before
     assert "llama3.2:latest" not in after and "qwen3:latest" in after
     rec = ollama_server.recorder
-    unloads = [r for r in rec.requests
-               if r["path"] == "/api/generate" and r["body"].get("keep_alive") == 0]
+    unloads = [
+        r for r in rec.requests if r["path"] == "/api/generate" and r["body"].get("keep_alive") == 0
+    ]
     assert [r["body"]["model"] for r in unloads][:1] == ["llama3.2:latest"]
     chats = [r for r in rec.requests if r["path"] == "/api/chat"]
     assert chats and all(r["body"].get("keep_alive") == "10m" for r in chats)

@@ -146,7 +146,8 @@ def test_missing_gguf_file_says_where(herd: Herd) -> None:
 
 def test_settings_typo_is_a_config_error(herd: Herd) -> None:
     with pytest.raises(
-        ConfigError, match=r"\[models.typo\] n_ctxx: unknown key — did you mean 'n_ctx'\? \(see docs/providers.md\)"
+        ConfigError,
+        match=r"\[models.typo\] n_ctxx: unknown key — did you mean 'n_ctx'\? \(see docs/providers.md\)",
     ):
         herd.chat_sync("typo", "hi")
 

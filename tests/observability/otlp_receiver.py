@@ -84,8 +84,13 @@ class OtlpReceiver:
     def spans(self) -> list[Any]:
         with self.lock:
             requests = list(self.trace_requests)
-        return [span for req in requests for rs in req.resource_spans
-                for ss in rs.scope_spans for span in ss.spans]
+        return [
+            span
+            for req in requests
+            for rs in req.resource_spans
+            for ss in rs.scope_spans
+            for span in ss.spans
+        ]
 
     def metrics(self) -> dict[str, list[Any]]:
         """Metric name -> every Metric message received under it."""
@@ -116,9 +121,7 @@ def attributes(item: Any) -> dict[str, Any]:
         value = kv.value
         kind = value.WhichOneof("value")
         if kind == "array_value":
-            out[kv.key] = tuple(
-                getattr(v, v.WhichOneof("value")) for v in value.array_value.values
-            )
+            out[kv.key] = tuple(getattr(v, v.WhichOneof("value")) for v in value.array_value.values)
         else:
             out[kv.key] = getattr(value, kind) if kind else None
     return out

@@ -36,12 +36,15 @@ class Recorder:
         return [a.state for a in self.alerts if a.kpi == kpi and a.scope == scope]
 
 
-def _herd(models: dict[str, MockModel], recorder: Recorder, fallbacks: Any = None,
-          **settings: Any) -> Any:
+def _herd(
+    models: dict[str, MockModel], recorder: Recorder, fallbacks: Any = None, **settings: Any
+) -> Any:
     return make_herd(
         models,
-        config={"herd": {"retries": 0}, "plugins": {"alerts": {**QUIET, **settings},
-                                                     "resource_monitor": {"enabled": False}}},
+        config={
+            "herd": {"retries": 0},
+            "plugins": {"alerts": {**QUIET, **settings}, "resource_monitor": {"enabled": False}},
+        },
         plugins=(alerts, recorder),
         fallbacks=fallbacks,
     )
@@ -73,7 +76,9 @@ def test_latency_alert_fires_once_and_resolves_once(caplog: pytest.LogCaptureFix
             await _calls(herd, "mock", 4)
             fired = hooks.evaluate()
             assert {(a.kpi, a.scope, a.state) for a in fired} == {
-                ("latency_mean", "mock", "firing"), ("latency_mean", "*", "firing")}
+                ("latency_mean", "mock", "firing"),
+                ("latency_mean", "*", "firing"),
+            }
             await _calls(herd, "mock", 2)
             assert hooks.evaluate() == []  # still slow: no second notification
             model.latency = 0.0  # recovered
@@ -81,23 +86,25 @@ def test_latency_alert_fires_once_and_resolves_once(caplog: pytest.LogCaptureFix
             await _calls(herd, "mock", 4)
             resolved = hooks.evaluate()
             assert {(a.kpi, a.scope, a.state) for a in resolved} == {
-                ("latency_mean", "mock", "resolved"), ("latency_mean", "*", "resolved")}
+                ("latency_mean", "mock", "resolved"),
+                ("latency_mean", "*", "resolved"),
+            }
             assert hooks.evaluate() == []
 
     anyio.run(main)
     assert recorder.events("latency_mean", "mock") == ["firing", "resolved"]
     assert recorder.events("latency_mean", "*") == ["firing", "resolved"]
     logged = [r.getMessage() for r in caplog.records if r.name == "modelherd.alerts"]
-    assert any("[FIRING] latency_mean for 'mock' is" in m and "over the 0.03s" in m
-               for m in logged)
+    assert any("[FIRING] latency_mean for 'mock' is" in m and "over the 0.03s" in m for m in logged)
     assert sum("[RESOLVED]" in m for m in logged) == 2
 
 
 def test_hysteresis_keeps_an_alert_firing_just_under_the_line() -> None:
     from modelherd.plugins.observability.alerts.kpi import KpiEngine
 
-    engine = KpiEngine(parse_settings({"latency_mean_s": 1.0, "hysteresis": 0.2,
-                                       "min_calls": 1}, "x"))
+    engine = KpiEngine(
+        parse_settings({"latency_mean_s": 1.0, "hysteresis": 0.2, "min_calls": 1}, "x")
+    )
 
     def at(value: float) -> list[str]:
         snap = {"m": {"calls": 10, "latency_mean_s": value}}
@@ -139,9 +146,13 @@ def test_breaker_opens_fallback_answers_then_probe_closes_it() -> None:
     primary, backup = MockModel(default="from primary"), MockModel(default="from backup")
     primary.enqueue(*[ProviderError("primary down")] * 4)
     recorder = Recorder()
-    herd = _herd({"primary": primary, "backup": backup}, recorder,
-                 fallbacks={"primary": ["backup"]}, breaker_failures=3,
-                 breaker_cooldown_s=1.0)
+    herd = _herd(
+        {"primary": primary, "backup": backup},
+        recorder,
+        fallbacks={"primary": ["backup"]},
+        breaker_failures=3,
+        breaker_cooldown_s=1.0,
+    )
 
     async def main() -> None:
         async with herd:
@@ -174,8 +185,13 @@ def test_breaker_opens_fallback_answers_then_probe_closes_it() -> None:
 def test_a_latency_alert_sends_calls_to_the_fallback() -> None:
     slow, backup = MockModel(default="slow answer"), MockModel(default="backup answer")
     recorder = Recorder()
-    herd = _herd({"slow": slow, "backup": backup}, recorder, fallbacks={"slow": ["backup"]},
-                 latency_mean_s=0.03, breaker_cooldown_s=0.5)
+    herd = _herd(
+        {"slow": slow, "backup": backup},
+        recorder,
+        fallbacks={"slow": ["backup"]},
+        latency_mean_s=0.03,
+        breaker_cooldown_s=0.5,
+    )
 
     async def main() -> None:
         async with herd:
@@ -204,8 +220,7 @@ def test_a_latency_alert_sends_calls_to_the_fallback() -> None:
 def test_open_circuit_without_fallback_says_what_to_do() -> None:
     model = MockModel()
     model.enqueue(ProviderError("down"), ProviderError("down"))
-    herd = _herd({"solo": model}, Recorder(), breaker_failures=2,
-                 breaker_needs_fallback=False)
+    herd = _herd({"solo": model}, Recorder(), breaker_failures=2, breaker_needs_fallback=False)
 
     async def main() -> None:
         async with herd:
@@ -283,8 +298,7 @@ def test_throughput_floor_is_judged_over_a_full_window() -> None:
 
 def test_resource_kpis_from_the_sampler() -> None:
     class Sample:
-        latest: dict[str, Any] = {"cpu_percent": 95.0, "memory_percent": 40.0,
-                                  "gpu_percent": None}
+        latest: dict[str, Any] = {"cpu_percent": 95.0, "memory_percent": 40.0, "gpu_percent": None}
 
     recorder = Recorder()
     herd = _herd({"mock": MockModel()}, recorder)
@@ -318,8 +332,9 @@ def test_background_thread_evaluates_on_its_own() -> None:
                 await anyio.sleep(0.02)
 
     anyio.run(main)
-    assert ("latency_mean", "mock", "firing") in {(a.kpi, a.scope, a.state)
-                                                   for a in recorder.alerts}
+    assert ("latency_mean", "mock", "firing") in {
+        (a.kpi, a.scope, a.state) for a in recorder.alerts
+    }
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -346,8 +361,13 @@ def test_webhook_notifier(status: int, caplog: pytest.LogCaptureFixture) -> None
     url = f"http://127.0.0.1:{server.server_address[1]}/hook?token=s3cret"
     model = MockModel()
     model.enqueue(*[ProviderError("down")] * 2)
-    herd = _herd({"mock": model}, Recorder(), breaker_failures=2, webhook_url=url,
-                 breaker_needs_fallback=False)
+    herd = _herd(
+        {"mock": model},
+        Recorder(),
+        breaker_failures=2,
+        webhook_url=url,
+        breaker_needs_fallback=False,
+    )
     caplog.set_level(logging.WARNING, logger="modelherd.alerts")
 
     async def main() -> None:
@@ -370,8 +390,10 @@ def test_webhook_notifier(status: int, caplog: pytest.LogCaptureFixture) -> None
     if status == 200:
         assert not failures
     else:
-        assert failures == ["alert webhook to 127.0.0.1 failed: HTTPStatusError — check "
-                            "[plugins.alerts] webhook_url"]
+        assert failures == [
+            "alert webhook to 127.0.0.1 failed: HTTPStatusError — check "
+            "[plugins.alerts] webhook_url"
+        ]
         assert "s3cret" not in failures[0]
 
 
@@ -397,12 +419,15 @@ def test_false_switches_a_kpi_off() -> None:
 def test_bad_alert_settings_say_what_to_fix() -> None:
     with pytest.raises(ConfigError) as err:
         parse_settings({"latency_mean": 1}, "plugins.toml")
-    assert str(err.value) == ("plugins.toml: [plugins.alerts] latency_mean: unknown key — "
-                              "did you mean 'latency_mean_s'? (see docs/observability.md)")
+    assert str(err.value) == (
+        "plugins.toml: [plugins.alerts] latency_mean: unknown key — "
+        "did you mean 'latency_mean_s'? (see docs/observability.md)"
+    )
     with pytest.raises(ConfigError) as err:
         parse_settings({"error_rate": 5}, "plugins.toml")
-    assert str(err.value).startswith("plugins.toml: [plugins.alerts] error_rate: Input should "
-                                     "be less than or equal to 1")
+    assert str(err.value).startswith(
+        "plugins.toml: [plugins.alerts] error_rate: Input should be less than or equal to 1"
+    )
 
 
 def test_a_broken_on_alert_plugin_does_not_stop_the_others() -> None:

@@ -15,10 +15,12 @@ from modelherd.testing import MockModel, make_herd
 
 
 def _herd(path: Path, models: dict[str, MockModel] | None = None, **settings: Any) -> Any:
-    return make_herd(models or {"mock": MockModel(default="the answer")},
-                     config={"herd": {"retries": 0},
-                             "plugins": {"audit": {"path": str(path), **settings}}},
-                     plugins=(audit,), fallbacks={"primary": ["mock"]})
+    return make_herd(
+        models or {"mock": MockModel(default="the answer")},
+        config={"herd": {"retries": 0}, "plugins": {"audit": {"path": str(path), **settings}}},
+        plugins=(audit,),
+        fallbacks={"primary": ["mock"]},
+    )
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -31,8 +33,9 @@ def test_every_call_is_recorded_without_content(tmp_path: Path) -> None:
     primary.enqueue(ProviderError("down"))
     broken = MockModel()
     broken.enqueue(ProviderError("down"))
-    herd = _herd(path, {"mock": MockModel(default="the answer"), "primary": primary,
-                        "broken": broken})
+    herd = _herd(
+        path, {"mock": MockModel(default="the answer"), "primary": primary, "broken": broken}
+    )
 
     async def main() -> None:
         async with herd:

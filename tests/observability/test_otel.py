@@ -24,12 +24,16 @@ def receiver() -> Iterator[OtlpReceiver]:
         yield rec
 
 
-def _herd(receiver: OtlpReceiver, models: dict[str, MockModel] | None = None,
-          **settings: Any) -> Any:
-    table = {"enabled": True, "endpoint": receiver.endpoint, "export_interval_s": 60,
-             **settings}
-    return make_herd(models or {"mock": MockModel()}, config={"plugins": {"otel": table}},
-                     plugins=(otel,), fallbacks={"flaky": ["mock"]})
+def _herd(
+    receiver: OtlpReceiver, models: dict[str, MockModel] | None = None, **settings: Any
+) -> Any:
+    table = {"enabled": True, "endpoint": receiver.endpoint, "export_interval_s": 60, **settings}
+    return make_herd(
+        models or {"mock": MockModel()},
+        config={"plugins": {"otel": table}},
+        plugins=(otel,),
+        fallbacks={"flaky": ["mock"]},
+    )
 
 
 def _by_name(spans: list[Any]) -> dict[str, list[Any]]:
@@ -44,8 +48,9 @@ def test_chat_span_has_genai_attributes_and_no_content(receiver: OtlpReceiver) -
 
     async def main() -> None:
         async with herd:
-            await herd.chat("mock", "what is the secret plan", temperature=0.3, max_tokens=64,
-                            tenant="acme")
+            await herd.chat(
+                "mock", "what is the secret plan", temperature=0.3, max_tokens=64, tenant="acme"
+            )
             assert otel.force_flush(herd)
 
     anyio.run(main)
@@ -238,9 +243,10 @@ def test_resource_gauges_are_exported(receiver: OtlpReceiver) -> None:
     from modelherd.plugins.resources import monitor as resource_monitor
 
     table = {"enabled": True, "endpoint": receiver.endpoint, "export_interval_s": 60}
-    herd = make_herd(config={"plugins": {"otel": table,
-                                         "resource_monitor": {"interval_s": 60}}},
-                     plugins=(otel, resource_monitor))
+    herd = make_herd(
+        config={"plugins": {"otel": table, "resource_monitor": {"interval_s": 60}}},
+        plugins=(otel, resource_monitor),
+    )
 
     async def main() -> None:
         async with herd:
@@ -317,8 +323,12 @@ def test_installed_plugin_switched_on_by_the_environment(receiver: OtlpReceiver)
 
     provider = MockProvider()
     provider.add("m", MockModel())
-    config = HerdConfig.model_validate({"models": {"m": {"provider": "mock", "model": "m-1"}},
-                                        "plugins": {"alerts": {"status_file": False}}})
+    config = HerdConfig.model_validate(
+        {
+            "models": {"m": {"provider": "mock", "model": "m-1"}},
+            "plugins": {"alerts": {"status_file": False}},
+        }
+    )
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "bot"}
     herd = Herd(config, env=env, plugins=(provider,))
 
@@ -366,7 +376,8 @@ def test_missing_sdk_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> N
         Exporters(cfg)
     assert str(err.value) == (
         "tracing ([plugins.otel] or OTEL_EXPORTER_OTLP_ENDPOINT) needs the 'opentelemetry-sdk' "
-        'package — install it with: pip install "modelherd[otel]"')
+        'package — install it with: pip install "modelherd[otel]"'
+    )
 
 
 def test_the_real_swarm_shows_as_one_tree(receiver: OtlpReceiver) -> None:
@@ -378,8 +389,14 @@ def test_the_real_swarm_shows_as_one_tree(receiver: OtlpReceiver) -> None:
 
     async def main() -> None:
         async with herd:
-            agent = herd.agent("swarm", members=list(members), samples=1, save=False,
-                               labels=["yes", "no"], early_stop=False)
+            agent = herd.agent(
+                "swarm",
+                members=list(members),
+                samples=1,
+                save=False,
+                labels=["yes", "no"],
+                early_stop=False,
+            )
             # no agent_span here: the swarm opens its own parent span
             result = await agent.ask("Is the sky blue?")
             assert result.consensus is not None

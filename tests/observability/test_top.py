@@ -35,8 +35,12 @@ def _run_busy_herd(status_dir: Path) -> dict[str, Any]:
             "herd": {"retries": 0},
             "models": {"fast": {"provider": "mock", "model": "fast-1", "n_ctx": 100}},
             "plugins": {
-                "alerts": {"status_dir": str(status_dir), "eval_interval_s": 3600,
-                           "status_interval_s": 3600, "breaker_failures": 3},
+                "alerts": {
+                    "status_dir": str(status_dir),
+                    "eval_interval_s": 3600,
+                    "status_interval_s": 3600,
+                    "breaker_failures": 3,
+                },
                 "resource_monitor": {"interval_s": 3600},
             },
         },
@@ -55,8 +59,9 @@ def _run_busy_herd(status_dir: Path) -> dict[str, Any]:
             hooks.write_status()
             path = status_dir / f"status-{os.getpid()}.json"
             seen["status"] = json.loads(path.read_text())
-            result = CliRunner().invoke(_cli(), ["top", "--dir", str(status_dir), "--once"],
-                                        env={"COLUMNS": "140"})
+            result = CliRunner().invoke(
+                _cli(), ["top", "--dir", str(status_dir), "--once"], env={"COLUMNS": "140"}
+            )
             seen["frame"] = result.output
             seen["exit"] = result.exit_code
         seen["gone"] = not path.exists()
@@ -100,8 +105,9 @@ def test_json_and_svg(tmp_path: Path) -> None:
 def test_no_running_herd_says_what_to_do(tmp_path: Path) -> None:
     result = CliRunner().invoke(top_command, ["--dir", str(tmp_path)])
     assert result.exit_code == 1
-    assert f"Error: no running herd found in {tmp_path} — start a program that uses" \
-        in result.output
+    assert (
+        f"Error: no running herd found in {tmp_path} — start a program that uses" in result.output
+    )
     result = CliRunner().invoke(top_command, ["--dir", str(tmp_path), "--pid", "999999"])
     assert "no status file for pid 999999" in result.output
     stale = tmp_path / "status-999999999.json"
@@ -135,8 +141,9 @@ def test_sampler_reads_the_host_and_degrades_without_a_gpu() -> None:
 
 
 def test_sampler_runs_in_the_background() -> None:
-    herd = make_herd(config={"plugins": {"resource_monitor": {"interval_s": 0.02}}},
-                     plugins=(resource_monitor,))
+    herd = make_herd(
+        config={"plugins": {"resource_monitor": {"interval_s": 0.02}}}, plugins=(resource_monitor,)
+    )
 
     async def main() -> None:
         async with herd:
@@ -154,13 +161,20 @@ def test_sampler_runs_in_the_background() -> None:
     anyio.run(main)
 
 
-def test_unwritable_status_dir_is_a_warning(tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_unwritable_status_dir_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    herd = make_herd(config={"plugins": {"alerts": {"status_dir": str(blocker / "sub")},
-                                         "resource_monitor": {"enabled": False}}},
-                     plugins=(alerts,))
+    herd = make_herd(
+        config={
+            "plugins": {
+                "alerts": {"status_dir": str(blocker / "sub")},
+                "resource_monitor": {"enabled": False},
+            }
+        },
+        plugins=(alerts,),
+    )
 
     async def main() -> None:
         async with herd:
@@ -196,7 +210,8 @@ def test_nvml_readings_are_mapped(monkeypatch: pytest.MonkeyPatch) -> None:
     fake.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
     fake.nvmlDeviceGetUtilizationRates = lambda h: Util([35, 90][h])  # type: ignore[attr-defined]
     fake.nvmlDeviceGetMemoryInfo = (  # type: ignore[attr-defined]
-        lambda h: Mem([8, 60][h] * 2**30, 80 * 2**30))
+        lambda h: Mem([8, 60][h] * 2**30, 80 * 2**30)
+    )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     sampler = resource_monitor.ResourceSampler()
     sample = sampler.sample()

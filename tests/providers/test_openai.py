@@ -254,7 +254,9 @@ def test_unknown_option_is_one_line_listing_allowed(openai_server, herds):
 
 
 def test_unknown_setting_in_plugins_toml(openai_server, herds):
-    with pytest.raises(ConfigError, match=r"\[models.m\] base_ur: unknown key — did you mean 'base_url'\?"):
+    with pytest.raises(
+        ConfigError, match=r"\[models.m\] base_ur: unknown key — did you mean 'base_url'\?"
+    ):
         make(openai_server, herds, base_ur="x").chat_sync("m", "x")
 
 

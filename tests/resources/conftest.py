@@ -14,9 +14,19 @@ import pytest
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def write_gguf(path: Path, *, n_layers: int = 4, embd: int = 256, heads: int = 8,
-               heads_kv: int = 2, ctx: int = 4096, vocab: int = 1024, ff: int = 512,
-               qtype: str = "Q8_0", out_type: str = "F16") -> Path:
+def write_gguf(
+    path: Path,
+    *,
+    n_layers: int = 4,
+    embd: int = 256,
+    heads: int = 8,
+    heads_kv: int = 2,
+    ctx: int = 4096,
+    vocab: int = 1024,
+    ff: int = 512,
+    qtype: str = "Q8_0",
+    out_type: str = "F16",
+) -> Path:
     """A llama-architecture GGUF with zero weights of the given quantization types."""
     import gguf
     import numpy as np
@@ -82,12 +92,16 @@ def _free_port() -> int:
 def redis_url() -> Iterator[str]:
     """A real redis-server on a free loopback port, stopped by its PID afterwards."""
     if not Path(REDIS).exists():
-        pytest.skip("redis-server is not installed — apt-get install redis-server "
-                    "(or brew install redis) to run the cross-process quota tests")
+        pytest.skip(
+            "redis-server is not installed — apt-get install redis-server "
+            "(or brew install redis) to run the cross-process quota tests"
+        )
     port = _free_port()
     proc = subprocess.Popen(
         [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

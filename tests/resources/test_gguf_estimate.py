@@ -26,10 +26,12 @@ def _reference(path: Path) -> dict[str, tuple[str, int]]:
     return {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in reader.tensors}
 
 
-@pytest.mark.parametrize(("qtype", "per_param"), [("Q4_K", 0.5625), ("Q8_0", 1.0625),
-                                                  ("F16", 2.0), ("Q4_0", 0.5625)])
-def test_weights_priced_by_actual_tensor_type(gguf_file: Callable[..., Path], qtype: str,
-                                              per_param: float) -> None:
+@pytest.mark.parametrize(
+    ("qtype", "per_param"), [("Q4_K", 0.5625), ("Q8_0", 1.0625), ("F16", 2.0), ("Q4_0", 0.5625)]
+)
+def test_weights_priced_by_actual_tensor_type(
+    gguf_file: Callable[..., Path], qtype: str, per_param: float
+) -> None:
     path = gguf_file(qtype=qtype, n_layers=3)
     facts = read_facts(path)
     assert facts.n_layers == 3
@@ -42,7 +44,9 @@ def test_weights_priced_by_actual_tensor_type(gguf_file: Callable[..., Path], qt
 
 
 @pytest.mark.parametrize("n_layers", [1, 6, 13])
-def test_layers_and_kv_scale_with_layer_count(gguf_file: Callable[..., Path], n_layers: int) -> None:
+def test_layers_and_kv_scale_with_layer_count(
+    gguf_file: Callable[..., Path], n_layers: int
+) -> None:
     facts = read_facts(gguf_file(n_layers=n_layers, embd=256, heads=8, heads_kv=2))
     assert len(facts.layer_bytes) == n_layers
     assert len(set(facts.layer_bytes)) == 1  # identical layers cost the same
@@ -79,7 +83,11 @@ def smollm2() -> Path:
 def test_embedded_smollm2_facts(smollm2: Path) -> None:
     facts = read_facts(smollm2)
     assert (facts.n_layers, facts.embedding_length, facts.head_count, facts.head_count_kv) == (
-        30, 576, 9, 3)
+        30,
+        576,
+        9,
+        3,
+    )
     assert facts.context_length == 8192 and facts.vocab_size == 49152
     assert facts.quantization == "Q4_1"
     assert facts.n_params == 134_515_008
@@ -92,15 +100,24 @@ def test_embedded_smollm2_facts(smollm2: Path) -> None:
     for ctx, reported in ((512, 98.25), (2048, 99.38), (8192, 166.38)):
         assert compute_buffer_bytes(facts, ctx) / MiB == pytest.approx(reported, rel=0.03)
     assert _reference(smollm2) == {
-        t.name: (t.type_name, t.n_bytes) for t in read_header(smollm2)[1]}
+        t.name: (t.type_name, t.n_bytes) for t in read_header(smollm2)[1]
+    }
 
 
 def test_ollama_show_facts() -> None:
-    show = {"details": {"family": "llama", "quantization_level": "Q4_K_M"},
-            "model_info": {"general.architecture": "llama", "general.parameter_count": 8_030_261_248,
-                           "llama.block_count": 32, "llama.context_length": 131072,
-                           "llama.embedding_length": 4096, "llama.attention.head_count": 32,
-                           "llama.attention.head_count_kv": 8, "llama.vocab_size": 128256}}
+    show = {
+        "details": {"family": "llama", "quantization_level": "Q4_K_M"},
+        "model_info": {
+            "general.architecture": "llama",
+            "general.parameter_count": 8_030_261_248,
+            "llama.block_count": 32,
+            "llama.context_length": 131072,
+            "llama.embedding_length": 4096,
+            "llama.attention.head_count": 32,
+            "llama.attention.head_count_kv": 8,
+            "llama.vocab_size": 128256,
+        },
+    }
     facts = facts_from_ollama_show("llama3.1:8b", show)
     assert facts.n_layers == 32 and facts.head_count_kv == 8
     assert facts.weight_bytes / 1024**3 == pytest.approx(8_030_261_248 * 0.5625 / 1024**3, rel=0.01)

@@ -28,9 +28,11 @@ GiB = 1024**3
 pytestmark = pytest.mark.anyio
 
 
-def herd_with(models: Mapping[str, Mapping[str, object]],
-              plugins_cfg: Mapping[str, object] | None = None,
-              extra: tuple[object, ...] = ()) -> Herd:
+def herd_with(
+    models: Mapping[str, Mapping[str, object]],
+    plugins_cfg: Mapping[str, object] | None = None,
+    extra: tuple[object, ...] = (),
+) -> Herd:
     data: dict[str, object] = {"models": models, "plugins": {"optimizer": plugins_cfg or {}}}
     cfg = HerdConfig.model_validate(data)
     cfg.source = "test.toml"
@@ -48,7 +50,8 @@ def _no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_auto_registers_nothing_on_cpu_without_budget(
-        monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]) -> None:
+    monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]
+) -> None:
     _no_gpu(monkeypatch)
     herd = herd_with({"loc": {"provider": "llamacpp", "path": str(gguf_file())}})
     await herd.start()
@@ -58,12 +61,17 @@ async def test_auto_registers_nothing_on_cpu_without_budget(
 
 
 async def test_before_call_writes_placement_but_never_over_the_user(
-        monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]) -> None:
+    monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]
+) -> None:
     _no_gpu(monkeypatch)
     path = gguf_file(ctx=4096)
-    herd = herd_with({"loc": {"provider": "llamacpp", "path": str(path), "use_mlock": False},
-                      "remote": {"provider": "mock"}},
-                     {"enabled": True, "n_ctx": 1024})
+    herd = herd_with(
+        {
+            "loc": {"provider": "llamacpp", "path": str(path), "use_mlock": False},
+            "remote": {"provider": "mock"},
+        },
+        {"enabled": True, "n_ctx": 1024},
+    )
     await herd.start()
     assert herd.pm.get_plugin("optimizer-calls") is not None
     request = herd.build_request("loc", "hi", n_gpu_layers=3)
@@ -81,8 +89,12 @@ async def test_before_call_writes_placement_but_never_over_the_user(
 
 
 def test_plan_for_errors_name_the_fix(gguf_file: Callable[..., Path]) -> None:
-    herd = herd_with({"cloud": {"provider": "openai", "model": "gpt-4o"},
-                      "gone": {"provider": "llamacpp", "path": "/nonexistent/x.gguf"}})
+    herd = herd_with(
+        {
+            "cloud": {"provider": "openai", "model": "gpt-4o"},
+            "gone": {"provider": "llamacpp", "path": "/nonexistent/x.gguf"},
+        }
+    )
     with pytest.raises(ConfigError, match="'cloud' is served by 'openai', a remote provider"):
         plan_for(herd, "cloud")
     with pytest.raises(ConfigError, match=r"\[models.gone\] has no GGUF file to plan for"):
@@ -121,8 +133,9 @@ async def test_make_room_evicts_lru_idle_models(gguf_file: Callable[..., Path]) 
     assert "b" in herd.loaded_models()
 
 
-def test_herd_plan_command_json_and_table(tmp_path: Path, gguf_file: Callable[..., Path],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_herd_plan_command_json_and_table(
+    tmp_path: Path, gguf_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _no_gpu(monkeypatch)
     q8 = gguf_file(qtype="Q8_0")
     q4 = gguf_file(qtype="Q4_0")
@@ -130,7 +143,8 @@ def test_herd_plan_command_json_and_table(tmp_path: Path, gguf_file: Callable[..
     config.write_text(
         f'[models.m]\nprovider = "llamacpp"\npath = "{q8}"\n'
         f'[models.m-q4]\nprovider = "llamacpp"\npath = "{q4}"\n'
-        '[plugins.optimizer]\nvariants = { m = ["m-q4"] }\n')
+        '[plugins.optimizer]\nvariants = { m = ["m-q4"] }\n'
+    )
     runner = CliRunner()
     result = runner.invoke(make_plan_command(), ["m", "--json", "--config", str(config)])
     assert result.exit_code == 0, result.output
@@ -138,13 +152,25 @@ def test_herd_plan_command_json_and_table(tmp_path: Path, gguf_file: Callable[..
     assert [p["alias"] for p in plans] == ["m", "m-q4"]
     assert plans[0]["chosen"] is True and plans[0]["quantization"] == "Q8_0"
     first = plans[0]
-    assert first["total_bytes"] == (first["weights_bytes"] + first["kv_cache_bytes"]
-                                    + first["compute_bytes"] + first["overhead_bytes"])
+    assert first["total_bytes"] == (
+        first["weights_bytes"]
+        + first["kv_cache_bytes"]
+        + first["compute_bytes"]
+        + first["overhead_bytes"]
+    )
     assert first["fits"] is True and first["gpu_layers"] == 0
     table = runner.invoke(make_plan_command(), ["m-q4", "--config", str(config)])
     assert table.exit_code == 0
-    for word in ("weights", "KV cache", "compute buffers", "total", "free RAM",
-                 "layers on GPU", "fits", "no GPU"):
+    for word in (
+        "weights",
+        "KV cache",
+        "compute buffers",
+        "total",
+        "free RAM",
+        "layers on GPU",
+        "fits",
+        "no GPU",
+    ):
         assert word in table.output
     bad = runner.invoke(make_plan_command(), ["nope", "--config", str(config)])
     assert bad.exit_code == 2
@@ -152,12 +178,15 @@ def test_herd_plan_command_json_and_table(tmp_path: Path, gguf_file: Callable[..
 
 
 async def test_variants_best_quality_that_fits_serves_the_call(
-        monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]) -> None:
+    monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]
+) -> None:
     _no_gpu(monkeypatch)
     kwargs = dict(n_layers=4, embd=512, heads=8, heads_kv=8, ff=2048, vocab=2048)
     q8, q4 = gguf_file(qtype="Q8_0", **kwargs), gguf_file(qtype="Q4_0", **kwargs)
-    models = {"m": {"provider": "llamacpp", "path": str(q4)},
-              "m-q8": {"provider": "llamacpp", "path": str(q8)}}
+    models = {
+        "m": {"provider": "llamacpp", "path": str(q4)},
+        "m-q8": {"provider": "llamacpp", "path": str(q8)},
+    }
     herd = herd_with(models, {"enabled": True, "variants": {"m": ["m-q8"]}})
     await herd.start()
     request = herd.build_request("m", "hi")
@@ -175,11 +204,19 @@ async def test_variants_best_quality_that_fits_serves_the_call(
     await herd.aclose()
 
 
-SHOW = {"details": {"family": "llama", "quantization_level": "Q4_K_M"},
-        "model_info": {"general.architecture": "llama", "general.parameter_count": 1_235_814_400,
-                       "llama.block_count": 16, "llama.context_length": 131072,
-                       "llama.embedding_length": 2048, "llama.attention.head_count": 32,
-                       "llama.attention.head_count_kv": 8, "llama.vocab_size": 128256}}
+SHOW = {
+    "details": {"family": "llama", "quantization_level": "Q4_K_M"},
+    "model_info": {
+        "general.architecture": "llama",
+        "general.parameter_count": 1_235_814_400,
+        "llama.block_count": 16,
+        "llama.context_length": 131072,
+        "llama.embedding_length": 2048,
+        "llama.attention.head_count": 32,
+        "llama.attention.head_count_kv": 8,
+        "llama.vocab_size": 128256,
+    },
+}
 
 
 def test_plan_for_ollama_reads_api_show(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,7 +261,8 @@ def test_plan_for_ollama_reads_api_show(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 async def test_placement_options_never_reach_a_fallback(
-        monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]) -> None:
+    monkeypatch: pytest.MonkeyPatch, gguf_file: Callable[..., Path]
+) -> None:
     """A local primary that fails hands its call to a cloud fallback without n_ctx & co."""
     from modelherd import hookimpl
     from modelherd.errors import ProviderUnavailableError
@@ -252,10 +290,14 @@ async def test_placement_options_never_reach_a_fallback(
 
     provider = MockProvider()
     provider.add("cloud", cloud)
-    herd = herd_with({"loc": {"provider": "llamacpp", "path": str(gguf_file()),
-                              "fallbacks": ["cloud"]},
-                      "cloud": {"provider": "mock"}},
-                     {"enabled": True}, extra=(provider, Serve()))
+    herd = herd_with(
+        {
+            "loc": {"provider": "llamacpp", "path": str(gguf_file()), "fallbacks": ["cloud"]},
+            "cloud": {"provider": "mock"},
+        },
+        {"enabled": True},
+        extra=(provider, Serve()),
+    )
     response = await herd.chat("loc", "hi", temperature=0.5)
     assert response.alias == "cloud" and response.fallback_from == "loc"
     assert seen and "n_ctx" in seen[0] and seen[0]["use_mmap"] is True  # the primary got it
@@ -264,10 +306,13 @@ async def test_placement_options_never_reach_a_fallback(
 
 
 async def test_eviction_unloads_server_side_models_and_defers_to_residency(
-        gguf_file: Callable[..., Path]) -> None:
+    gguf_file: Callable[..., Path],
+) -> None:
     path = gguf_file()
-    herd = herd_with({n: {"provider": "llamacpp", "path": str(path)} for n in ("a", "b")},
-                     {"memory_budget_gb": 0.5})
+    herd = herd_with(
+        {n: {"provider": "llamacpp", "path": str(path)} for n in ("a", "b")},
+        {"memory_budget_gb": 0.5},
+    )
     opt = Optimizer(herd, OptimizerSettings(memory_budget_gb=0.5))
     plan = plan_for(herd, "a", opt.settings)
     plan.estimate.weights += int(0.4 * GiB) - plan.estimate.total
@@ -305,7 +350,8 @@ def test_plan_on_a_gpu_seen_through_fake_nvml(monkeypatch: pytest.MonkeyPatch) -
     fake.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
     fake.nvmlDeviceGetName = lambda h: "NVIDIA H100 80GB HBM3"  # type: ignore[attr-defined]
     fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(  # type: ignore[attr-defined]
-        total=80 * GiB, free=70 * GiB, used=10 * GiB)
+        total=80 * GiB, free=70 * GiB, used=10 * GiB
+    )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.setattr(device_memory, "nvidia_driver_absent", lambda: False)
     herd = herd_with({"local": {"provider": "llamacpp"}})

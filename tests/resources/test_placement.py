@@ -38,16 +38,21 @@ def gpu(index: int, free_gib: float) -> Device:
 @pytest.fixture
 def big(gguf_file: Callable[..., Path]) -> Path:
     # 24 layers x ~1.2 MiB of Q8_0 weights, 8k context (a 30 MB file)
-    return gguf_file(n_layers=24, embd=256, heads=8, heads_kv=4, ff=1024, vocab=4096,
-                     ctx=8192, qtype="Q8_0")
+    return gguf_file(
+        n_layers=24, embd=256, heads=8, heads_kv=4, ff=1024, vocab=4096, ctx=8192, qtype="Q8_0"
+    )
 
 
 def test_cpu_only_fits_in_ram(big: Path) -> None:
     facts = read_facts(big)
     p = place(facts, [], ram(32), n_ctx=4096, gpu_note="NVML unavailable")
     assert p.fits and p.gpu_layers == 0 and p.n_ctx == 4096 and p.kv_type == "f16"
-    assert p.llamacpp_options() == {"n_ctx": 4096, "n_gpu_layers": 0, "use_mmap": True,
-                                    "use_mlock": False}
+    assert p.llamacpp_options() == {
+        "n_ctx": 4096,
+        "n_gpu_layers": 0,
+        "use_mmap": True,
+        "use_mlock": False,
+    }
     assert p.reason.startswith("fits in RAM: no GPU (NVML unavailable)")
 
 
@@ -80,7 +85,8 @@ def test_two_gpus_split_in_proportion_to_free_memory(big: Path) -> None:
     assert p.tensor_split[1] > p.tensor_split[0]
     assert sum(p.tensor_split) == pytest.approx(1.0, abs=0.01)
     assert p.tensor_split[1] / p.tensor_split[0] == pytest.approx(
-        gpus[1].free / gpus[0].free, rel=0.01)
+        gpus[1].free / gpus[0].free, rel=0.01
+    )
 
 
 def test_short_memory_quantizes_kv_then_cuts_context(big: Path) -> None:
@@ -109,19 +115,24 @@ def test_best_variant_prefers_quality_that_fits(gguf_file: Callable[..., Path]) 
     q8 = read_facts(gguf_file(qtype="Q8_0", **kwargs))
     q4 = read_facts(gguf_file(qtype="Q4_0", **kwargs))
     roomy = [gpu(0, 20)]
-    plans = [("m-q8", place(q8, roomy, ram(8), n_ctx=2048)),
-             ("m-q4", place(q4, roomy, ram(8), n_ctx=2048))]
+    plans = [
+        ("m-q8", place(q8, roomy, ram(8), n_ctx=2048)),
+        ("m-q4", place(q4, roomy, ram(8), n_ctx=2048)),
+    ]
     assert best_variant(plans)[0] == "m-q8"
     # a GPU that holds only the Q4 variant completely
     need_q4 = place(q4, [gpu(0, 80)], ram(8), n_ctx=2048).gpu_bytes
     tight = [Device("g", "gpu", 0, 8 * GiB, need_q4 + 256 * MiB + 1)]
-    plans = [("m-q8", place(q8, tight, ram(8), n_ctx=2048)),
-             ("m-q4", place(q4, tight, ram(8), n_ctx=2048))]
+    plans = [
+        ("m-q8", place(q8, tight, ram(8), n_ctx=2048)),
+        ("m-q4", place(q4, tight, ram(8), n_ctx=2048)),
+    ]
     assert best_variant(plans)[0] == "m-q4"
     assert best_variant([("x", place(q8, [], ram(0.01), n_ctx=2048))]) is None
 
 
 # ---- NVML at the boundary (fake pynvml: no GPU is lent to this task) ---------------
+
 
 class _NVMLError(Exception):
     pass
@@ -142,7 +153,8 @@ def _fake_pynvml(devices: list[tuple[str, int, int]], init_error: bool = False) 
     mod.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
     mod.nvmlDeviceGetName = lambda h: devices[h][0].encode()  # type: ignore[attr-defined]
     mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(  # type: ignore[attr-defined]
-        total=devices[h][1], free=devices[h][2], used=devices[h][1] - devices[h][2])
+        total=devices[h][1], free=devices[h][2], used=devices[h][1] - devices[h][2]
+    )
     mod.calls = calls  # type: ignore[attr-defined]
     return mod
 
@@ -160,15 +172,22 @@ def test_driver_check_skips_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     assert read_gpus() == ([], "no NVIDIA driver (/proc/driver/nvidia is absent)")
 
 
-def test_nvml_gpus_read_through_pynvml(monkeypatch: pytest.MonkeyPatch,
-                                       nvidia_driver: None) -> None:
-    fake = _fake_pynvml([("NVIDIA H100 80GB HBM3", 80 * GiB, 70 * GiB),
-                         ("NVIDIA H100 80GB HBM3", 80 * GiB, 20 * GiB)])
+def test_nvml_gpus_read_through_pynvml(
+    monkeypatch: pytest.MonkeyPatch, nvidia_driver: None
+) -> None:
+    fake = _fake_pynvml(
+        [
+            ("NVIDIA H100 80GB HBM3", 80 * GiB, 70 * GiB),
+            ("NVIDIA H100 80GB HBM3", 80 * GiB, 20 * GiB),
+        ]
+    )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     gpus, why = read_gpus()
     assert why == ""
     assert [(g.name, g.index, g.free) for g in gpus] == [
-        ("NVIDIA H100 80GB HBM3", 0, 70 * GiB), ("NVIDIA H100 80GB HBM3", 1, 20 * GiB)]
+        ("NVIDIA H100 80GB HBM3", 0, 70 * GiB),
+        ("NVIDIA H100 80GB HBM3", 1, 20 * GiB),
+    ]
     assert fake.calls == ["init", "shutdown"]
 
 

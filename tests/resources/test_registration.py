@@ -15,8 +15,7 @@ MINE = ("optimizer-calls", "scheduler-calls", "tenants-calls")
 
 async def test_default_config_registers_no_per_call_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # a CPU-only machine, whatever this one is
-    herd = Herd(HerdConfig.model_validate({"models": {"local": {"provider": "llamacpp"}}}),
-                env={})
+    herd = Herd(HerdConfig.model_validate({"models": {"local": {"provider": "llamacpp"}}}), env={})
     assert herd.pm is not None  # loads the entry-point plugins
     names = {record.name for record in herd.plugin_records if record.status == "loaded"}
     assert {"optimizer", "scheduler", "tenants"} <= names
@@ -31,11 +30,16 @@ async def test_default_config_registers_no_per_call_hooks(monkeypatch: pytest.Mo
 
 
 async def test_configured_features_register_their_hooks() -> None:
-    herd = Herd(HerdConfig.model_validate({
-        "models": {"local": {"provider": "llamacpp"}},
-        "tenants": {"alice": {"tier": "basic"}},
-        "plugins": {"scheduler": {"enabled": True}, "optimizer": {"memory_budget_gb": 4}},
-    }), env={})
+    herd = Herd(
+        HerdConfig.model_validate(
+            {
+                "models": {"local": {"provider": "llamacpp"}},
+                "tenants": {"alice": {"tier": "basic"}},
+                "plugins": {"scheduler": {"enabled": True}, "optimizer": {"memory_budget_gb": 4}},
+            }
+        ),
+        env={},
+    )
     await herd.start()
     for name in MINE:
         assert herd.pm.get_plugin(name) is not None, name

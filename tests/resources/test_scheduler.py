@@ -23,9 +23,18 @@ pytestmark = pytest.mark.anyio
 
 
 def signals(**kw: float) -> Signals:
-    base = dict(in_flight=0, capacity=10, queued=0, max_queue=100, p95_wait_s=0.0,
-                queue_timeout_s=30.0, p95_latency_s=0.0, target_latency_s=None,
-                memory_used=0.3, seconds_since_call=0.0)
+    base = dict(
+        in_flight=0,
+        capacity=10,
+        queued=0,
+        max_queue=100,
+        p95_wait_s=0.0,
+        queue_timeout_s=30.0,
+        p95_latency_s=0.0,
+        target_latency_s=None,
+        memory_used=0.3,
+        seconds_since_call=0.0,
+    )
     base.update(kw)
     return Signals(**base)
 
@@ -78,12 +87,19 @@ class StateLog:
             self.metrics.append(metric)
 
 
-def sched_herd(settings: dict[str, object], latency: float = 0.05,
-               fallbacks: dict[str, list[str]] | None = None,
-               models: tuple[str, ...] = ("mock",), extra: tuple[object, ...] = ()) -> Herd:
-    return make_herd({m: MockModel(latency=latency) for m in models},
-                     config={"plugins": {"scheduler": {"enabled": True, **settings}}},
-                     plugins=(scheduler_plugin, *extra), fallbacks=fallbacks)
+def sched_herd(
+    settings: dict[str, object],
+    latency: float = 0.05,
+    fallbacks: dict[str, list[str]] | None = None,
+    models: tuple[str, ...] = ("mock",),
+    extra: tuple[object, ...] = (),
+) -> Herd:
+    return make_herd(
+        {m: MockModel(latency=latency) for m in models},
+        config={"plugins": {"scheduler": {"enabled": True, **settings}}},
+        plugins=(scheduler_plugin, *extra),
+        fallbacks=fallbacks,
+    )
 
 
 async def test_disabled_by_default_registers_nothing() -> None:
@@ -95,8 +111,11 @@ async def test_disabled_by_default_registers_nothing() -> None:
 
 def test_bad_settings_one_line() -> None:
     herd = make_herd(config={"plugins": {"scheduler": {"actions": {"low": ["shed"]}}}})
-    with pytest.raises(ConfigError, match=r"test config: \[plugins.scheduler\]: Value "
-                                          r"error, actions.low: shed cannot run in state low"):
+    with pytest.raises(
+        ConfigError,
+        match=r"test config: \[plugins.scheduler\]: Value "
+        r"error, actions.low: shed cannot run in state low",
+    ):
         scheduler_core.load_settings(herd)
 
 
@@ -118,10 +137,13 @@ async def test_priority_queue_serves_higher_priority_first() -> None:
 
 
 async def test_bounded_queue_and_deadline_shed_with_retry_after() -> None:
-    herd = sched_herd({"max_concurrency": 1, "max_queue": 1, "queue_timeout_s": 0.1,
-                       "actions": {"critical": []}}, latency=0.3)
-    results = await asyncio.gather(*[herd.chat("mock", str(i)) for i in range(3)],
-                                   return_exceptions=True)
+    herd = sched_herd(
+        {"max_concurrency": 1, "max_queue": 1, "queue_timeout_s": 0.1, "actions": {"critical": []}},
+        latency=0.3,
+    )
+    results = await asyncio.gather(
+        *[herd.chat("mock", str(i)) for i in range(3)], return_exceptions=True
+    )
     errors = [r for r in results if isinstance(r, OverloadedError)]
     assert len(errors) == 2
     messages = sorted(str(e) for e in errors)
@@ -129,8 +151,12 @@ async def test_bounded_queue_and_deadline_shed_with_retry_after() -> None:
     assert "waited 0.1s in the queue" in messages[0] + messages[1]
     assert all(e.retry_after and e.retry_after > 0 for e in errors)
     # a higher-priority newcomer pushes the lowest waiter out of a full queue
-    pushed = await asyncio.gather(herd.chat("mock", "a"), herd.chat("mock", "b", priority=0),
-                                  herd.chat("mock", "c", priority=9), return_exceptions=True)
+    pushed = await asyncio.gather(
+        herd.chat("mock", "a"),
+        herd.chat("mock", "b", priority=0),
+        herd.chat("mock", "c", priority=9),
+        return_exceptions=True,
+    )
     assert isinstance(pushed[1], OverloadedError)
     assert "shed from a full queue for a higher-priority one" in str(pushed[1])
     await herd.aclose()
@@ -138,16 +164,28 @@ async def test_bounded_queue_and_deadline_shed_with_retry_after() -> None:
 
 async def test_states_go_to_hook_and_metrics_and_critical_sheds_low_priority() -> None:
     log = StateLog()
-    herd = sched_herd({"max_concurrency": 2, "max_queue": 4, "queue_timeout_s": 5,
-                       "cooldown_s": 0.0, "hysteresis": 0.0, "shed_priority": 0},
-                      latency=0.2, extra=(log,))
+    herd = sched_herd(
+        {
+            "max_concurrency": 2,
+            "max_queue": 4,
+            "queue_timeout_s": 5,
+            "cooldown_s": 0.0,
+            "hysteresis": 0.0,
+            "shed_priority": 0,
+        },
+        latency=0.2,
+        extra=(log,),
+    )
     tasks = [asyncio.create_task(herd.chat("mock", str(i), priority=5)) for i in range(6)]
     await asyncio.sleep(0.05)
     plugin = herd.pm.get_plugin("scheduler-calls")
     assert isinstance(plugin, Scheduler)
     assert plugin.state == "critical"  # 2 running, 4 queued = full queue
-    with pytest.raises(OverloadedError, match=r"call shed: modelherd is overloaded \(critical; "
-                                              r"priority 0 <= 0\) — retry in "):
+    with pytest.raises(
+        OverloadedError,
+        match=r"call shed: modelherd is overloaded \(critical; "
+        r"priority 0 <= 0\) — retry in ",
+    ):
         await herd.chat("mock", "low")
     await asyncio.gather(*tasks)
     plugin.evaluate(force=True)
@@ -159,8 +197,12 @@ async def test_states_go_to_hook_and_metrics_and_critical_sheds_low_priority() -
 
 
 async def test_high_load_spills_to_fallback() -> None:
-    herd = sched_herd({"max_concurrency": 2, "queue_timeout_s": 5, "actions": {"critical": []}},
-                      latency=0.1, models=("main", "spare"), fallbacks={"main": ["spare"]})
+    herd = sched_herd(
+        {"max_concurrency": 2, "queue_timeout_s": 5, "actions": {"critical": []}},
+        latency=0.1,
+        models=("main", "spare"),
+        fallbacks={"main": ["spare"]},
+    )
     results = await asyncio.gather(*[herd.chat("main", str(i)) for i in range(3)])
     spilled = [r for r in results if r.fallback_from == "main"]
     assert spilled and all(r.alias == "spare" for r in spilled)
@@ -169,20 +211,31 @@ async def test_high_load_spills_to_fallback() -> None:
 
 
 async def test_critical_degrades_to_the_smaller_model() -> None:
-    herd = sched_herd({"max_concurrency": 1, "max_queue": 2, "queue_timeout_s": 5,
-                       "shed_priority": -100, "degrade": {"big": "small"}, "critical": 0.9,
-                       "actions": {"critical": ["degrade"], "high": []}},
-                      latency=0.1, models=("big", "small"))
-    results = await asyncio.gather(herd.chat("big", "1"), herd.chat("big", "2"),
-                                   herd.chat("big", "3"), return_exceptions=True)
+    herd = sched_herd(
+        {
+            "max_concurrency": 1,
+            "max_queue": 2,
+            "queue_timeout_s": 5,
+            "shed_priority": -100,
+            "degrade": {"big": "small"},
+            "critical": 0.9,
+            "actions": {"critical": ["degrade"], "high": []},
+        },
+        latency=0.1,
+        models=("big", "small"),
+    )
+    results = await asyncio.gather(
+        herd.chat("big", "1"), herd.chat("big", "2"), herd.chat("big", "3"), return_exceptions=True
+    )
     aliases = [r.alias for r in results if not isinstance(r, BaseException)]
     assert "big" in aliases and "small" in aliases
     await herd.aclose()
 
 
 async def test_idle_unloads_local_models_after_timeout() -> None:
-    herd = sched_herd({"idle_after_s": 0.0, "idle_unload_after_s": 0.05, "cooldown_s": 0.0},
-                      latency=0.0)
+    herd = sched_herd(
+        {"idle_after_s": 0.0, "idle_unload_after_s": 0.05, "cooldown_s": 0.0}, latency=0.0
+    )
     await herd.chat("mock", "hi")
     model = herd.get_model("mock")
     assert isinstance(model, MockModel)
@@ -199,9 +252,16 @@ async def test_idle_unloads_local_models_after_timeout() -> None:
 
 
 async def test_medium_balances_to_the_least_busy_deployment() -> None:
-    herd = sched_herd({"max_concurrency": 4, "queue_timeout_s": 5,
-                       "actions": {"medium": ["balance"], "high": ["balance"], "critical": []}},
-                      latency=0.1, models=("east", "west"), fallbacks={"east": ["west"]})
+    herd = sched_herd(
+        {
+            "max_concurrency": 4,
+            "queue_timeout_s": 5,
+            "actions": {"medium": ["balance"], "high": ["balance"], "critical": []},
+        },
+        latency=0.1,
+        models=("east", "west"),
+        fallbacks={"east": ["west"]},
+    )
     results = await asyncio.gather(*[herd.chat("east", str(i)) for i in range(4)])
     served = sorted(r.alias for r in results)
     assert served.count("west") >= 1 and served.count("east") >= 1
@@ -210,8 +270,9 @@ async def test_medium_balances_to_the_least_busy_deployment() -> None:
 
 
 async def test_cancelled_waiters_leave_the_books_straight() -> None:
-    herd = sched_herd({"max_concurrency": 1, "queue_timeout_s": 5, "actions": {"critical": []}},
-                      latency=0.05)
+    herd = sched_herd(
+        {"max_concurrency": 1, "queue_timeout_s": 5, "actions": {"critical": []}}, latency=0.05
+    )
     plugin_ready = asyncio.create_task(herd.chat("mock", "first"))
     await asyncio.sleep(0.01)
     waiting = [asyncio.create_task(herd.chat("mock", f"w{i}")) for i in range(3)]

@@ -20,17 +20,24 @@ from modelherd.types import ChatRequest
 pytestmark = pytest.mark.anyio
 
 
-def herd_for(tenants: Mapping[str, Mapping[str, object]], *,
-             tiers: Mapping[str, object] | None = None,
-             settings: Mapping[str, object] | None = None, latency: float = 0.0,
-             models: tuple[str, ...] = ("mock",)) -> Herd:
+def herd_for(
+    tenants: Mapping[str, Mapping[str, object]],
+    *,
+    tiers: Mapping[str, object] | None = None,
+    settings: Mapping[str, object] | None = None,
+    latency: float = 0.0,
+    models: tuple[str, ...] = ("mock",),
+) -> Herd:
     config: dict[str, object] = {"tenants": tenants}
     if tiers:
         config["tiers"] = tiers
     if settings:
         config["plugins"] = {"tenants": settings}
-    return make_herd({name: MockModel(latency=latency) for name in models}, config=config,
-                     plugins=(tenants_plugin,))
+    return make_herd(
+        {name: MockModel(latency=latency) for name in models},
+        config=config,
+        plugins=(tenants_plugin,),
+    )
 
 
 async def test_no_tenants_no_per_call_hooks() -> None:
@@ -59,28 +66,42 @@ def test_default_tiers_follow_the_runbook() -> None:
 
 def test_config_errors_are_one_line_naming_the_key() -> None:
     tiers = build_tiers({}, "p.toml")
-    with pytest.raises(ConfigError, match=r"p.toml: \[tenants.bob\] tier: unknown tier 'gold' — "
-                                          r"use one of basic, standard, premium, dedicated"):
+    with pytest.raises(
+        ConfigError,
+        match=r"p.toml: \[tenants.bob\] tier: unknown tier 'gold' — "
+        r"use one of basic, standard, premium, dedicated",
+    ):
         build_tenants({"bob": {"tier": "gold"}}, tiers, "p.toml")
-    with pytest.raises(ConfigError, match=r"p.toml: \[tenants.bob\] requests_per_mnute: Extra "
-                                          r"inputs are not permitted — allowed keys: tier, "):
+    with pytest.raises(
+        ConfigError,
+        match=r"p.toml: \[tenants.bob\] requests_per_mnute: Extra "
+        r"inputs are not permitted — allowed keys: tier, ",
+    ):
         build_tenants({"bob": {"requests_per_mnute": 5}}, tiers, "p.toml")
-    with pytest.raises(ConfigError, match=r"p.toml: \[tiers.basic\] memory_share: Input should "
-                                          r"be less than or equal to 1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"p.toml: \[tiers.basic\] memory_share: Input should "
+        r"be less than or equal to 1",
+    ):
         build_tiers({"basic": {"memory_share": 2}}, "p.toml")
 
 
 async def test_requests_per_minute_rejects_with_retry_after() -> None:
-    herd = herd_for({"alice": {"tier": "basic", "requests_per_minute": 120, "burst_s": 1},
-                     "carol": {"tier": "premium"}})
+    herd = herd_for(
+        {
+            "alice": {"tier": "basic", "requests_per_minute": 120, "burst_s": 1},
+            "carol": {"tier": "premium"},
+        }
+    )
     await herd.chat("mock", "hi", tenant="alice")
     await herd.chat("mock", "hi", tenant="alice")  # burst: 2 requests (1 s at 2/s)
     with pytest.raises(QuotaExceededError) as info:
         await herd.chat("mock", "hi", tenant="alice")
     err = info.value
     assert 0.0 < err.retry_after <= 0.5
-    assert str(err).startswith("tenant 'alice' (basic) is over its requests_per_minute limit "
-                               "(120/min) — retry in ")
+    assert str(err).startswith(
+        "tenant 'alice' (basic) is over its requests_per_minute limit (120/min) — retry in "
+    )
     # nothing else is affected: another tenant and untenanted calls go through
     for _ in range(5):
         await herd.chat("mock", "hi", tenant="carol")
@@ -90,14 +111,16 @@ async def test_requests_per_minute_rejects_with_retry_after() -> None:
 
 
 async def test_tokens_per_minute_charges_usage_after_the_call() -> None:
-    herd = herd_for({"t": {"tier": "basic", "tokens_per_minute": 60, "requests_per_minute": 6000,
-                           "burst_s": 1}})
+    herd = herd_for(
+        {"t": {"tier": "basic", "tokens_per_minute": 60, "requests_per_minute": 6000, "burst_s": 1}}
+    )
     model = herd.get_model("mock")
     assert isinstance(model, MockModel)
     model.enqueue("word " * 20)  # 1 input + 20 output tokens, bucket holds 1 token/s x 1 s
     await herd.chat("mock", "hi", tenant="t")
-    with pytest.raises(QuotaExceededError, match=r"over its tokens_per_minute limit \(60/min\)") \
-            as info:
+    with pytest.raises(
+        QuotaExceededError, match=r"over its tokens_per_minute limit \(60/min\)"
+    ) as info:
         await herd.chat("mock", "hi", tenant="t")
     assert info.value.retry_after == pytest.approx(20, abs=1.5)  # 20 tokens of debt at 1/s
 
@@ -111,31 +134,43 @@ async def test_daily_budget_names_the_reset() -> None:
     with pytest.raises(QuotaExceededError) as info:
         await herd.chat("mock", "hi", tenant="d")
     assert "over its daily_tokens limit (7 of 5 tokens used today, resets at 00:00 UTC)" in str(
-        info.value)
+        info.value
+    )
     assert 0 < info.value.retry_after <= 86400
 
 
 async def test_max_concurrency_waits_then_refuses() -> None:
-    herd = herd_for({"c": {"tier": "basic", "max_concurrency": 2, "max_wait_s": 0.15,
-                           "requests_per_minute": 60000}}, latency=0.1)
+    herd = herd_for(
+        {
+            "c": {
+                "tier": "basic",
+                "max_concurrency": 2,
+                "max_wait_s": 0.15,
+                "requests_per_minute": 60000,
+            }
+        },
+        latency=0.1,
+    )
     started = time.perf_counter()
-    results = await asyncio.gather(*[herd.chat("mock", "hi", tenant="c") for _ in range(4)],
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *[herd.chat("mock", "hi", tenant="c") for _ in range(4)], return_exceptions=True
+    )
     assert all(not isinstance(r, BaseException) for r in results)
     # two waves of two: at least 0.2 s (the limit held), well under 0.4 s (not serialised);
     # a generous upper bound, since busy CI machines stretch sleeps
     assert 0.19 <= time.perf_counter() - started < 0.38
-    results = await asyncio.gather(*[herd.chat("mock", "hi", tenant="c") for _ in range(6)],
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *[herd.chat("mock", "hi", tenant="c") for _ in range(6)], return_exceptions=True
+    )
     refused = [r for r in results if isinstance(r, QuotaExceededError)]
     assert len(refused) == 2  # the third wave would end after 0.3 s > 0.15 s of waiting
     assert "over its max_concurrency limit (2 calls running, none finished within 0.15s)" in str(
-        refused[0])
+        refused[0]
+    )
 
 
 async def test_allowed_models_unknown_tenant_and_priority() -> None:
-    herd = herd_for({"b": {"tier": "basic", "allowed_models": ["small"]}},
-                    models=("small", "big"))
+    herd = herd_for({"b": {"tier": "basic", "allowed_models": ["small"]}}, models=("small", "big"))
     seen: list[int] = []
 
     def record(request: ChatRequest) -> str:
@@ -147,8 +182,11 @@ async def test_allowed_models_unknown_tenant_and_priority() -> None:
     model.enqueue(record)
     await herd.chat("small", "hi", tenant="b", priority=3)
     assert seen == [3]  # basic adds 0
-    with pytest.raises(QuotaExceededError, match=r"over its allowed_models limit \('big' is not "
-                                                 r"in \['small'\]\) — it does not reset"):
+    with pytest.raises(
+        QuotaExceededError,
+        match=r"over its allowed_models limit \('big' is not "
+        r"in \['small'\]\) — it does not reset",
+    ):
         await herd.chat("big", "hi", tenant="b")
     with pytest.raises(ConfigError, match=r"unknown tenant 'zed' — add \[tenants.zed\] tier = "):
         await herd.chat("small", "hi", tenant="zed")
@@ -162,12 +200,18 @@ async def test_allowed_models_unknown_tenant_and_priority() -> None:
 
 async def test_memory_share_refuses_models_bigger_than_the_share(tmp_path: object) -> None:
     herd = herd_for({"b": {"tier": "basic"}}, settings={"local_memory_gb": 1})
-    plugin = tenants_core.Tenants(herd, tenants_core.TenantsSettings(local_memory_gb=1),
-                                    build_tenants({"b": {"tier": "basic"}}, build_tiers({}, "t"),
-                                                  "t"), build_tiers({}, "t"))
+    plugin = tenants_core.Tenants(
+        herd,
+        tenants_core.TenantsSettings(local_memory_gb=1),
+        build_tenants({"b": {"tier": "basic"}}, build_tiers({}, "t"), "t"),
+        build_tiers({}, "t"),
+    )
     plugin.model_bytes["local"] = int(0.3 * 1024**3)  # > 0.25 x 1 GiB
-    with pytest.raises(QuotaExceededError, match=r"over its memory_share limit \('local' needs "
-                                                 r"0.30 GiB, the tenant's share is 0.25"):
+    with pytest.raises(
+        QuotaExceededError,
+        match=r"over its memory_share limit \('local' needs "
+        r"0.30 GiB, the tenant's share is 0.25",
+    ):
         await plugin._check_memory(plugin.tenants["b"], "local")
     plugin.model_bytes["small"] = int(0.2 * 1024**3)
     await plugin._check_memory(plugin.tenants["b"], "small")
@@ -175,9 +219,16 @@ async def test_memory_share_refuses_models_bigger_than_the_share(tmp_path: objec
 
 # ---- Redis: one limit across processes ----------------------------------------------
 
+
 async def test_two_herds_sharing_redis_get_one_limit(redis_url: str) -> None:
-    cfg = {"shared": {"tier": "basic", "requests_per_minute": 600, "burst_s": 1,
-                      "max_concurrency": 100}}
+    cfg = {
+        "shared": {
+            "tier": "basic",
+            "requests_per_minute": 600,
+            "burst_s": 1,
+            "max_concurrency": 100,
+        }
+    }
     settings = {"redis_url": redis_url, "key_prefix": f"test:{time.monotonic_ns()}"}
     herds = [herd_for(cfg, settings=settings) for _ in range(2)]
     for herd in herds:
@@ -204,13 +255,23 @@ async def test_two_herds_sharing_redis_get_one_limit(redis_url: str) -> None:
 
 
 async def test_concurrency_slots_and_daily_budget_shared_in_redis(redis_url: str) -> None:
-    cfg = {"s": {"tier": "basic", "max_concurrency": 2, "max_wait_s": 0.05,
-                 "requests_per_minute": 60000, "daily_tokens": 1000}}
+    cfg = {
+        "s": {
+            "tier": "basic",
+            "max_concurrency": 2,
+            "max_wait_s": 0.05,
+            "requests_per_minute": 60000,
+            "daily_tokens": 1000,
+        }
+    }
     settings = {"redis_url": redis_url, "key_prefix": f"test:{time.monotonic_ns()}"}
-    a, b = herd_for(cfg, settings=settings, latency=0.2), herd_for(cfg, settings=settings,
-                                                                   latency=0.2)
-    results = await asyncio.gather(*[h.chat("mock", "hi", tenant="s") for h in (a, b, a, b)],
-                                   return_exceptions=True)
+    a, b = (
+        herd_for(cfg, settings=settings, latency=0.2),
+        herd_for(cfg, settings=settings, latency=0.2),
+    )
+    results = await asyncio.gather(
+        *[h.chat("mock", "hi", tenant="s") for h in (a, b, a, b)], return_exceptions=True
+    )
     assert sum(isinstance(r, QuotaExceededError) for r in results) == 2
     plugin = a.pm.get_plugin("tenants-calls")
     assert plugin.redis is not None
@@ -220,9 +281,12 @@ async def test_concurrency_slots_and_daily_budget_shared_in_redis(redis_url: str
 
 
 async def test_unreachable_redis_falls_back_to_local_with_one_warning(
-        caplog: pytest.LogCaptureFixture) -> None:
-    herd = herd_for({"x": {"tier": "basic", "requests_per_minute": 120, "burst_s": 1}},
-                    settings={"redis_url": "redis://:s3cret@127.0.0.1:1/0"})
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    herd = herd_for(
+        {"x": {"tier": "basic", "requests_per_minute": 120, "burst_s": 1}},
+        settings={"redis_url": "redis://:s3cret@127.0.0.1:1/0"},
+    )
     with caplog.at_level(logging.WARNING, logger="modelherd.tenants"):
         await herd.chat("mock", "hi", tenant="x")
         await herd.chat("mock", "hi", tenant="x")
@@ -255,8 +319,10 @@ def test_herd_tenants_command(tmp_path: Path) -> None:
     from modelherd.plugins.resources.tenants.cli import make_tenants_command
 
     config = tmp_path / "plugins.toml"
-    config.write_text('[tenants.alice]\ntier = "premium"\nrequests_per_minute = 1200\n'
-                      '[tiers.basic]\ndaily_tokens = 0\n')
+    config.write_text(
+        '[tenants.alice]\ntier = "premium"\nrequests_per_minute = 1200\n'
+        "[tiers.basic]\ndaily_tokens = 0\n"
+    )
     result = CliRunner().invoke(make_tenants_command(), ["--json", "--config", str(config)])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.output)}
@@ -272,7 +338,8 @@ def test_herd_tenants_command(tmp_path: Path) -> None:
 
 
 async def test_missing_redis_package_says_what_to_install(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
@@ -280,14 +347,24 @@ async def test_missing_redis_package_says_what_to_install(
     with caplog.at_level(logging.WARNING, logger="modelherd.tenants"):
         await herd.chat("mock", "hi", tenant="x")
     assert [r.getMessage() for r in caplog.records] == [
-        'tenants: redis_url is set but the redis package is missing — pip install '
-        '"modelherd[redis]"; enforcing quotas per process']
+        "tenants: redis_url is set but the redis package is missing — pip install "
+        '"modelherd[redis]"; enforcing quotas per process'
+    ]
     await herd.aclose()
 
 
 async def test_cancelled_slot_waiter_does_not_leak_a_slot() -> None:
-    herd = herd_for({"c": {"tier": "basic", "max_concurrency": 1, "max_wait_s": 5,
-                           "requests_per_minute": 60000}}, latency=0.05)
+    herd = herd_for(
+        {
+            "c": {
+                "tier": "basic",
+                "max_concurrency": 1,
+                "max_wait_s": 5,
+                "requests_per_minute": 60000,
+            }
+        },
+        latency=0.05,
+    )
     first = asyncio.create_task(herd.chat("mock", "1", tenant="c"))
     await asyncio.sleep(0.01)
     waiter = asyncio.create_task(herd.chat("mock", "2", tenant="c"))

@@ -45,8 +45,11 @@ def startup(herd: Herd) -> None:
     from modelherd.plugins.observability.alerts.runtime import AlertHooks
     from modelherd.plugins.observability.alerts.status import default_status_dir, status_path
 
-    webhook = (WebhookSender(settings.webhook_url, settings.webhook_timeout_s)
-               if settings.webhook_url else None)
+    webhook = (
+        WebhookSender(settings.webhook_url, settings.webhook_timeout_s)
+        if settings.webhook_url
+        else None
+    )
     notifier = Notifier(herd, settings.log, webhook)
     status = status_path(default_status_dir(settings.status_dir)) if settings.status_file else None
     hooks = AlertHooks(herd, settings, notifier, status)

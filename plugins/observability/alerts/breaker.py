@@ -32,10 +32,15 @@ class Circuit:
 
 
 class CircuitBreaker:
-    def __init__(self, failures: int, window_s: float, cooldown_s: float,
-                 on_change: Callable[[str, CircuitState, CircuitState, str], None],
-                 clock: Callable[[], float] = time.monotonic,
-                 eligible: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        failures: int,
+        window_s: float,
+        cooldown_s: float,
+        on_change: Callable[[str, CircuitState, CircuitState, str], None],
+        clock: Callable[[], float] = time.monotonic,
+        eligible: Callable[[str], bool] | None = None,
+    ) -> None:
         self.threshold = failures
         self.window_s = window_s
         self.cooldown_s = cooldown_s
@@ -64,8 +69,10 @@ class CircuitBreaker:
             if circuit.state == "open" and now - circuit.opened_at >= self.cooldown_s:
                 self._set(alias, circuit, "half_open", "cooldown over: one probe call")
             if circuit.state == "half_open":
-                stale = (circuit.probe_started is not None
-                         and now - circuit.probe_started >= self.cooldown_s)
+                stale = (
+                    circuit.probe_started is not None
+                    and now - circuit.probe_started >= self.cooldown_s
+                )
                 if circuit.probe_started is None or stale:
                     circuit.probe_started = now  # this call is the probe
                     return
@@ -111,9 +118,12 @@ class CircuitBreaker:
                 failures.popleft()
             if circuit.state == "closed" and len(failures) >= self.threshold:
                 circuit.opened_at = now
-                self._set(alias, circuit, "open",
-                          f"{len(failures)} failures in {self.window_s:g}s, last "
-                          f"{type(error).__name__}")
+                self._set(
+                    alias,
+                    circuit,
+                    "open",
+                    f"{len(failures)} failures in {self.window_s:g}s, last {type(error).__name__}",
+                )
 
     def trip(self, alias: str, why: str) -> bool:
         """Open the circuit now (a KPI alert asked for recovery). True if it opened."""
@@ -138,5 +148,7 @@ class CircuitBreaker:
         self.on_change(alias, old, state, why)
 
     def describe(self) -> dict[str, Any]:
-        return {alias: {"state": c.state, "failures": len(c.failures)}
-                for alias, c in list(self.circuits.items())}
+        return {
+            alias: {"state": c.state, "failures": len(c.failures)}
+            for alias, c in list(self.circuits.items())
+        }

@@ -81,12 +81,21 @@ def build_rules(s: AlertSettings) -> list[Rule]:
     above("gpu_memory", "gpu_memory_percent", s.gpu_memory_percent, "host", "%")
     if s.throughput_min_rps is not None:
         t = s.throughput_min_rps
-        rules.append(Rule("throughput", "calls_per_s", "below", t, t * (1 + h), "overall",
-                          "req/s"))
+        rules.append(Rule("throughput", "calls_per_s", "below", t, t * (1 + h), "overall", "req/s"))
     if s.quality_min is not None:
         q = s.quality_min
-        rules.append(Rule("quality", "quality", "below", q, q + (1 - q) * h, "calls", "ratio",
-                          count_key="validated"))
+        rules.append(
+            Rule(
+                "quality",
+                "quality",
+                "below",
+                q,
+                q + (1 - q) * h,
+                "calls",
+                "ratio",
+                count_key="validated",
+            )
+        )
     return rules
 
 
@@ -98,8 +107,12 @@ class KpiEngine:
         self.rules = build_rules(settings)
         self.active: dict[tuple[str, str], Alert] = {}
 
-    def evaluate(self, snapshot: dict[str, dict[str, Any]], resources: dict[str, Any] | None,
-                 full_window: bool) -> list[Alert]:
+    def evaluate(
+        self,
+        snapshot: dict[str, dict[str, Any]],
+        resources: dict[str, Any] | None,
+        full_window: bool,
+    ) -> list[Alert]:
         events: list[Alert] = []
         for rule in self.rules:
             if rule.scopes == "host":
@@ -120,8 +133,9 @@ class KpiEngine:
                     self._judge(rule, scope, stats.get(rule.stat), enough, events)
         return events
 
-    def _judge(self, rule: Rule, scope: str, value: float | None, enough: bool,
-               events: list[Alert]) -> None:
+    def _judge(
+        self, rule: Rule, scope: str, value: float | None, enough: bool, events: list[Alert]
+    ) -> None:
         if value is None or not enough:
             return
         key = (rule.kpi, scope)
@@ -131,21 +145,39 @@ class KpiEngine:
         else:
             bad, good = value < rule.threshold, value >= rule.resolve_at
         if bad and not firing:
-            where = "herd-wide" if scope == OVERALL else ("on this host" if scope == HOST
-                                                          else f"for '{scope}'")
+            where = (
+                "herd-wide"
+                if scope == OVERALL
+                else ("on this host" if scope == HOST else f"for '{scope}'")
+            )
             word = "over" if rule.direction == "above" else "under"
-            alert = Alert(rule.kpi, scope, "firing", value, rule.threshold,
-                          f"{rule.kpi} {where} is {_fmt(value, rule.unit)}, {word} the "
-                          f"{_fmt(rule.threshold, rule.unit)} threshold")
+            alert = Alert(
+                rule.kpi,
+                scope,
+                "firing",
+                value,
+                rule.threshold,
+                f"{rule.kpi} {where} is {_fmt(value, rule.unit)}, {word} the "
+                f"{_fmt(rule.threshold, rule.unit)} threshold",
+            )
             self.active[key] = alert
             events.append(alert)
         elif good and firing:
             self._resolve(rule, scope, value, events, "")
 
-    def _resolve(self, rule: Rule, scope: str, value: float | None, events: list[Alert],
-                 why: str) -> None:
+    def _resolve(
+        self, rule: Rule, scope: str, value: float | None, events: list[Alert], why: str
+    ) -> None:
         fired = self.active.pop((rule.kpi, scope))
         now_text = why or f"back to {_fmt(value or 0.0, rule.unit)}"
-        events.append(Alert(rule.kpi, scope, "resolved", value, rule.threshold,
-                            f"{rule.kpi} for '{scope}' resolved: {now_text}",
-                            since=fired.since))
+        events.append(
+            Alert(
+                rule.kpi,
+                scope,
+                "resolved",
+                value,
+                rule.threshold,
+                f"{rule.kpi} for '{scope}' resolved: {now_text}",
+                since=fired.since,
+            )
+        )

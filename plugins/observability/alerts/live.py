@@ -42,8 +42,9 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 class LiveStats:
-    def __init__(self, window_s: float, max_records: int = 50_000,
-                 clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, window_s: float, max_records: int = 50_000, clock: Any = time.monotonic
+    ) -> None:
         self.window_s = window_s
         self.clock = clock
         self.started = clock()
@@ -56,10 +57,18 @@ class LiveStats:
             live = self.models[alias] = ModelLive()
         return live
 
-    def add(self, alias: str, kind: int, latency: float = 0.0, input_tokens: int = 0,
-            output_tokens: int = 0, valid: int = -1) -> None:
+    def add(
+        self,
+        alias: str,
+        kind: int,
+        latency: float = 0.0,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        valid: int = -1,
+    ) -> None:
         self.records.append(
-            (self.clock(), alias, kind, latency, input_tokens, output_tokens, valid))
+            (self.clock(), alias, kind, latency, input_tokens, output_tokens, valid)
+        )
 
     def _window(self, now: float) -> list[Record]:
         cutoff = now - self.window_s

@@ -55,8 +55,11 @@ class WebhookSender:
                     self.failed += 1
                     # the URL may hold a token: name the host only
                     host = httpx.URL(self.url).host
-                    log.warning("alert webhook to %s failed: %s — check [plugins.alerts] "
-                                "webhook_url", host, type(exc).__name__)
+                    log.warning(
+                        "alert webhook to %s failed: %s — check [plugins.alerts] webhook_url",
+                        host,
+                        type(exc).__name__,
+                    )
                 finally:
                     self.queue.task_done()
 

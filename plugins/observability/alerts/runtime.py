@@ -68,8 +68,14 @@ def _context_length(herd: Herd, alias: str, options: dict[str, Any]) -> int | No
 
 
 class AlertHooks:
-    def __init__(self, herd: Herd, settings: AlertSettings, notifier: Notifier,
-                 status_file: Path | None, resources: Any = None) -> None:
+    def __init__(
+        self,
+        herd: Herd,
+        settings: AlertSettings,
+        notifier: Notifier,
+        status_file: Path | None,
+        resources: Any = None,
+    ) -> None:
         self.herd = herd
         self.settings = settings
         self.notifier = notifier
@@ -79,11 +85,15 @@ class AlertHooks:
         self.stats = LiveStats(settings.window_s)
         self.engine = KpiEngine(settings)
         self.breaker = (
-            CircuitBreaker(settings.breaker_failures, settings.breaker_window_s,
-                           settings.breaker_cooldown_s, self._circuit_changed,
-                           eligible=self._has_fallbacks if settings.breaker_needs_fallback
-                           else None)
-            if settings.breaker else None
+            CircuitBreaker(
+                settings.breaker_failures,
+                settings.breaker_window_s,
+                settings.breaker_cooldown_s,
+                self._circuit_changed,
+                eligible=self._has_fallbacks if settings.breaker_needs_fallback else None,
+            )
+            if settings.breaker
+            else None
         )
         #: context length per alias: 0 = not looked up yet, -1 = unknown
         self._ctx_len: dict[str, int] = {}
@@ -128,8 +138,17 @@ class AlertHooks:
             live.inflight -= 1
         usage = response.usage
         valid = request.context.get("valid")
-        self._append((self._clock(), alias, OK, response.latency_s, usage.input_tokens,
-                      usage.output_tokens, -1 if valid is None else (1 if valid else 0)))
+        self._append(
+            (
+                self._clock(),
+                alias,
+                OK,
+                response.latency_s,
+                usage.input_tokens,
+                usage.output_tokens,
+                -1 if valid is None else (1 if valid else 0),
+            )
+        )
         temperature = request.options.get("temperature")
         if temperature is not None:
             live.temperature = temperature
@@ -156,18 +175,31 @@ class AlertHooks:
         if self.breaker is not None:
             self.breaker.failure(request.alias, error)
 
-    def _circuit_changed(self, alias: str, old: CircuitState, new: CircuitState,
-                         why: str) -> None:
+    def _circuit_changed(self, alias: str, old: CircuitState, new: CircuitState, why: str) -> None:
         if new == "open" and alias not in self._circuits_firing:
-            alert = Alert("circuit_open", alias, "firing", None, 0.0,
-                          f"circuit for '{alias}' opened: {why}; calls go to its fallbacks")
+            alert = Alert(
+                "circuit_open",
+                alias,
+                "firing",
+                None,
+                0.0,
+                f"circuit for '{alias}' opened: {why}; calls go to its fallbacks",
+            )
             self._circuits_firing[alias] = alert
             self.notifier.notify(alert)
         elif new == "closed" and alias in self._circuits_firing:
             fired = self._circuits_firing.pop(alias)
-            self.notifier.notify(Alert("circuit_open", alias, "resolved", None, 0.0,
-                                       f"circuit for '{alias}' closed: {why}",
-                                       since=fired.since))
+            self.notifier.notify(
+                Alert(
+                    "circuit_open",
+                    alias,
+                    "resolved",
+                    None,
+                    0.0,
+                    f"circuit for '{alias}' closed: {why}",
+                    since=fired.since,
+                )
+            )
 
     # ---- the background loop -------------------------------------------------
 
@@ -183,8 +215,11 @@ class AlertHooks:
         recover = self.settings.recover_on
         if self.breaker is not None and recover:
             for alert in events:
-                if (alert.state == "firing" and alert.kpi in recover
-                        and alert.scope not in (OVERALL, "host")):
+                if (
+                    alert.state == "firing"
+                    and alert.kpi in recover
+                    and alert.scope not in (OVERALL, "host")
+                ):
                     self.breaker.trip(alert.scope, f"{alert.kpi} alert: {alert.message}")
         return events
 
@@ -236,7 +271,10 @@ class AlertHooks:
 
             logging.getLogger("modelherd.alerts").warning(
                 "cannot write the `herd top` status file %s: %s — set [plugins.alerts] "
-                "status_dir or HERD_STATUS_DIR to a writable directory", path, exc.strerror)
+                "status_dir or HERD_STATUS_DIR to a writable directory",
+                path,
+                exc.strerror,
+            )
 
     def _run(self) -> None:
         s = self.settings
@@ -251,8 +289,7 @@ class AlertHooks:
             except Exception:  # the monitor must outlive one bad tick
                 import logging
 
-                logging.getLogger("modelherd.alerts").debug("alerts tick failed",
-                                                            exc_info=True)
+                logging.getLogger("modelherd.alerts").debug("alerts tick failed", exc_info=True)
 
     def start(self) -> None:
         if self._thread is None:

@@ -61,18 +61,32 @@ def render(status: dict[str, Any]) -> Any:
         Text(f"up {uptime:.0f}s", "dim"),
         Text.assemble("window ", (f"{status.get('window_s', 0):g}s", "bold")),
         Text.assemble("calls/s ", (f"{overall.get('calls_per_s') or 0:.2f}", "bold")),
-        Text.assemble("errors ", (_pct(overall.get("error_rate"), 1),
-                                  _level(overall.get("error_rate"), 0.05))),
+        Text.assemble(
+            "errors ", (_pct(overall.get("error_rate"), 1), _level(overall.get("error_rate"), 0.05))
+        ),
         Text.assemble("in-flight ", (str(overall.get("inflight", 0)), "bold")),
     ]
     if stale:
         cells.append(Text(f"stale: {age:.0f}s old", "bold red"))
     header.add_row(*cells)
 
-    models = Table(title="models", title_justify="left", expand=True, header_style="bold",
-                   box=box.SIMPLE_HEAD)
-    for column in ("model", "calls/s", "p50", "p95", "err", "tok/s", "temp", "ctx use",
-                   "cache hit", "in-flight", "quality", "circuit"):
+    models = Table(
+        title="models", title_justify="left", expand=True, header_style="bold", box=box.SIMPLE_HEAD
+    )
+    for column in (
+        "model",
+        "calls/s",
+        "p50",
+        "p95",
+        "err",
+        "tok/s",
+        "temp",
+        "ctx use",
+        "cache hit",
+        "in-flight",
+        "quality",
+        "circuit",
+    ):
         if column == "model":
             models.add_column(column, min_width=10, overflow="fold")
         else:
@@ -99,38 +113,67 @@ def render(status: dict[str, Any]) -> Any:
     r = status.get("resources") or {}
     res = Table.grid(padding=(0, 3))
     cells = [
-        Text.assemble("CPU ", (f"{r['cpu_percent']:.0f}%" if r.get("cpu_percent") is not None
-                               else "—", _level(r.get("cpu_percent"), 80))),
-        Text.assemble(f"memory of {_bytes(r.get('memory_total_bytes'))} ",
-                      (f"{r['memory_percent']:.0f}%" if r.get("memory_percent") is not None
-                       else "—", _level(r.get("memory_percent"), 80))),
+        Text.assemble(
+            "CPU ",
+            (
+                f"{r['cpu_percent']:.0f}%" if r.get("cpu_percent") is not None else "—",
+                _level(r.get("cpu_percent"), 80),
+            ),
+        ),
+        Text.assemble(
+            f"memory of {_bytes(r.get('memory_total_bytes'))} ",
+            (
+                f"{r['memory_percent']:.0f}%" if r.get("memory_percent") is not None else "—",
+                _level(r.get("memory_percent"), 80),
+            ),
+        ),
         Text(f"process RSS {_bytes(r.get('process_rss_bytes'))}"),
-        Text.assemble("GPU ", (f"{r['gpu_percent']:.0f}%" if r.get("gpu_percent") is not None
-                               else "none", _level(r.get("gpu_percent"), 80))),
-        Text.assemble("GPU memory ", (f"{r['gpu_memory_percent']:.0f}%"
-                                      if r.get("gpu_memory_percent") is not None else "—",
-                                      _level(r.get("gpu_memory_percent"), 80))),
+        Text.assemble(
+            "GPU ",
+            (
+                f"{r['gpu_percent']:.0f}%" if r.get("gpu_percent") is not None else "none",
+                _level(r.get("gpu_percent"), 80),
+            ),
+        ),
+        Text.assemble(
+            "GPU memory ",
+            (
+                f"{r['gpu_memory_percent']:.0f}%"
+                if r.get("gpu_memory_percent") is not None
+                else "—",
+                _level(r.get("gpu_memory_percent"), 80),
+            ),
+        ),
         Text(f"net ↑{_bytes(r.get('net_sent_bps'))}/s ↓{_bytes(r.get('net_recv_bps'))}/s"),
     ]
     res.add_row(*cells)
 
     alerts = status.get("alerts", [])
     if alerts:
-        table = Table(title="active alerts", title_justify="left", expand=True,
-                      header_style="bold red", box=box.SIMPLE_HEAD)
+        table = Table(
+            title="active alerts",
+            title_justify="left",
+            expand=True,
+            header_style="bold red",
+            box=box.SIMPLE_HEAD,
+        )
         table.add_column("kpi")
         table.add_column("scope")
         table.add_column("for", justify="right")
         table.add_column("message")
         now = float(status.get("time", time.time()))
         for alert in alerts:
-            table.add_row(alert["kpi"], alert["scope"], f"{now - alert['since']:.0f}s",
-                          alert["message"])
+            table.add_row(
+                alert["kpi"], alert["scope"], f"{now - alert['since']:.0f}s", alert["message"]
+            )
         alerts_part: Any = table
     else:
         alerts_part = Text("no active alerts", style="green")
-    return Panel(Group(header, Text(""), models, Text(""), res, Text(""), alerts_part),
-                 title="modelherd", border_style="cyan")
+    return Panel(
+        Group(header, Text(""), models, Text(""), res, Text(""), alerts_part),
+        title="modelherd",
+        border_style="cyan",
+    )
 
 
 def find_status(file: Path | None, directory: Path | None, pid: int | None) -> Path:
@@ -150,14 +193,16 @@ def find_status(file: Path | None, directory: Path | None, pid: int | None) -> P
         if not path.is_file():
             raise click.ClickException(
                 f"no status file for pid {pid} in {where} — is that process a herd with the "
-                f"alerts plugin on? (run `herd top` without --pid to list what is there)")
+                f"alerts plugin on? (run `herd top` without --pid to list what is there)"
+            )
         return path
     found = list_status_files(where)
     if not found:
         raise click.ClickException(
             f"no running herd found in {where} — start a program that uses modelherd "
             f"(its alerts plugin writes status-<pid>.json there once it has started), "
-            f"or point to a file with --file")
+            f"or point to a file with --file"
+        )
     return found[0]
 
 
@@ -171,19 +216,41 @@ def save_svg(status: dict[str, Any], path: Path, width: int = 120) -> None:
 
 
 @click.command("top")
-@click.option("--file", "file", type=click.Path(path_type=Path), default=None,
-              help="a status file to read (default: the newest in the status dir)")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
-              help="the status dir (default: $HERD_STATUS_DIR or the user runtime dir)")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="a status file to read (default: the newest in the status dir)",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="the status dir (default: $HERD_STATUS_DIR or the user runtime dir)",
+)
 @click.option("--pid", type=int, default=None, help="the herd process to watch")
-@click.option("--interval", type=float, default=1.0, show_default=True,
-              help="seconds between redraws")
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="seconds between redraws"
+)
 @click.option("--once", is_flag=True, help="print one frame and exit")
 @click.option("--json", "as_json", is_flag=True, help="print the raw status as JSON and exit")
-@click.option("--svg", type=click.Path(path_type=Path), default=None,
-              help="save one frame as an SVG image and exit")
-def top_command(file: Path | None, directory: Path | None, pid: int | None, interval: float,
-                once: bool, as_json: bool, svg: Path | None) -> None:
+@click.option(
+    "--svg",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="save one frame as an SVG image and exit",
+)
+def top_command(
+    file: Path | None,
+    directory: Path | None,
+    pid: int | None,
+    interval: float,
+    once: bool,
+    as_json: bool,
+    svg: Path | None,
+) -> None:
     """Live dashboard of a running herd: calls/s, latency, errors, tokens, circuits, alerts."""
     from modelherd.plugins.observability.alerts.status import read_status
 
@@ -191,8 +258,9 @@ def top_command(file: Path | None, directory: Path | None, pid: int | None, inte
     try:
         status = read_status(path)
     except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot read {path}: {exc} — is it a herd status file?"
-                                   ) from None
+        raise click.ClickException(
+            f"cannot read {path}: {exc} — is it a herd status file?"
+        ) from None
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return

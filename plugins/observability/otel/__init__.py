@@ -53,9 +53,14 @@ def _quick_off(herd: Herd) -> bool:
     if table.get("enabled") is True:
         return False
     env = herd.env
-    return not any(env.get(name) for name in ("OTEL_EXPORTER_OTLP_ENDPOINT",
-                                              "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                                              "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+    return not any(
+        env.get(name)
+        for name in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        )
+    )
 
 
 @hookimpl
@@ -154,17 +159,25 @@ class AgentSpan:
             return None
         from opentelemetry import context, trace
 
-        attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": self.name,
-                 **self.attributes}
+        attrs = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": self.name,
+            **self.attributes,
+        }
         self.span = runtime.exporters.tracer.start_span(
-            f"invoke_agent {self.name}", kind=trace.SpanKind.INTERNAL, attributes=attrs)
+            f"invoke_agent {self.name}", kind=trace.SpanKind.INTERNAL, attributes=attrs
+        )
         # make it the current span: calls (and task-group children, which copy the
         # context when they start) made inside the block become its children
         self._token = context.attach(trace.set_span_in_context(self.span))
         return self.span
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self.span is None:
             return
         from opentelemetry import context
@@ -181,8 +194,12 @@ class AgentSpan:
         await self.herd.start()  # the tracer exists once the herd has started
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.__exit__(exc_type, exc, tb)
 
 

@@ -24,11 +24,39 @@ from modelherd.plugins.observability.otel.settings import ResolvedOtel
 log = logging.getLogger("modelherd.otel")
 
 #: OpenTelemetry GenAI semconv advice for gen_ai.client.operation.duration (seconds)
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
-                    20.48, 40.96, 81.92)
+DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
 #: ... and for gen_ai.client.token.usage
-TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
-                 16777216, 67108864)
+TOKEN_BUCKETS = (
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
+    67108864,
+)
 
 
 class _Downgrade(logging.Filter):
@@ -50,12 +78,14 @@ def _install_log_filter() -> None:
     with _filter_lock:
         if _filter_installed:
             return
-        for name in ("opentelemetry.exporter.otlp.proto.http",
-                     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-                     "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-                     "opentelemetry.exporter.otlp.proto.grpc.exporter",
-                     "opentelemetry.sdk.trace.export",
-                     "opentelemetry.sdk.metrics._internal.export"):
+        for name in (
+            "opentelemetry.exporter.otlp.proto.http",
+            "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+            "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+            "opentelemetry.exporter.otlp.proto.grpc.exporter",
+            "opentelemetry.sdk.trace.export",
+            "opentelemetry.sdk.metrics._internal.export",
+        ):
             logging.getLogger(name).addFilter(_Downgrade())
         _filter_installed = True
 
@@ -80,7 +110,8 @@ class _OutageWarning:
                 log.warning(
                     "OTLP %s export to %s failed — is the collector running? "
                     "(calls go on; telemetry is dropped until it answers)",
-                    self.what, self.endpoint,
+                    self.what,
+                    self.endpoint,
                 )
 
 
@@ -96,14 +127,18 @@ def _span_exporter(cfg: ResolvedOtel) -> Any:
             raise MissingDependencyError(
                 "opentelemetry-exporter-otlp-proto-grpc", "otel", "OTLP over gRPC"
             ) from None
-        inner: Any = GrpcSpanExporter(endpoint=cfg.traces_endpoint.removesuffix("/v1/traces"),
-                                      headers=cfg.headers or None,
-                                      timeout=int(cfg.export_timeout_s), insecure=True)
+        inner: Any = GrpcSpanExporter(
+            endpoint=cfg.traces_endpoint.removesuffix("/v1/traces"),
+            headers=cfg.headers or None,
+            timeout=int(cfg.export_timeout_s),
+            insecure=True,
+        )
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        inner = OTLPSpanExporter(endpoint=cfg.traces_endpoint, headers=cfg.headers or None,
-                                 timeout=cfg.export_timeout_s)
+        inner = OTLPSpanExporter(
+            endpoint=cfg.traces_endpoint, headers=cfg.headers or None, timeout=cfg.export_timeout_s
+        )
     outage = _OutageWarning("trace", cfg.traces_endpoint)
 
     class WarningSpanExporter(SpanExporter):
@@ -138,12 +173,16 @@ def _metric_exporter(cfg: ResolvedOtel) -> Any:
             ) from None
         inner: Any = GrpcMetricExporter(
             endpoint=cfg.metrics_endpoint.removesuffix("/v1/metrics"),
-            headers=cfg.headers or None, timeout=int(cfg.export_timeout_s), insecure=True)
+            headers=cfg.headers or None,
+            timeout=int(cfg.export_timeout_s),
+            insecure=True,
+        )
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        inner = OTLPMetricExporter(endpoint=cfg.metrics_endpoint, headers=cfg.headers or None,
-                                   timeout=cfg.export_timeout_s)
+        inner = OTLPMetricExporter(
+            endpoint=cfg.metrics_endpoint, headers=cfg.headers or None, timeout=cfg.export_timeout_s
+        )
     outage = _OutageWarning("metric", cfg.metrics_endpoint)
 
     class WarningMetricExporter(MetricExporter):
@@ -153,8 +192,9 @@ def _metric_exporter(cfg: ResolvedOtel) -> Any:
                 preferred_aggregation=inner._preferred_aggregation,
             )
 
-        def export(self, metrics_data: Any, timeout_millis: float = 10_000,
-                   **kwargs: Any) -> MetricExportResult:
+        def export(
+            self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> MetricExportResult:
             try:
                 result = inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
             except Exception:
@@ -200,9 +240,12 @@ class Exporters:
             self.tracer_provider = TracerProvider(resource=resource)
             self.tracer_provider.add_span_processor(
                 # a roomy queue: spans arrive from the pump in bursts (every 200 ms)
-                BatchSpanProcessor(_span_exporter(cfg), schedule_delay_millis=1000,
-                                   max_queue_size=32768,
-                                   export_timeout_millis=int(cfg.export_timeout_s * 1000))
+                BatchSpanProcessor(
+                    _span_exporter(cfg),
+                    schedule_delay_millis=1000,
+                    max_queue_size=32768,
+                    export_timeout_millis=int(cfg.export_timeout_s * 1000),
+                )
             )
             self.tracer = self.tracer_provider.get_tracer("modelherd")
         if cfg.metrics:

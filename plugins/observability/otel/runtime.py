@@ -53,11 +53,23 @@ _MAX_NOTES = 100_000
 class _Call:
     """One herd call in flight: what its span will say."""
 
-    __slots__ = ("alias", "attempts", "attrs", "end_ns", "ended", "error", "events", "name",
-                 "parent", "primary", "start_ns")
+    __slots__ = (
+        "alias",
+        "attempts",
+        "attrs",
+        "end_ns",
+        "ended",
+        "error",
+        "events",
+        "name",
+        "parent",
+        "primary",
+        "start_ns",
+    )
 
-    def __init__(self, name: str, alias: str, attrs: dict[str, Any], parent: Any,
-                 start_ns: int) -> None:
+    def __init__(
+        self, name: str, alias: str, attrs: dict[str, Any], parent: Any, start_ns: int
+    ) -> None:
         self.name = name
         self.alias = alias
         self.primary = alias
@@ -76,8 +88,10 @@ _CURRENT: ContextVar[_Call | None] = ContextVar("modelherd_otel_call", default=N
 
 def _messages_json(request: ChatRequest) -> str:
     return json.dumps(
-        [{"role": m.role, "parts": [{"type": "text", "content": m.content}]}
-         for m in request.messages],
+        [
+            {"role": m.role, "parts": [{"type": "text", "content": m.content}]}
+            for m in request.messages
+        ],
         ensure_ascii=False,
     )
 
@@ -91,7 +105,8 @@ class OtelPump:
         self.interval_s = interval_s
         self.spans: collections.deque[_Call] = collections.deque(maxlen=_MAX_NOTES)
         self.points: collections.deque[tuple[str, str, str, float, Any]] = collections.deque(
-            maxlen=_MAX_NOTES)
+            maxlen=_MAX_NOTES
+        )
         self._instruments: dict[str, Any] = {}
         self._drain_lock = threading.Lock()
         self._stop = threading.Event()
@@ -121,8 +136,13 @@ class OtelPump:
         return done
 
     def _span(self, call: _Call) -> None:
-        span = self.tracer.start_span(call.name, context=call.parent, kind=self._client,
-                                      attributes=call.attrs, start_time=call.start_ns)
+        span = self.tracer.start_span(
+            call.name,
+            context=call.parent,
+            kind=self._client,
+            attributes=call.attrs,
+            start_time=call.start_ns,
+        )
         for name, attrs, at in call.events:
             span.add_event(name, attrs, timestamp=at)
         if call.error:
@@ -138,7 +158,8 @@ class OtelPump:
             elif name == "gen_ai.client.token.usage":
                 advice = TOKEN_BUCKETS
             record = meter.create_histogram(
-                name, unit, explicit_bucket_boundaries_advisory=advice).record
+                name, unit, explicit_bucket_boundaries_advisory=advice
+            ).record
         elif kind == "gauge":
             record = meter.create_gauge(name, unit).set
         elif kind == "updown":
@@ -198,11 +219,17 @@ class OtelHooks:
             attrs["gen_ai.agent.name"] = request.agent
         if self.capture_content:
             attrs["gen_ai.input.messages"] = _messages_json(request)
-        call = _Call(f"chat {request.model or request.alias}", request.alias, attrs,
-                     self._get_context(), start_ns or time.time_ns())
+        call = _Call(
+            f"chat {request.model or request.alias}",
+            request.alias,
+            attrs,
+            self._get_context(),
+            start_ns or time.time_ns(),
+        )
         if self.metrics:
-            self._points.append(("herd.inflight", "updown", "{request}", 1,
-                                 {"herd.alias": request.alias}))
+            self._points.append(
+                ("herd.inflight", "updown", "{request}", 1, {"herd.alias": request.alias})
+            )
         _CURRENT.set(call)
         return call
 
@@ -233,11 +260,15 @@ class OtelHooks:
             # on_error is dropped: a fallback attempt never asks the primary alias again)
             call = self._start(request)
         elif _MARK in context:
-            call.events.append(("herd.retry", {"herd.attempt": call.attempts + 1},
-                                time.time_ns()))
+            call.events.append(("herd.retry", {"herd.attempt": call.attempts + 1}, time.time_ns()))
         else:
-            call.events.append(("herd.fallback", {"herd.from": call.alias,
-                                                  "herd.to": request.alias}, time.time_ns()))
+            call.events.append(
+                (
+                    "herd.fallback",
+                    {"herd.from": call.alias, "herd.to": request.alias},
+                    time.time_ns(),
+                )
+            )
             call.alias = request.alias
         context[_MARK] = True
         call.attempts += 1
@@ -268,8 +299,15 @@ class OtelHooks:
             attrs["herd.valid"] = bool(valid)
         if self.capture_content:
             attrs["gen_ai.output.messages"] = json.dumps(
-                [{"role": "assistant", "parts": [{"type": "text", "content": response.content}],
-                  "finish_reason": response.finish_reason}], ensure_ascii=False)
+                [
+                    {
+                        "role": "assistant",
+                        "parts": [{"type": "text", "content": response.content}],
+                        "finish_reason": response.finish_reason,
+                    }
+                ],
+                ensure_ascii=False,
+            )
         self._end(call, "cache_hit" if response.cache_tier else "ok")
 
     @hookimpl
@@ -282,9 +320,13 @@ class OtelHooks:
             call = self._start(request)
         error_type = type(error).__name__
         if not final:
-            call.events.append(("herd.attempt_failed", {"error.type": error_type,
-                                                        "herd.alias": request.alias},
-                                time.time_ns()))
+            call.events.append(
+                (
+                    "herd.attempt_failed",
+                    {"error.type": error_type, "herd.alias": request.alias},
+                    time.time_ns(),
+                )
+            )
             return
         call.alias = request.alias
         call.attrs["error.type"] = error_type
@@ -305,5 +347,6 @@ class OtelMetricSink:
 
     @hookimpl
     def on_metric(self, metric: Metric, herd: Herd) -> None:
-        self._points.append((metric.name, metric.kind, metric.unit, metric.value,
-                             metric.attributes))
+        self._points.append(
+            (metric.name, metric.kind, metric.unit, metric.value, metric.attributes)
+        )

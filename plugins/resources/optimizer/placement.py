@@ -66,8 +66,12 @@ class Placement:
         return self.output_on_gpu
 
     def llamacpp_options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"n_ctx": self.n_ctx, "n_gpu_layers": self.n_gpu_layers,
-                                "use_mmap": self.use_mmap, "use_mlock": self.use_mlock}
+        opts: dict[str, Any] = {
+            "n_ctx": self.n_ctx,
+            "n_gpu_layers": self.n_gpu_layers,
+            "use_mmap": self.use_mmap,
+            "use_mlock": self.use_mlock,
+        }
         if self.kv_type != "f16":
             type_id = KV_TYPES[self.kv_type][0]
             opts.update(type_k=type_id, type_v=type_id, flash_attn=True)
@@ -83,16 +87,28 @@ class Placement:
     def as_dict(self) -> dict[str, Any]:
         est = self.estimate
         return {
-            "model": self.facts.name, "path": self.facts.path,
-            "quantization": self.facts.quantization, "layers": self.facts.n_layers,
-            "weights_bytes": est.weights, "kv_cache_bytes": est.kv_cache,
-            "compute_bytes": est.compute, "overhead_bytes": est.overhead,
-            "total_bytes": est.total, "n_ctx": self.n_ctx, "kv_type": self.kv_type,
-            "gpu_layers": self.gpu_layers, "n_gpu_layers": self.n_gpu_layers,
-            "gpu_bytes": self.gpu_bytes, "cpu_bytes": self.cpu_bytes,
-            "gpu_free_bytes": self.gpu_free, "cpu_free_bytes": self.cpu_free,
-            "tensor_split": self.tensor_split, "use_mmap": self.use_mmap,
-            "use_mlock": self.use_mlock, "fits": self.fits, "reason": self.reason,
+            "model": self.facts.name,
+            "path": self.facts.path,
+            "quantization": self.facts.quantization,
+            "layers": self.facts.n_layers,
+            "weights_bytes": est.weights,
+            "kv_cache_bytes": est.kv_cache,
+            "compute_bytes": est.compute,
+            "overhead_bytes": est.overhead,
+            "total_bytes": est.total,
+            "n_ctx": self.n_ctx,
+            "kv_type": self.kv_type,
+            "gpu_layers": self.gpu_layers,
+            "n_gpu_layers": self.n_gpu_layers,
+            "gpu_bytes": self.gpu_bytes,
+            "cpu_bytes": self.cpu_bytes,
+            "gpu_free_bytes": self.gpu_free,
+            "cpu_free_bytes": self.cpu_free,
+            "tensor_split": self.tensor_split,
+            "use_mmap": self.use_mmap,
+            "use_mlock": self.use_mlock,
+            "fits": self.fits,
+            "reason": self.reason,
             "devices": self.devices,
         }
 
@@ -104,8 +120,15 @@ def _ctx_steps(target: int, min_ctx: int) -> list[int]:
     return steps
 
 
-def _try(facts: ModelFacts, gpus: list[Device], ram: Device, n_ctx: int, kv_type: str,
-         gpu_reserve: int, n_batch: int) -> tuple[int, bool, int, int, list[Device]]:
+def _try(
+    facts: ModelFacts,
+    gpus: list[Device],
+    ram: Device,
+    n_ctx: int,
+    kv_type: str,
+    gpu_reserve: int,
+    n_batch: int,
+) -> tuple[int, bool, int, int, list[Device]]:
     """Most layers on the GPUs for this context/KV type: (layers, output, gpu, cpu, used)."""
     kv_layer = kv_bytes_per_token(facts, kv_type, layers=1) * n_ctx
     compute = compute_buffer_bytes(facts, n_ctx, n_batch)
@@ -127,8 +150,12 @@ def _try(facts: ModelFacts, gpus: list[Device], ram: Device, n_ctx: int, kv_type
         if output:
             spent += facts.output_bytes
         on_cpu_layers = facts.n_layers - layers
-        cpu = (facts.embedding_bytes + sum(facts.layer_bytes[layers:]) + est.overhead
-               + int(kv_layer * on_cpu_layers))
+        cpu = (
+            facts.embedding_bytes
+            + sum(facts.layer_bytes[layers:])
+            + est.overhead
+            + int(kv_layer * on_cpu_layers)
+        )
         if not output:
             cpu += facts.output_bytes + compute
         if (layers, output) > best[:2]:
@@ -138,9 +165,19 @@ def _try(facts: ModelFacts, gpus: list[Device], ram: Device, n_ctx: int, kv_type
     return best
 
 
-def place(facts: ModelFacts, gpus: list[Device], ram: Device, *, n_ctx: int | None = None,
-          min_ctx: int = 512, kv_types: tuple[str, ...] = KV_ORDER, gpu_reserve: int = 256 * MiB,
-          n_batch: int = 512, mlock: bool = False, gpu_note: str = "") -> Placement:
+def place(
+    facts: ModelFacts,
+    gpus: list[Device],
+    ram: Device,
+    *,
+    n_ctx: int | None = None,
+    min_ctx: int = 512,
+    kv_types: tuple[str, ...] = KV_ORDER,
+    gpu_reserve: int = 256 * MiB,
+    n_batch: int = 512,
+    mlock: bool = False,
+    gpu_note: str = "",
+) -> Placement:
     """Choose the best placement that fits; if none does, say what is short and by how much."""
     target = min(n_ctx or facts.context_length, facts.context_length)
     min_ctx = min(min_ctx, target)
@@ -148,14 +185,24 @@ def place(facts: ModelFacts, gpus: list[Device], ram: Device, *, n_ctx: int | No
     for ctx in _ctx_steps(target, min_ctx):
         for kv in kv_types:
             layers, output, gpu_bytes, cpu_bytes, used = _try(
-                facts, gpus, ram, ctx, kv, gpu_reserve, n_batch)
+                facts, gpus, ram, ctx, kv, gpu_reserve, n_batch
+            )
             est = estimate(facts, ctx, kv, n_batch)
             fits = cpu_bytes <= ram.free
             gpu_free = sum(d.free for d in used) if used else sum(d.free for d in gpus)
             placement = Placement(
-                facts=facts, estimate=est, n_ctx=ctx, kv_type=kv, gpu_layers=layers,
-                gpu_bytes=gpu_bytes, cpu_bytes=cpu_bytes, gpu_free=gpu_free, cpu_free=ram.free,
-                fits=fits, reason="", devices=[f"{d.kind}{d.index}: {d.name}" for d in used],
+                facts=facts,
+                estimate=est,
+                n_ctx=ctx,
+                kv_type=kv,
+                gpu_layers=layers,
+                gpu_bytes=gpu_bytes,
+                cpu_bytes=cpu_bytes,
+                gpu_free=gpu_free,
+                cpu_free=ram.free,
+                fits=fits,
+                reason="",
+                devices=[f"{d.kind}{d.index}: {d.name}" for d in used],
                 output_on_gpu=output,
             )
             if len(used) > 1:
@@ -190,18 +237,22 @@ def _explain(p: Placement, target: int, gpus: list[Device], gpu_note: str) -> st
     tail = f" ({'; '.join(shrunk)} to fit)" if shrunk and p.fits else ""
     if not p.fits:
         short = p.cpu_bytes - p.cpu_free
-        return (f"does not fit: needs {human(p.cpu_bytes)} of RAM beside "
-                f"{p.gpu_layers}/{n} layers on GPU, {human(p.cpu_free)} free "
-                f"({human(short)} short) — choose a smaller quantization, a smaller "
-                f"n_ctx, or free memory")
+        return (
+            f"does not fit: needs {human(p.cpu_bytes)} of RAM beside "
+            f"{p.gpu_layers}/{n} layers on GPU, {human(p.cpu_free)} free "
+            f"({human(short)} short) — choose a smaller quantization, a smaller "
+            f"n_ctx, or free memory"
+        )
     if not gpus:
         why = f"no GPU ({gpu_note})" if gpu_note else "no GPU"
         return f"fits in RAM: {why}; {human(p.cpu_bytes)} of {human(p.cpu_free)} free{tail}"
     if p.output_on_gpu:
         where = ", ".join(p.devices)
         return f"fits: all {n} layers on {where}{tail}"
-    return (f"partial offload: {p.gpu_layers}/{n} layers on GPU "
-            f"({human(p.gpu_free)} free), the rest in RAM{tail}")
+    return (
+        f"partial offload: {p.gpu_layers}/{n} layers on GPU "
+        f"({human(p.gpu_free)} free), the rest in RAM{tail}"
+    )
 
 
 def best_variant(candidates: list[tuple[str, Placement]]) -> tuple[str, Placement] | None:

@@ -7,8 +7,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import click
 
-FIELDS = ("max_concurrency", "requests_per_minute", "tokens_per_minute", "daily_tokens",
-          "priority", "memory_share", "allowed_models")
+FIELDS = (
+    "max_concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "daily_tokens",
+    "priority",
+    "memory_share",
+    "allowed_models",
+)
 
 
 def make_tenants_command() -> click.Command:
@@ -28,8 +35,9 @@ def make_tenants_command() -> click.Command:
 
         root = ctx.find_root().params or {}
         try:
-            herd = Herd(config_path=config_path or root.get("config_path"),
-                        profile=root.get("profile"))
+            herd = Herd(
+                config_path=config_path or root.get("config_path"), profile=root.get("profile")
+            )
             source = herd.config.source
             tiers = build_tiers(herd.config.tiers, source)
             tenants = build_tenants(herd.config.tenants, tiers, source)
@@ -38,10 +46,18 @@ def make_tenants_command() -> click.Command:
             ctx.exit(2)
             return
         rows: list[dict[str, Any]] = [
-            {"name": name, "kind": "tenant", "tier": t.tier,
-             **{f: getattr(t.limits, f) for f in FIELDS}} for name, t in tenants.items()]
-        rows += [{"name": name, "kind": "tier", "tier": name,
-                  **{f: getattr(limits, f) for f in FIELDS}} for name, limits in tiers.items()]
+            {
+                "name": name,
+                "kind": "tenant",
+                "tier": t.tier,
+                **{f: getattr(t.limits, f) for f in FIELDS},
+            }
+            for name, t in tenants.items()
+        ]
+        rows += [
+            {"name": name, "kind": "tier", "tier": name, **{f: getattr(limits, f) for f in FIELDS}}
+            for name, limits in tiers.items()
+        ]
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
@@ -49,19 +65,34 @@ def make_tenants_command() -> click.Command:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"tenants and tiers ({source})", box=box.SIMPLE, pad_edge=False,
-                      show_edge=False)
-        for column in ("tenant", "tier", "conc.", "req/min", "tok/min", "tok/day", "prio",
-                       "mem", "models"):
+        table = Table(
+            title=f"tenants and tiers ({source})", box=box.SIMPLE, pad_edge=False, show_edge=False
+        )
+        for column in (
+            "tenant",
+            "tier",
+            "conc.",
+            "req/min",
+            "tok/min",
+            "tok/day",
+            "prio",
+            "mem",
+            "models",
+        ):
             table.add_column(column, no_wrap=True)
         for row in rows:
-            table.add_row(row["name"] if row["kind"] == "tenant" else "", row["tier"],
-                          *(_fmt(row[f]) for f in FIELDS[:-1]),
-                          ", ".join(row["allowed_models"]))
+            table.add_row(
+                row["name"] if row["kind"] == "tenant" else "",
+                row["tier"],
+                *(_fmt(row[f]) for f in FIELDS[:-1]),
+                ", ".join(row["allowed_models"]),
+            )
         Console().print(table)
         if not tenants:
-            click.echo("no tenants configured: add [tenants.<name>] tier = \"basic\" to "
-                       "plugins.toml (calls without tenant= are never limited)")
+            click.echo(
+                'no tenants configured: add [tenants.<name>] tier = "basic" to '
+                "plugins.toml (calls without tenant= are never limited)"
+            )
 
     return tenants_command
 

@@ -87,11 +87,13 @@ class RedisLimits:
     async def ping(self) -> None:
         await self.client.ping()
 
-    async def bucket(self, tenant: str, what: str, rate: float, capacity: float,
-                     cost: float, mode: str) -> float:
+    async def bucket(
+        self, tenant: str, what: str, rate: float, capacity: float, cost: float, mode: str
+    ) -> float:
         """Run the bucket script: 0.0 when allowed, else seconds to wait."""
-        ok, wait = await self._bucket(keys=[self.key(tenant, what)],
-                                      args=[rate, capacity, cost, mode])
+        ok, wait = await self._bucket(
+            keys=[self.key(tenant, what)], args=[rate, capacity, cost, mode]
+        )
         return 0.0 if int(ok) == 1 else max(float(wait), 1e-3)
 
     async def day_used(self, tenant: str) -> int:

@@ -71,8 +71,7 @@ class TierLimits(BaseModel):
     #: how long a call may wait for a concurrency slot before it is refused
     max_wait_s: float = Field(10.0, ge=0)
 
-    @field_validator("max_concurrency", "requests_per_minute", "tokens_per_minute",
-                     "daily_tokens")
+    @field_validator("max_concurrency", "requests_per_minute", "tokens_per_minute", "daily_tokens")
     @classmethod
     def _zero_is_unlimited(cls, value: float | None) -> float | None:
         # TOML has no null: 0 switches a tier's default limit off
@@ -82,16 +81,32 @@ class TierLimits(BaseModel):
 #: after ../shared/runbook-zh.md "多租户资源隔离": 基础/中等/高级/完全隔离
 DEFAULT_TIERS: dict[str, dict[str, Any]] = {
     # dev/test: CPU 50 %, 4 GB, standard service
-    "basic": {"max_concurrency": 4, "requests_per_minute": 60, "tokens_per_minute": 40_000,
-              "daily_tokens": 500_000, "priority": 0, "memory_share": 0.25},
+    "basic": {
+        "max_concurrency": 4,
+        "requests_per_minute": 60,
+        "tokens_per_minute": 40_000,
+        "daily_tokens": 500_000,
+        "priority": 0,
+        "memory_share": 0.25,
+    },
     # small production: CPU 75 %, 8 GB, guaranteed service
-    "standard": {"max_concurrency": 16, "requests_per_minute": 600,
-                 "tokens_per_minute": 200_000, "daily_tokens": 5_000_000, "priority": 10,
-                 "memory_share": 0.5},
+    "standard": {
+        "max_concurrency": 16,
+        "requests_per_minute": 600,
+        "tokens_per_minute": 200_000,
+        "daily_tokens": 5_000_000,
+        "priority": 10,
+        "memory_share": 0.5,
+    },
     # business critical: CPU 100 %, 16 GB, premium service
-    "premium": {"max_concurrency": 64, "requests_per_minute": 3_000,
-                "tokens_per_minute": 1_000_000, "daily_tokens": 50_000_000, "priority": 20,
-                "memory_share": 1.0},
+    "premium": {
+        "max_concurrency": 64,
+        "requests_per_minute": 3_000,
+        "tokens_per_minute": 1_000_000,
+        "daily_tokens": 50_000_000,
+        "priority": 20,
+        "memory_share": 1.0,
+    },
     # sensitive work: exclusive resources, highest priority, no quota
     "dedicated": {"priority": 30, "memory_share": 1.0},
 }
@@ -149,13 +164,15 @@ def build_tiers(config_tiers: dict[str, Any], source: str) -> dict[str, TierLimi
             tiers[name] = TierLimits.model_validate({**DEFAULT_TIERS.get(name, {}), **table})
         except ValidationError as exc:
             key, msg = _first_error(exc)
-            raise ConfigError(f"{source}: [tiers.{name}] {key}: {msg} — see docs/resources.md "
-                              f"for the tier fields") from None
+            raise ConfigError(
+                f"{source}: [tiers.{name}] {key}: {msg} — see docs/resources.md for the tier fields"
+            ) from None
     return tiers
 
 
-def build_tenants(config_tenants: dict[str, Any], tiers: dict[str, TierLimits],
-                  source: str) -> dict[str, Tenant]:
+def build_tenants(
+    config_tenants: dict[str, Any], tiers: dict[str, TierLimits], source: str
+) -> dict[str, Tenant]:
     tenants: dict[str, Tenant] = {}
     for name, table in config_tenants.items():
         if not isinstance(table, dict):
@@ -163,14 +180,18 @@ def build_tenants(config_tenants: dict[str, Any], tiers: dict[str, TierLimits],
         overrides = dict(table)
         tier = str(overrides.pop("tier", "basic"))
         if tier not in tiers:
-            raise ConfigError(f"{source}: [tenants.{name}] tier: unknown tier '{tier}' — "
-                              f"use one of {', '.join(tiers)} or add [tiers.{tier}]")
+            raise ConfigError(
+                f"{source}: [tenants.{name}] tier: unknown tier '{tier}' — "
+                f"use one of {', '.join(tiers)} or add [tiers.{tier}]"
+            )
         try:
             limits = TierLimits.model_validate({**tiers[tier].model_dump(), **overrides})
         except ValidationError as exc:
             key, msg = _first_error(exc)
-            raise ConfigError(f"{source}: [tenants.{name}] {key}: {msg} — allowed keys: tier, "
-                              f"{', '.join(TierLimits.model_fields)}") from None
+            raise ConfigError(
+                f"{source}: [tenants.{name}] {key}: {msg} — allowed keys: tier, "
+                f"{', '.join(TierLimits.model_fields)}"
+            ) from None
         tenants[name] = Tenant(name, tier, limits)
     return tenants
 
@@ -180,15 +201,22 @@ def load_settings(herd: Herd) -> TenantsSettings:
         return TenantsSettings.model_validate(herd.plugin_settings("tenants"))
     except ValidationError as exc:
         key, msg = _first_error(exc)
-        raise ConfigError(f"{herd.config.source}: [plugins.tenants] {key}: {msg} — allowed: "
-                          f"{', '.join(TenantsSettings.model_fields)}") from None
+        raise ConfigError(
+            f"{herd.config.source}: [plugins.tenants] {key}: {msg} — allowed: "
+            f"{', '.join(TenantsSettings.model_fields)}"
+        ) from None
 
 
 class Tenants:
     """The per-call half: registered from `startup` only when tenants are configured."""
 
-    def __init__(self, herd: Herd, settings: TenantsSettings, tenants: dict[str, Tenant],
-                 tiers: dict[str, TierLimits]) -> None:
+    def __init__(
+        self,
+        herd: Herd,
+        settings: TenantsSettings,
+        tenants: dict[str, Tenant],
+        tiers: dict[str, TierLimits],
+    ) -> None:
         self.herd = herd
         self.settings = settings
         self.tenants = tenants
@@ -212,8 +240,10 @@ class Tenants:
         except ImportError:
             self.warned = True
             self.redis_down_until = float("inf")
-            log.warning('tenants: redis_url is set but the redis package is missing — '
-                        'pip install "modelherd[redis]"; enforcing quotas per process')
+            log.warning(
+                "tenants: redis_url is set but the redis package is missing — "
+                'pip install "modelherd[redis]"; enforcing quotas per process'
+            )
             return
         try:
             await self.redis.ping()
@@ -231,7 +261,11 @@ class Tenants:
             self.warned = True
             log.warning(
                 "tenants: Redis at %s is unreachable (%s: %s) — enforcing quotas per process "
-                "until it is back", _safe_url(self.settings.redis_url), type(exc).__name__, exc)
+                "until it is back",
+                _safe_url(self.settings.redis_url),
+                type(exc).__name__,
+                exc,
+            )
 
     def _remote(self) -> RedisLimits | None:
         if self.redis is None or time.monotonic() < self.redis_down_until:
@@ -261,7 +295,7 @@ class Tenants:
         if tier == "reject" or tier not in self.tiers:
             raise ConfigError(
                 f"unknown tenant '{name}' — add [tenants.{name}] tier = \"basic\" to "
-                f"{self.herd.config.source}, or set [plugins.tenants] unknown_tenant = \"basic\""
+                f'{self.herd.config.source}, or set [plugins.tenants] unknown_tenant = "basic"'
             )
         tenant = self.tenants[name] = Tenant(name, tier, self.tiers[tier])
         return tenant
@@ -270,21 +304,28 @@ class Tenants:
 
     def _refuse(self, tenant: Tenant, limit: str, detail: str, retry_after: float | None) -> None:
         if self.herd.wants_metrics:
-            self.herd.emit(Metric("herd.tenant.rejected", 1,
-                                  attributes={"herd.tenant": tenant.name, "herd.limit": limit}))
+            self.herd.emit(
+                Metric(
+                    "herd.tenant.rejected",
+                    1,
+                    attributes={"herd.tenant": tenant.name, "herd.limit": limit},
+                )
+            )
         when = f"retry in {retry_after:.2f}s" if retry_after is not None else "it does not reset"
         raise QuotaExceededError(
             f"tenant '{tenant.name}' ({tenant.tier}) is over its {limit} limit ({detail}) — {when}",
             retry_after=retry_after,
         )
 
-    async def _bucket(self, tenant: Tenant, what: str, local: TokenBucket, cost: float,
-                      mode: str) -> float:
+    async def _bucket(
+        self, tenant: Tenant, what: str, local: TokenBucket, cost: float, mode: str
+    ) -> float:
         remote = self._remote()
         if remote is not None:
             try:
-                return await remote.bucket(tenant.name, what, local.rate, local.capacity,
-                                           cost, mode)
+                return await remote.bucket(
+                    tenant.name, what, local.rate, local.capacity, cost, mode
+                )
             except Exception as exc:
                 self._redis_failed(exc)
         if mode == "take":
@@ -298,8 +339,12 @@ class Tenants:
         """Every rate and budget check, before the call; raises QuotaExceededError."""
         limits = tenant.limits
         if tenant.allowed is not None and request.alias not in tenant.allowed:
-            self._refuse(tenant, "allowed_models",
-                         f"'{request.alias}' is not in {sorted(tenant.allowed)}", None)
+            self._refuse(
+                tenant,
+                "allowed_models",
+                f"'{request.alias}' is not in {sorted(tenant.allowed)}",
+                None,
+            )
         if limits.memory_share < 1.0 and request.provider in LOCAL_PROVIDERS:
             await self._check_memory(tenant, request.alias)
         if self._remote() is None:
@@ -308,8 +353,9 @@ class Tenants:
         if tenant.rpm is not None:
             wait = await self._bucket(tenant, "rpm", tenant.rpm, 1.0, "take")
             if wait:
-                self._refuse(tenant, "requests_per_minute",
-                             f"{limits.requests_per_minute:g}/min", wait)
+                self._refuse(
+                    tenant, "requests_per_minute", f"{limits.requests_per_minute:g}/min", wait
+                )
         if tenant.tpm is not None:
             wait = await self._bucket(tenant, "tpm", tenant.tpm, 0.0, "positive")
             if wait:
@@ -317,17 +363,21 @@ class Tenants:
         if limits.daily_tokens is not None:
             used = await self._day_used(tenant)
             if used >= limits.daily_tokens:
-                self._refuse(tenant, "daily_tokens",
-                             f"{used} of {limits.daily_tokens} tokens used today, resets at "
-                             f"00:00 UTC", seconds_to_utc_midnight())
+                self._refuse(
+                    tenant,
+                    "daily_tokens",
+                    f"{used} of {limits.daily_tokens} tokens used today, resets at 00:00 UTC",
+                    seconds_to_utc_midnight(),
+                )
 
     def _admit_local(self, tenant: Tenant) -> None:
         limits = tenant.limits
         if tenant.rpm is not None:
             wait = tenant.rpm.take(1.0)
             if wait:
-                self._refuse(tenant, "requests_per_minute",
-                             f"{limits.requests_per_minute:g}/min", wait)
+                self._refuse(
+                    tenant, "requests_per_minute", f"{limits.requests_per_minute:g}/min", wait
+                )
         if tenant.tpm is not None:
             wait = tenant.tpm.wait_positive()
             if wait:
@@ -335,9 +385,12 @@ class Tenants:
         if limits.daily_tokens is not None:
             used = tenant.daily.current()
             if used >= limits.daily_tokens:
-                self._refuse(tenant, "daily_tokens",
-                             f"{used} of {limits.daily_tokens} tokens used today, resets at "
-                             f"00:00 UTC", seconds_to_utc_midnight())
+                self._refuse(
+                    tenant,
+                    "daily_tokens",
+                    f"{used} of {limits.daily_tokens} tokens used today, resets at 00:00 UTC",
+                    seconds_to_utc_midnight(),
+                )
 
     async def _day_used(self, tenant: Tenant) -> int:
         remote = self._remote()
@@ -417,10 +470,13 @@ class Tenants:
                 self.local_memory = int(psutil.virtual_memory().total)
         allowed = self.local_memory * tenant.limits.memory_share
         if need > allowed:
-            self._refuse(tenant, "memory_share",
-                         f"'{alias}' needs {need / 1024**3:.2f} GiB, the tenant's share is "
-                         f"{tenant.limits.memory_share:g} × {self.local_memory / 1024**3:.1f} GiB",
-                         None)
+            self._refuse(
+                tenant,
+                "memory_share",
+                f"'{alias}' needs {need / 1024**3:.2f} GiB, the tenant's share is "
+                f"{tenant.limits.memory_share:g} × {self.local_memory / 1024**3:.1f} GiB",
+                None,
+            )
 
     def _estimate(self, alias: str) -> int | None:
         try:
@@ -454,12 +510,23 @@ class _Gate:
             waited = time.perf_counter() - started
             self.request.context["herd.tenant_wait_s"] = waited
             if owner.herd.wants_metrics:
-                owner.herd.emit(Metric("herd.tenant.queue_wait", waited, "s", "histogram",
-                                       {"herd.tenant": tenant.name}))
+                owner.herd.emit(
+                    Metric(
+                        "herd.tenant.queue_wait",
+                        waited,
+                        "s",
+                        "histogram",
+                        {"herd.tenant": tenant.name},
+                    )
+                )
             if self.slot is None:
-                owner._refuse(tenant, "max_concurrency",
-                              f"{tenant.limits.max_concurrency} calls running, none finished "
-                              f"within {tenant.limits.max_wait_s:g}s", 1.0)
+                owner._refuse(
+                    tenant,
+                    "max_concurrency",
+                    f"{tenant.limits.max_concurrency} calls running, none finished "
+                    f"within {tenant.limits.max_wait_s:g}s",
+                    1.0,
+                )
 
     async def __aexit__(self, *exc: object) -> None:
         if self.slot is not None:
@@ -489,8 +556,10 @@ def start(herd: Herd) -> Awaitable[None] | None:
     settings = load_settings(herd)
     tiers = build_tiers(herd.config.tiers, source)
     if settings.unknown_tenant != "reject" and settings.unknown_tenant not in tiers:
-        raise ConfigError(f"{source}: [plugins.tenants] unknown_tenant: '{settings.unknown_tenant}'"
-                          f" is not a tier — use \"reject\" or one of {', '.join(tiers)}")
+        raise ConfigError(
+            f"{source}: [plugins.tenants] unknown_tenant: '{settings.unknown_tenant}'"
+            f' is not a tier — use "reject" or one of {", ".join(tiers)}'
+        )
     plugin = Tenants(herd, settings, build_tenants(herd.config.tenants, tiers, source), tiers)
     herd.register_plugin(plugin, name="tenants-calls")
     herd_state = herd.__dict__
