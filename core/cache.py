@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .types import ChatRequest, ChatResponse, Metric, Usage, trusted
+from .types import ChatRequest, ChatResponse, Message, Metric, TextPart, Usage, trusted
 
 if TYPE_CHECKING:
     from .kernel import Herd
@@ -87,25 +87,54 @@ def request_key(request: ChatRequest) -> str:
 
     Hot path (every cached call): repr() of scalars is exact and ~3x cheaper than
     canonical JSON, so only nested options (tools, response_format, stop lists …)
-    pay for json.dumps. Messages carry role and content only (a test pins
-    Message's fields, so a new field cannot silently fall out of the key).
+    pay for json.dumps. A plain message keys by role and content; one with parts, tool
+    calls or a tool answer by all of its fields (a test pins Message's fields, so a new
+    field cannot silently fall out of the key). Tools, tool_choice and response_format
+    are options, so they are in the key too.
     """
     opts = request.options
     items: list[tuple[str, str]] | tuple[()] = ()
     if opts:
         items = sorted((k, _canonical(v)) for k, v in opts.items() if k not in _NON_OUTPUT_OPTIONS)
+    messages = request.messages
     payload = repr(
         (
             KEY_VERSION,
             request.provider,
             request.model,
-            [(m.role, m.content) for m in request.messages],
+            [(m.role, m.content) if m.is_plain else _message_key(m) for m in messages],
             items,
         )
     )
     digest = hashlib.blake2b(payload.encode(), digest_size=20).hexdigest()
     # the tenant is a readable prefix so a tier can clear one tenant's entries
     return f"{request.tenant or 'default'}:{digest}"
+
+
+def _message_key(message: Message) -> str:
+    """The canonical form of a message with parts, tool calls or a tool answer. An image
+    counts by a digest of its bytes (a file given by path is read: a changed file is a
+    new request), not by its size in the key."""
+    parts: Any = message.content
+    if not isinstance(parts, str):
+        parts = [
+            p.model_dump(mode="json")
+            if isinstance(p, TextPart)
+            else {
+                "image": p.url or hashlib.blake2b(p.load()[1], digest_size=20).hexdigest(),
+                "media_type": p.media_type,
+            }
+            for p in parts
+        ]
+    return _canonical(
+        [
+            message.role,
+            parts,
+            [(c.id, c.name, c.arguments) for c in message.tool_calls],
+            message.tool_call_id,
+            message.name,
+        ]
+    )
 
 
 def coalesce_key(request: ChatRequest) -> str | None:
@@ -232,8 +261,12 @@ class TieredCache:
         return None
 
     def storable(self, response: ChatResponse) -> bool:
-        """Never empty answers; truncated ones only when `store_truncated` is on."""
-        if not response.content:
+        """Never empty answers, nor tool calls with invalid arguments; truncated ones only
+        when `store_truncated` is on. An answer made only of valid tool calls is stored."""
+        if response.tool_calls:
+            if not all(call.ok for call in response.tool_calls):
+                return False
+        elif not response.content:
             return False
         return response.finish_reason != "length" or self.policy.store_truncated
 

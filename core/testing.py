@@ -12,6 +12,7 @@ model by accident.
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -22,16 +23,30 @@ import pytest
 from .config import HerdConfig
 from .kernel import Herd, hookimpl
 from .provider import Model
-from .types import ChatRequest, ChatResponse, ModelSpec, Usage
+from .types import (
+    ChatRequest,
+    ChatResponse,
+    ModelSpec,
+    StreamEvent,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 
-Canned = str | ChatResponse | BaseException | Callable[[ChatRequest], Any]
+Canned = (
+    str | ChatResponse | ToolCall | list[ToolCall] | BaseException | Callable[[ChatRequest], Any]
+)
 
 
 class MockModel(Model):
     """A scripted model: answers what you `enqueue`, records every request in `history`.
 
     An enqueued exception is raised; a callable is called with the request and its
-    result is used (str, ChatResponse or exception). When the queue is empty the
+    result is used (str, ChatResponse or exception). A ToolCall (or a list of them) is
+    an answer asking for those calls (finish_reason "tool_calls"); streamed, its
+    arguments arrive in several ToolCallDelta fragments. When the queue is empty the
     `default` answer is returned. `latency` (seconds) is slept before each answer.
     """
 
@@ -69,6 +84,18 @@ class MockModel(Model):
             raise item
         if isinstance(item, ChatResponse):
             return item.model_copy()
+        if isinstance(item, ToolCall):
+            item = [item]
+        if isinstance(item, list) and all(isinstance(c, ToolCall) for c in item):
+            return ChatResponse(
+                content="",
+                model=request.model or self.spec.model,
+                provider=self.provider,
+                alias=request.alias,
+                finish_reason="tool_calls",
+                tool_calls=[c.model_copy() for c in item],
+                usage=Usage(input_tokens=_words(request), output_tokens=len(item)),
+            )
         text = str(item)
         return ChatResponse(
             content=text,
@@ -76,7 +103,7 @@ class MockModel(Model):
             provider=self.provider,
             alias=request.alias,
             usage=Usage(
-                input_tokens=sum(len(m.content.split()) for m in request.messages),
+                input_tokens=_words(request),
                 output_tokens=len(text.split()),
             ),
         )
@@ -87,18 +114,31 @@ class MockModel(Model):
             await anyio.sleep(self.latency)
         return self._next(request)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+    async def stream(  # type: ignore[override]  # Model.stream gains events with the pipeline
+        self, request: ChatRequest
+    ) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         self.history.append(request)
         if self.latency:
             await anyio.sleep(self.latency)
         response = self._next(request)
-        words = response.content.split(" ")
-        for index, word in enumerate(words):
-            yield word if index == len(words) - 1 else word + " "
+        if response.content or not response.tool_calls:
+            words = response.content.split(" ")
+            for index, word in enumerate(words):
+                yield word if index == len(words) - 1 else word + " "
+        for index, call in enumerate(response.tool_calls):
+            yield ToolCallStart(index, call.id, call.name)
+            raw = call.raw_arguments or json.dumps(call.arguments)
+            for start in range(0, len(raw), 5):
+                yield ToolCallDelta(index, raw[start : start + 5])
+            yield ToolCallEnd(index, call)
         yield response
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+def _words(request: ChatRequest) -> int:
+    return sum(len(m.text.split()) for m in request.messages)
 
 
 class MockProvider:

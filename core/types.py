@@ -1,16 +1,25 @@
 """The values that travel through the call pipeline.
 
 Requests and responses are pydantic models (validated once, at the edge, where the
-user hands them in). Metrics are plain slotted dataclasses: the kernel emits several
-per call, so they must cost next to nothing to build.
+user hands them in). Metrics and stream events are plain slotted dataclasses: the
+kernel emits several per call (or per token), so they must cost next to nothing.
+
+A `Message` is one neutral shape every provider maps to its wire format (docs/tools.md):
+`content` is a string or a list of parts (`TextPart`, `ImagePart`), an assistant
+message may carry `tool_calls`, and a `tool` message carries the `tool_call_id` it
+answers.
 """
 
 from __future__ import annotations
 
+import base64
+import mimetypes
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticUndefined
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error", "unknown"]
@@ -19,8 +28,33 @@ _M = TypeVar("_M", bound=BaseModel)
 
 #: Options every provider understands; each provider maps them to its own wire names.
 COMMON_OPTIONS = frozenset(
-    {"temperature", "max_tokens", "seed", "stop", "top_p", "response_format", "tools"}
+    {
+        "temperature",
+        "max_tokens",
+        "seed",
+        "stop",
+        "top_p",
+        "response_format",
+        "tools",
+        "tool_choice",
+    }
 )
+#: per class: (field -> plain default, field -> default factory), for `trusted`
+_DEFAULTS: dict[type, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
+def _defaults(cls: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+    found = _DEFAULTS.get(cls)
+    if found is None:
+        plain: dict[str, Any] = {}
+        factories: dict[str, Any] = {}
+        for name, info in cls.model_fields.items():
+            if info.default_factory is not None:
+                factories[name] = info.default_factory
+            elif info.default is not PydanticUndefined:
+                plain[name] = info.default
+        found = _DEFAULTS[cls] = (plain, factories)
+    return found
 
 
 def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
@@ -28,8 +62,15 @@ def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
 
     `model_construct` costs ~4 µs per object (it walks every field for defaults and
     aliases); this costs <1 µs. Only for hot-path objects whose every field the
-    caller supplies with the right type — never for user input.
+    caller supplies with the right type — never for user input. Fields the caller
+    leaves out get their declared default (a field added later cannot break callers).
     """
+    if len(values) != len(cls.model_fields):
+        plain, factories = _defaults(cls)
+        values = {**plain, **values}
+        for name, factory in factories.items():
+            if name not in values:
+                values[name] = factory()
     obj = cls.__new__(cls)
     object.__setattr__(obj, "__dict__", values)
     object.__setattr__(obj, "__pydantic_fields_set__", set(values))
@@ -38,13 +79,201 @@ def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
     return obj
 
 
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def _sniff_image(data: bytes) -> str | None:
+    for magic, media_type in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            return media_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+class TextPart(BaseModel):
+    """A piece of text inside a message's content list."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(BaseModel):
+    """An image, given by exactly one of `url` (http(s) or a data: URL), `data` (bytes)
+    or `path` (a local file, read when the request is sent). `media_type` is found from
+    the bytes or the file name when not given; it must be an image/* type."""
+
+    # bytes travel as base64 in JSON (cache entries, traces), never as raw text
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    type: Literal["image"] = "image"
+    url: str | None = None
+    data: bytes | None = None
+    path: str | None = None
+    media_type: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImagePart:
+        given = [n for n in ("url", "data", "path") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "an image part needs exactly one of url=, data= or path= "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        media_type = self.media_type
+        if media_type is None and self.data is not None:
+            media_type = _sniff_image(self.data)
+            if media_type is None:
+                raise ValueError(
+                    "an image given as data= needs media_type= (e.g. 'image/png'): "
+                    "the bytes are not PNG, JPEG, GIF or WebP"
+                )
+        if media_type is None and self.path is not None:
+            media_type = mimetypes.guess_type(self.path)[0]
+            if media_type is None:
+                raise ValueError(
+                    f"cannot tell the image type of {self.path!r} from its name — "
+                    f"pass media_type= (e.g. 'image/png')"
+                )
+        if self.url is not None and self.url.startswith("data:") and media_type is None:
+            media_type = self.url[5:].split(";", 1)[0].split(",", 1)[0] or None
+        if media_type is not None and not media_type.startswith("image/"):
+            raise ValueError(f"media_type {media_type!r} is not an image/* type")
+        object.__setattr__(self, "media_type", media_type)
+        return self
+
+    def load(self) -> tuple[str, bytes]:
+        """(media type, bytes) of an image given as data, a path or a data: URL.
+
+        An http(s) URL is not fetched here (no network behind the caller's back): a
+        provider that needs bytes says so in its error."""
+        if self.data is not None:
+            return str(self.media_type), self.data
+        if self.path is not None:
+            try:
+                return str(self.media_type), Path(self.path).expanduser().read_bytes()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read the image {self.path!r}: {exc.strerror or exc}"
+                ) from None
+        assert self.url is not None
+        if self.url.startswith("data:") and ";base64," in self.url:
+            return str(self.media_type), base64.b64decode(self.url.split(",", 1)[1])
+        raise ValueError(f"the image {self.url!r} is a URL, not bytes")
+
+    @property
+    def is_remote(self) -> bool:
+        """True for an http(s) URL (a provider may pass it on; bytes need a download)."""
+        return self.url is not None and not self.url.startswith("data:")
+
+    def base64(self) -> str:
+        return base64.b64encode(self.load()[1]).decode("ascii")
+
+    def data_url(self) -> str:
+        if self.url is not None:
+            return self.url
+        return f"data:{self.media_type};base64,{self.base64()}"
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ToolCall(BaseModel):
+    """One function call a model asked for.
+
+    `arguments` is the parsed JSON object (`{}` when the model wrote something that
+    is not one); `raw_arguments` is the text as the model wrote it. `error` is None
+    when the arguments are valid against the tool's schema, else why not — feed it
+    back with `Message.tool_error(call)` so the model can correct itself.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    raw_arguments: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 class Message(BaseModel):
-    """One chat turn."""
+    """One chat turn.
+
+    `content` is a string or a list of parts (text and images). An assistant turn may
+    carry `tool_calls` (its content may then be empty); a `tool` turn answers one call
+    and names it by `tool_call_id` (`Message.tool_result(call, value)` builds one).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     role: Role
-    content: str
+    content: str | list[ContentPart] = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    #: the tool's name on a `tool` message (Ollama and some templates want it)
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs tool_call_id= (the id of the call it answers)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry tool_calls, not {self.role!r} ones")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The text of the message (the text parts joined, images left out)."""
+        content = self.content
+        if isinstance(content, str):
+            return content
+        return "".join(p.text for p in content if isinstance(p, TextPart))
+
+    @property
+    def images(self) -> list[ImagePart]:
+        content = self.content
+        if isinstance(content, str):
+            return []
+        return [p for p in content if isinstance(p, ImagePart)]
+
+    @property
+    def is_plain(self) -> bool:
+        """Role and string content only (the shape every provider and cache key fast path
+        handles)."""
+        return isinstance(self.content, str) and not self.tool_calls and self.tool_call_id is None
+
+    @classmethod
+    def tool_result(cls, call: ToolCall, result: Any) -> Message:
+        """The `tool` message answering `call` with `result` (a string, or JSON-encoded)."""
+        if not isinstance(result, str):
+            import json
+
+            result = json.dumps(result, ensure_ascii=False, default=str)
+        return cls(role="tool", content=result, tool_call_id=call.id, name=call.name)
+
+    @classmethod
+    def tool_error(cls, call: ToolCall, error: str | None = None) -> Message:
+        """The `tool` message telling the model its call failed (bad arguments by default)."""
+        why = error or call.error or "the call failed"
+        return cls(
+            role="tool",
+            content=f"error: {why} — call {call.name} again with corrected arguments",
+            tool_call_id=call.id,
+            name=call.name,
+        )
 
 
 class Usage(BaseModel):
@@ -130,12 +359,35 @@ class ChatResponse(BaseModel):
     fallback_from: str | None = None
     request_id: str | None = None
     provider_metrics: dict[str, float] = Field(default_factory=dict)
+    #: the function calls the model asked for (finish_reason "tool_calls")
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    #: the answer validated into the call's `output_type` (never stored: rebuilt on a hit)
+    parsed: Any = Field(default=None, exclude=True)
 
     def json_content(self) -> Any:
         """The content parsed as JSON (structured output); raises ValueError if it is not."""
         import json
 
         return json.loads(self.content)
+
+
+class EmbedResponse(BaseModel):
+    """What `herd.embed` returns: one vector per input text, in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vectors: list[list[float]]
+    model: str
+    provider: str
+    alias: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    latency_s: float = 0.0
+    #: how many of the texts came from the cache (0: all computed now)
+    cached: int = 0
+
+    @property
+    def dimensions(self) -> int:
+        return len(self.vectors[0]) if self.vectors else 0
 
 
 class Availability(BaseModel):
@@ -169,3 +421,59 @@ class Metric:
     unit: str = "1"
     kind: Literal["counter", "histogram", "gauge"] = "counter"
     attributes: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- stream events ----------------------------------------------------------------
+#
+# What `Model.stream` may yield besides plain `str` text chunks (still accepted: a
+# `str` is a TextDelta) and, last, the ChatResponse. `herd.stream(..., events=True)`
+# hands them to the caller; plain `herd.stream` yields only the text. Slotted
+# dataclasses: one is built per token.
+
+
+@dataclass(slots=True, frozen=True)
+class TextDelta:
+    """Visible answer text."""
+
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class ReasoningDelta:
+    """Reasoning ("thinking") text, shown apart from the answer; counts as activity."""
+
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class KeepAlive:
+    """The provider is alive but has nothing to show (a ping, an empty chunk): resets the
+    idle timer, carries no text."""
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCallStart:
+    """A tool call begins: `index` is its position among this answer's calls."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCallDelta:
+    """A fragment of the call's JSON arguments (concatenate them in order)."""
+
+    index: int
+    arguments: str
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCallEnd:
+    """The call at `index` is complete; `call` holds its parsed arguments."""
+
+    index: int
+    call: ToolCall
+
+
+StreamEvent = TextDelta | ReasoningDelta | KeepAlive | ToolCallStart | ToolCallDelta | ToolCallEnd

@@ -24,8 +24,8 @@ def req(content: str = "hi", **kw: Any) -> ChatRequest:
 
 
 def test_message_fields_are_pinned() -> None:
-    # request_key hashes role and content only: a new Message field must join the key
-    assert set(Message.model_fields) == {"role", "content"}, (
+    # request_key hashes these (cache._message_key): a new Message field must join the key
+    assert set(Message.model_fields) == {"role", "content", "tool_calls", "tool_call_id", "name"}, (
         "Message gained a field: add it to modelherd.cache.request_key"
     )
 
