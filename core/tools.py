@@ -441,6 +441,8 @@ class ToolCallAssembler:
 
     def __init__(self) -> None:
         self._calls: dict[int, _Partial] = {}
+        #: the vendor's index -> ours, where they differ (see `feed`)
+        self._moved: dict[int, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self._calls)
@@ -449,7 +451,18 @@ class ToolCallAssembler:
         self, index: int, call_id: str | None, name: str | None, fragment: str | None
     ) -> list[StreamEvent]:
         events: list[StreamEvent] = []
+        index = self._moved.get(index, index)
         partial = self._calls.get(index)
+        if partial is not None and call_id and call_id != partial.call_id:
+            # a new id at an index already in use: a server that numbers parallel calls
+            # all 0 (LiteLLM's "Groq parallel calls merged"). It is a new call, not more
+            # of the old one's arguments.
+            ended = self.end(index)
+            if ended is not None:
+                events.append(ended)
+            new_index = max(self._calls) + 1
+            self._moved[index] = new_index
+            index, partial = new_index, None
         if partial is None:
             partial = self._calls[index] = _Partial(call_id or f"call_{index}", name or "")
             events.append(ToolCallStart(index, partial.call_id, partial.name))

@@ -106,7 +106,9 @@ class AuditLog:
             "request_id": response.request_id,
         }
         if self.include_content:
-            record["messages"] = [m.model_dump() for m in request.messages]
+            record["messages"] = [
+                m.model_dump(mode="json", exclude_defaults=True) for m in request.messages
+            ]
             record["answer"] = response.content
         self._queue.put(record)
 
@@ -127,7 +129,9 @@ class AuditLog:
             "error_type": type(error).__name__,
         }
         if self.include_content:
-            record["messages"] = [m.model_dump() for m in request.messages]
+            record["messages"] = [
+                m.model_dump(mode="json", exclude_defaults=True) for m in request.messages
+            ]
         self._queue.put(record)
 
     # ---- the writer thread ---------------------------------------------------

@@ -247,3 +247,15 @@ def test_a_cut_call_is_an_error_holding_the_partial_call() -> None:
         '(arguments so far: \'{"city": "Pa\') — the partial call was not returned; '
         "the call can be retried"
     )
+
+
+def test_parallel_calls_sent_under_one_index_stay_apart() -> None:
+    asm = ToolCallAssembler()
+    asm.feed(0, "call_a", "get_weather", '{"city": "Oslo"}')
+    asm.feed(0, "call_b", "get_weather", '{"city": ')
+    asm.feed(0, None, None, '"Rome"}')
+    asm.end_all()
+    assert [(c.id, c.arguments) for c in asm.calls()] == [
+        ("call_a", {"city": "Oslo"}),
+        ("call_b", {"city": "Rome"}),
+    ]
