@@ -78,18 +78,22 @@ def before_call(request: ChatRequest, herd: Herd) -> ChatResponse | None:
 
 
 @hookspec
-def after_call(request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
+def after_call(
+    request: ChatRequest, response: ChatResponse, herd: Herd, valid: bool | None
+) -> None:
     """After every successful call, cache hits included (`response.cache_tier` set).
 
+    `valid` is the caller's `validate=` verdict (None when the call had none).
     Observe only: monitors, audit, residency bookkeeping. Not firstresult.
     """
 
 
 @hookspec
-def on_error(request: ChatRequest, error: BaseException, herd: Herd) -> None:
-    """After an attempt fails (each failed attempt, then the final error).
+def on_error(request: ChatRequest, error: BaseException, herd: Herd, final: bool) -> None:
+    """After an attempt fails (each failed attempt, then the final error), on both roads.
 
-    `request.context["final"]` is True for the error the caller will see.
+    `final` is True exactly once per failed call, for the error the caller will see —
+    an admission refusal, a cache-only miss and the last fallback's error included.
     Observe only; the retry policy is the kernel's. Not firstresult.
     """
 

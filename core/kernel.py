@@ -1,43 +1,34 @@
-"""Herd: the plugin manager and configuration turned into one call pipeline.
+"""Herd: the plugin manager, the configuration and the public calls.
 
-Every call takes the same road (docs/architecture.md):
-resolve alias -> admission -> cache lookup -> coalesce -> before_call -> provider
-(timeout, retries, fallbacks) -> validate -> cache store -> after_call / on_error
--> on_metric.
-Hooks that no plugin implements are skipped without a call: the kernel's own cost
-per call is a product feature (bench/overhead.py).
+`chat`, `stream` (and what is built on them) resolve the alias, build a ChatRequest
+and hand it to core/pipeline.py, the one road every call takes. Hooks that no plugin
+implements are skipped without a call: the kernel's own cost per call is a product
+feature (bench/overhead.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
-import anyio
 import pluggy
 from pydantic import BaseModel
 
-from . import loader
+from . import loader, pipeline
 from .agent import Agent
-from .cache import CacheTier, TieredCache, coalesce_key
+from .cache import CacheTier, TieredCache
 from .coalesce import Coalescer
 from .config import HerdConfig, load_config, load_env, validate_table
 from .errors import (
-    AllModelsFailedError,
-    CacheMissError,
-    CallTimeoutError,
     ConfigError,
-    HerdError,
     PluginLoadError,
-    ProviderError,
     UnknownModelError,
 )
+from .pipeline import Validator
 from .provider import Model
-from .retry import retry_delay
+from .stash import Stash
 from .types import ChatRequest, ChatResponse, Message, Metric, ModelSpec, trusted
 
 hookimpl = pluggy.HookimplMarker("modelherd")
@@ -45,10 +36,12 @@ hookimpl = pluggy.HookimplMarker("modelherd")
 MessagesIn = str | Sequence[Message | dict[str, Any]]
 _S = TypeVar("_S", bound=BaseModel)
 _CACHE_MODES = frozenset({"default", "no-store", "no-cache", "only"})
-#: request.context key (kernel-reserved) for the caller's own options and timeout,
-#: which a fallback request is rebuilt from
-_CALL_KEY = "herd.call"
-Validator = Callable[[ChatResponse], bool]
+
+
+def _caller_stash(options: dict[str, Any], timeout: float | None) -> Stash:
+    stash = Stash()
+    stash[pipeline.CALLER] = (options, timeout)
+    return stash
 
 
 class _CoreDefaults:
@@ -416,7 +409,7 @@ class Herd:
                 "cache_ttl": cache_ttl,
                 "timeout": timeout if timeout is not None else spec.timeout,
                 "priority": priority,
-                "context": {_CALL_KEY: (options, timeout)} if spec.fallbacks else {},
+                "stash": _caller_stash(options, timeout) if spec.fallbacks else Stash(),
             },
         )
 
@@ -437,7 +430,7 @@ class Herd:
         cached, and counts against the model's quality KPI.
         """
         request = self.build_request(model, messages, **kwargs)
-        return await self.run_request(request, validate)
+        return await pipeline.chat(self, request, validate)
 
     def chat_sync(
         self, model: str | None = None, messages: MessagesIn = "", **kwargs: Any
@@ -450,347 +443,17 @@ class Herd:
     async def run_request(
         self, request: ChatRequest, validate: Validator | None = None
     ) -> ChatResponse:
-        if not self._started:
-            await self.start()
-        started = time.perf_counter()
-        if self._has.get("acquire_admission"):
-            async with AsyncExitStack() as stack:
-                for gate in self.hook.acquire_admission(request=request, herd=self):
-                    if gate is not None:
-                        await stack.enter_async_context(gate)
-                return await self._admitted(request, validate, started)
-        return await self._admitted(request, validate, started)
-
-    async def _admitted(
-        self, request: ChatRequest, validate: Validator | None, started: float
-    ) -> ChatResponse:
-        cache = self._cache
-        # the cache policy decides which requests get a key ([plugins.cache] cache_sampled)
-        key = cache.key_for(request) if cache is not None else coalesce_key(request)
-        try:
-            if (
-                cache is not None
-                and key is not None
-                and request.cache in ("default", "no-store", "only")
-            ):
-                hit = await cache.lookup(key)
-                if hit is not None:
-                    hit.latency_s = time.perf_counter() - started
-                    hit.alias = request.alias
-                    self._finish(request, hit)
-                    return hit
-            if request.cache == "only":
-                raise CacheMissError(
-                    f"no cache tier holds an answer for this '{request.alias}' request — "
-                    f'call again without cache="only"'
-                )
-            if key is not None:
-                # a follower got the leader's answer: only the leader stores it
-                response, led = await self._coalescer.run_led(
-                    key, lambda: self._call_chain(request)
-                )
-            else:
-                response, led = await self._call_chain(request), True
-        except BaseException as exc:
-            request.context["final"] = True
-            if self._has.get("on_error"):
-                self.hook.on_error(request=request, error=exc, herd=self)
-            if self._has.get("on_metric"):
-                self.emit(Metric("herd.errors", 1, attributes=_attrs(request, type(exc).__name__)))
-            raise
-        response.latency_s = time.perf_counter() - started
-        valid = True
-        if validate is not None:
-            try:
-                valid = bool(validate(response))
-            except Exception:
-                valid = False
-            request.context["valid"] = valid
-            self.emit(Metric("herd.validation", 1.0 if valid else 0.0, attributes=_attrs(request)))
-        if (
-            cache is not None
-            and key is not None
-            and valid
-            and led
-            and request.cache in ("default", "no-cache")
-        ) and cache.storable(response):
-            await cache.store(key, response, request.cache_ttl)
-        self._finish(request, response)
-        return response
-
-    def _finish(self, request: ChatRequest, response: ChatResponse) -> None:
-        if self._has.get("after_call"):
-            self.hook.after_call(request=request, response=response, herd=self)
-        if self._has.get("on_metric"):
-            attrs = _attrs(request)
-            self.emit(
-                Metric(
-                    "gen_ai.client.operation.duration", response.latency_s, "s", "histogram", attrs
-                )
-            )
-            self.emit(
-                Metric(
-                    "herd.cache.lookups",
-                    1,
-                    attributes={**attrs, "tier": response.cache_tier or "miss"},
-                )
-            )
-            if response.cache_tier is None:
-                usage = response.usage
-                self.emit(
-                    Metric(
-                        "gen_ai.client.token.usage",
-                        usage.input_tokens,
-                        "{token}",
-                        "histogram",
-                        {**attrs, "gen_ai.token.type": "input"},
-                    )
-                )
-                self.emit(
-                    Metric(
-                        "gen_ai.client.token.usage",
-                        usage.output_tokens,
-                        "{token}",
-                        "histogram",
-                        {**attrs, "gen_ai.token.type": "output"},
-                    )
-                )
-                for name, value in response.provider_metrics.items():
-                    self.emit(Metric(name, value, "s", "histogram", attrs))
-
-    def _candidates(self, request: ChatRequest) -> list[str]:
-        spec = self.resolve(request.alias)
-        seen = [request.alias]
-        for name in spec.fallbacks:
-            if name not in seen:
-                seen.append(name)
-        return seen
-
-    def _request_for(self, request: ChatRequest, alias: str) -> ChatRequest:
-        if alias == request.alias:
-            return request
-        spec = self.resolve(alias)
-        # the fallback gets its own alias's defaults plus what the caller passed — not
-        # the primary alias's defaults (an Ollama num_ctx would make a cloud fallback
-        # refuse the call) nor what plugins wrote into the primary's options
-        call_options, call_timeout = request.context.get(_CALL_KEY, (request.options, None))
-        return request.model_copy(
-            update={
-                "alias": alias,
-                "provider": spec.provider,
-                "model": spec.model,
-                "options": {**spec.options, **call_options},
-                "timeout": call_timeout if call_timeout is not None else spec.timeout,
-                "context": {_CALL_KEY: (call_options, call_timeout)},
-            }
-        )
-
-    async def _call_chain(self, request: ChatRequest) -> ChatResponse:
-        """The primary model, then each fallback, each with its own retries."""
-        candidates = self._candidates(request)
-        errors: list[tuple[str, BaseException]] = []
-        for index, alias in enumerate(candidates):
-            attempt_request = self._request_for(request, alias)
-            try:
-                response = await self._with_retries(attempt_request)
-            except HerdError as exc:
-                errors.append((alias, exc))
-                if not exc.fallback_ok or index == len(candidates) - 1:
-                    break
-                self.emit(
-                    Metric("herd.fallbacks", 1, attributes=_attrs(request, type(exc).__name__))
-                )
-                continue
-            if index > 0:
-                response.fallback_from = request.alias
-            return response
-        if len(errors) == 1:
-            raise errors[0][1]
-        raise AllModelsFailedError(request.alias, errors)
-
-    async def _with_retries(self, request: ChatRequest) -> ChatResponse:
-        herd_cfg = self.config.herd
-        model = self.get_model(request.alias)
-        retries = model.spec.retries if model.spec.retries is not None else herd_cfg.retries
-        timeout = request.timeout if request.timeout is not None else herd_cfg.timeout
-        attempt = 0
-        while True:
-            if self._has.get("before_call"):
-                answered = self.hook.before_call(request=request, herd=self)
-                if answered is not None:
-                    return answered
-            try:
-                # asyncio.timeout costs a few µs; anyio's cancel scope costs ~4x that,
-                # and this runs on every call (bench/overhead.py)
-                async with asyncio.timeout(timeout):
-                    response = await model.chat(request)
-                response.attempts = attempt + 1
-                if not response.alias:
-                    response.alias = request.alias
-                return response
-            except TimeoutError:
-                error: HerdError = CallTimeoutError(
-                    f"'{request.alias}' ({request.provider}) gave no answer within {timeout:g}s — "
-                    f"pass a larger timeout= or set [models.{request.alias}] timeout"
-                )
-            except HerdError as exc:
-                error = exc
-            except Exception as exc:  # a provider bug: report it typed, never retry it
-                error = ProviderError(
-                    f"provider '{request.provider}' raised {type(exc).__name__}: {exc} — "
-                    f"this is a bug in its plugin; please report it"
-                )
-                error.retryable = False
-            if self._has.get("on_error"):
-                self.hook.on_error(request=request, error=error, herd=self)
-            delay = (
-                retry_delay(error, attempt, herd_cfg.backoff_base, herd_cfg.backoff_max)
-                if attempt < retries
-                else None
-            )
-            if delay is None:
-                raise error
-            self.emit(Metric("herd.retries", 1, attributes=_attrs(request, type(error).__name__)))
-            attempt += 1
-            await anyio.sleep(delay)
-
-    # ---- streaming -----------------------------------------------------------
+        """Send an already-built request down the pipeline (see `build_request`)."""
+        return await pipeline.chat(self, request, validate)
 
     async def stream(
         self, model: str | None = None, messages: MessagesIn = "", **kwargs: Any
-    ) -> AsyncIterator[str | ChatResponse]:
+    ) -> AsyncIterator[Any]:
         """Yield text chunks as they arrive, then the final ChatResponse.
 
         Retries and fallbacks apply until the first chunk has been yielded; after
         that an error reaches the caller. A cached answer is replayed as one chunk.
         """
         request = self.build_request(model, messages, stream=True, **kwargs)
-        if not self._started:
-            await self.start()
-        started = time.perf_counter()
-        async with AsyncExitStack() as stack:
-            if self._has.get("acquire_admission"):
-                for gate in self.hook.acquire_admission(request=request, herd=self):
-                    if gate is not None:
-                        await stack.enter_async_context(gate)
-            async for item in self._stream_admitted(request, started):
-                yield item
-
-    async def _stream_admitted(
-        self, request: ChatRequest, started: float
-    ) -> AsyncIterator[str | ChatResponse]:
-        cache = self._cache
-        key = cache.key_for(request) if cache is not None else None
-        if (
-            cache is not None
-            and key is not None
-            and request.cache in ("default", "no-store", "only")
-        ):
-            hit = await cache.lookup(key)
-            if hit is not None:
-                hit.latency_s = time.perf_counter() - started
-                hit.alias = request.alias
-                self._finish(request, hit)
-                if hit.content:
-                    yield hit.content
-                yield hit
-                return
-        if request.cache == "only":
-            raise CacheMissError(
-                f"no cache tier holds an answer for this '{request.alias}' request — "
-                f'call again without cache="only"'
-            )
-        final: ChatResponse | None = None
-        errors: list[tuple[str, BaseException]] = []
-        candidates = self._candidates(request)
-        for index, alias in enumerate(candidates):
-            attempt_request = self._request_for(request, alias)
-            emitted = False
-            try:
-                async for item in self._stream_one(attempt_request):
-                    if isinstance(item, ChatResponse):
-                        final = item
-                    else:
-                        emitted = True
-                        yield item
-                break
-            except HerdError as exc:
-                errors.append((alias, exc))
-                if emitted or not exc.fallback_ok or index == len(candidates) - 1:
-                    request.context["final"] = True
-                    if self._has.get("on_error"):
-                        self.hook.on_error(request=request, error=exc, herd=self)
-                    if len(errors) == 1 or emitted:
-                        raise
-                    raise AllModelsFailedError(request.alias, errors) from exc
-        assert final is not None
-        if candidates[0] != final.alias and final.alias:
-            final.fallback_from = request.alias
-        final.latency_s = time.perf_counter() - started
-        storing = request.cache in ("default", "no-cache")
-        if cache is not None and key is not None and storing and cache.storable(final):
-            await cache.store(key, final, request.cache_ttl)
-        self._finish(request, final)
-        yield final
-
-    async def _stream_one(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
-        herd_cfg = self.config.herd
-        model = self.get_model(request.alias)
-        retries = model.spec.retries if model.spec.retries is not None else herd_cfg.retries
-        timeout = request.timeout if request.timeout is not None else herd_cfg.timeout
-        attempt = 0
-        while True:
-            if self._has.get("before_call"):
-                answered = self.hook.before_call(request=request, herd=self)
-                if answered is not None:
-                    yield answered.content
-                    yield answered
-                    return
-            emitted = False
-            try:
-                # the timeout bounds the wait for each chunk, not the whole stream
-                iterator = model.stream(request).__aiter__()
-                while True:
-                    async with asyncio.timeout(timeout):
-                        try:
-                            item = await iterator.__anext__()
-                        except StopAsyncIteration:
-                            break
-                    if isinstance(item, ChatResponse):
-                        item.attempts = attempt + 1
-                        if not item.alias:
-                            item.alias = request.alias
-                    else:
-                        emitted = True
-                    yield item
-                return
-            except TimeoutError:
-                error: HerdError = CallTimeoutError(
-                    f"'{request.alias}' ({request.provider}) sent nothing for {timeout:g}s — "
-                    f"pass a larger timeout= or set [models.{request.alias}] timeout"
-                )
-            except HerdError as exc:
-                error = exc
-            if self._has.get("on_error"):
-                self.hook.on_error(request=request, error=error, herd=self)
-            delay = None
-            if not emitted and attempt < retries:
-                delay = retry_delay(error, attempt, herd_cfg.backoff_base, herd_cfg.backoff_max)
-            if delay is None:
-                raise error
-            self.emit(Metric("herd.retries", 1, attributes=_attrs(request, type(error).__name__)))
-            attempt += 1
-            await anyio.sleep(delay)
-
-
-def _attrs(request: ChatRequest, error_type: str | None = None) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "gen_ai.provider.name": request.provider,
-        "gen_ai.request.model": request.model,
-        "herd.alias": request.alias,
-    }
-    if request.tenant:
-        attrs["herd.tenant"] = request.tenant
-    if error_type:
-        attrs["error.type"] = error_type
-    return attrs
+        async for item in pipeline.stream(self, request):
+            yield item

@@ -64,6 +64,9 @@ class Model:
     Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
     #: True for models that live in this process or on this host (residency applies)
     is_local: ClassVar[bool] = False
+    #: set (on the instance) by the pipeline once `prepare()` has run; a class default so
+    #: that a subclass which skips `Model.__init__` still works
+    prepared: bool = False
 
     def __init__(self, spec: ModelSpec, herd: Herd) -> None:
         self.spec = spec
@@ -110,6 +113,11 @@ class Model:
         return Availability(
             ok=False, reason=f"{var} is not set", fix=f"set {var} in the environment or .env"
         )
+
+    async def prepare(self) -> None:
+        """Once, before the first attempt and outside its timeout: import the SDK, build
+        clients. A heavy import here must run off the event loop (`anyio.to_thread`),
+        so that a `timeout=1` first call is not spent importing. Default: nothing."""
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         raise NotImplementedError(f"{type(self).__name__} must implement chat()")

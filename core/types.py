@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticUndefined
 
+from .stash import Stash
+
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error", "unknown"]
 CacheMode = Literal["default", "no-store", "no-cache", "only"]
@@ -312,8 +314,9 @@ class ChatRequest(BaseModel):
     """One call as it goes down the pipeline.
 
     Plugins may adjust `options` in `before_call` (an optimizer sets `n_gpu_layers`,
-    say) and may keep per-call state in `context` (a span, a timer); `context` never
-    takes part in cache keys.
+    say) and may keep per-call state in `stash` under their own typed `StashKey` (a
+    span, a timer); the stash never takes part in cache keys. Each fallback attempt
+    gets a fresh stash.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -330,7 +333,7 @@ class ChatRequest(BaseModel):
     cache_ttl: float | None = None
     timeout: float | None = None
     priority: int = 0
-    context: dict[str, Any] = Field(default_factory=dict)
+    stash: Stash = Field(default_factory=Stash, exclude=True, repr=False)
 
     @property
     def json_schema(self) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from modelherd import hookimpl
 from modelherd.config import validate_table
 from modelherd.errors import ConfigError
+from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from modelherd import Herd
 
 WRITER_NAME = "audit-log"
-_T0 = "_audit_t0"
+_T0 = StashKey[float]()
 
 
 class AuditSettings(BaseModel):
@@ -78,12 +79,13 @@ class AuditLog:
 
     @hookimpl
     def before_call(self, request: ChatRequest, herd: Herd) -> None:
-        context = request.context
-        if _T0 not in context:
-            context[_T0] = time.perf_counter()
+        if _T0 not in request.stash:
+            request.stash[_T0] = time.perf_counter()
 
     @hookimpl
-    def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
+    def after_call(
+        self, request: ChatRequest, response: ChatResponse, herd: Herd, valid: bool | None
+    ) -> None:
         usage = response.usage
         record: dict[str, Any] = {
             "time": time.time(),
@@ -102,7 +104,7 @@ class AuditLog:
             "fallback_from": response.fallback_from,
             "answered_by": response.alias or request.alias,
             "finish_reason": response.finish_reason,
-            "valid": request.context.get("valid"),
+            "valid": valid,
             "request_id": response.request_id,
         }
         if self.include_content:
@@ -113,10 +115,10 @@ class AuditLog:
         self._queue.put(record)
 
     @hookimpl
-    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
-        if not request.context.get("final"):
+    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd, final: bool) -> None:
+        if not final:
             return
-        t0 = request.context.get(_T0)
+        t0 = request.stash.get(_T0, None)
         record: dict[str, Any] = {
             "time": time.time(),
             "outcome": "error",

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from modelherd.cache import coalesce_key, is_deterministic, request_key
+from modelherd.stash import Stash, StashKey
 from modelherd.testing import make_herd
 from modelherd.types import ChatRequest, Message
 from pydantic import BaseModel
@@ -56,7 +57,9 @@ def test_what_does_not_change_the_answer_stays_out() -> None:
     plain = request_key(req(options={"temperature": 0}))
     noisy = {"temperature": 0, "keep_alive": "5m", "n_gpu_layers": 9}
     assert request_key(req(options=noisy)) == plain
-    # context, agent, priority, timeout and the cache mode are not part of the request's meaning
+    # the stash, agent, priority, timeout and the cache mode are not part of the request's meaning
+    stash = Stash()
+    stash[StashKey[object]()] = object()
     assert (
         request_key(
             req(
@@ -65,7 +68,7 @@ def test_what_does_not_change_the_answer_stays_out() -> None:
                 priority=5,
                 timeout=3,
                 cache="no-store",
-                context={"span": object()},
+                stash=stash,
             )
         )
         == plain

@@ -255,8 +255,8 @@ class Recorder:
         self.events.append(f"after:{response.content}")
 
     @hookimpl
-    def on_error(self, request: Any, error: BaseException, herd: Herd) -> None:
-        self.events.append(f"error:{type(error).__name__}:{request.context.get('final', False)}")
+    def on_error(self, request: Any, error: BaseException, herd: Herd, final: bool) -> None:
+        self.events.append(f"error:{type(error).__name__}:{final}")
 
     @hookimpl
     def on_metric(self, metric: Metric, herd: Herd) -> None:

@@ -16,6 +16,8 @@ from modelherd.errors import ConfigError
 from modelherd.plugins.resources import optimizer
 from modelherd.plugins.resources.optimizer import runtime as optimizer_core
 from modelherd.plugins.resources.optimizer.runtime import (
+    PLACEMENT_REASON,
+    VARIANT_OF,
     Optimizer,
     OptimizerSettings,
     make_plan_command,
@@ -80,7 +82,7 @@ async def test_before_call_writes_placement_but_never_over_the_user(
     assert request.options["n_gpu_layers"] == 3
     assert "use_mlock" not in request.options
     assert request.options["n_ctx"] == 1024 and request.options["use_mmap"] is True
-    assert request.context["herd.placement"].startswith("fits in RAM: no GPU")
+    assert request.stash[PLACEMENT_REASON].startswith("fits in RAM: no GPU")
     remote = herd.build_request("remote", "hi")
     herd.hook.before_call(request=remote, herd=herd)
     assert remote.options == {}
@@ -191,7 +193,7 @@ async def test_variants_best_quality_that_fits_serves_the_call(
     await herd.start()
     request = herd.build_request("m", "hi")
     assert herd.hook.acquire_admission(request=request, herd=herd) == []  # no gate, no budget
-    assert request.alias == "m-q8" and request.context["herd.variant_of"] == "m"
+    assert request.alias == "m-q8" and request.stash[VARIANT_OF] == "m"
     # when the better variant no longer fits in RAM, the alias keeps its own file
     opt = herd.pm.get_plugin("optimizer-calls")
     assert isinstance(opt, Optimizer)

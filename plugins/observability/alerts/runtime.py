@@ -33,12 +33,13 @@ from modelherd.plugins.observability.alerts.live import (
 from modelherd.plugins.observability.alerts.notify import Notifier
 from modelherd.plugins.observability.alerts.settings import AlertSettings
 from modelherd.plugins.observability.alerts.status import SCHEMA, write_status
+from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
     from modelherd import Herd
 
-_MARK = "_herd_alerts_attempt"
+_INFLIGHT_ALIAS = StashKey[str]()
 #: request options / model settings that give a model's context length
 _CONTEXT_KEYS = ("n_ctx", "num_ctx", "context_length", "context_window", "max_context")
 
@@ -125,10 +126,12 @@ class AlertHooks:
             self.breaker.check(alias)  # type: ignore[union-attr]  # raises when open
         live = self._models.get(alias) or self.stats.model(alias)
         live.inflight += 1
-        request.context[_MARK] = alias
+        request.stash[_INFLIGHT_ALIAS] = alias
 
     @hookimpl
-    def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
+    def after_call(
+        self, request: ChatRequest, response: ChatResponse, herd: Herd, valid: bool | None
+    ) -> None:
         if response.cache_tier is not None:
             self._append((self._clock(), request.alias, HIT, 0.0, 0, 0, -1))
             return
@@ -137,7 +140,6 @@ class AlertHooks:
         if live.inflight > 0:
             live.inflight -= 1
         usage = response.usage
-        valid = request.context.get("valid")
         self._append(
             (
                 self._clock(),
@@ -161,14 +163,13 @@ class AlertHooks:
             self.breaker.success(alias)  # type: ignore[union-attr]
 
     @hookimpl
-    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
-        context = request.context
-        alias = context.pop(_MARK, None)
+    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd, final: bool) -> None:
+        alias = request.stash.pop(_INFLIGHT_ALIAS, None)
         if alias is not None:
             live = self._models.get(alias)
             if live is not None and live.inflight > 0:
                 live.inflight -= 1
-        if context.get("final"):
+        if final:
             self.stats.add(request.alias, ERROR)
             return
         self.stats.add(request.alias, FAIL)

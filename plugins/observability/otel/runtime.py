@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.plugins.observability.otel.export import DURATION_BUCKETS, TOKEN_BUCKETS
+from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, Metric
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ _REQUEST_ATTRS = {
     "top_p": "gen_ai.request.top_p",
     "seed": "gen_ai.request.seed",
 }
-#: set in an attempt's request.context: a second before_call with it is a retry
-_MARK = "_otel_attempt"
+#: set in an attempt's request stash: a second before_call with it is a retry
+_ATTEMPTED = StashKey[bool]()
 #: notes kept at most (a stalled pump drops the oldest rather than grow without end)
 _MAX_NOTES = 100_000
 
@@ -254,12 +255,12 @@ class OtelHooks:
     @hookimpl(trylast=True)
     def before_call(self, request: ChatRequest, herd: Herd) -> None:
         call = self._active()
-        context = request.context
-        if call is None or (_MARK not in context and request.alias == call.primary):
+        stash = request.stash
+        if call is None or (_ATTEMPTED not in stash and request.alias == call.primary):
             # a new call (a note left open by a call that ended without after_call or
             # on_error is dropped: a fallback attempt never asks the primary alias again)
             call = self._start(request)
-        elif _MARK in context:
+        elif _ATTEMPTED in stash:
             call.events.append(("herd.retry", {"herd.attempt": call.attempts + 1}, time.time_ns()))
         else:
             call.events.append(
@@ -270,11 +271,13 @@ class OtelHooks:
                 )
             )
             call.alias = request.alias
-        context[_MARK] = True
+        stash[_ATTEMPTED] = True
         call.attempts += 1
 
     @hookimpl
-    def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
+    def after_call(
+        self, request: ChatRequest, response: ChatResponse, herd: Herd, valid: bool | None
+    ) -> None:
         call = self._active()
         if call is None:  # a cache hit or a coalesced follower: no before_call ran
             call = self._start(request, time.time_ns() - int(response.latency_s * 1e9))
@@ -294,7 +297,6 @@ class OtelHooks:
             attrs["herd.response.alias"] = response.alias
         if response.request_id:
             attrs["gen_ai.response.id"] = response.request_id
-        valid = request.context.get("valid")
         if valid is not None:
             attrs["herd.valid"] = bool(valid)
         if self.capture_content:
@@ -311,8 +313,7 @@ class OtelHooks:
         self._end(call, "cache_hit" if response.cache_tier else "ok")
 
     @hookimpl
-    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
-        final = bool(request.context.get("final"))
+    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd, final: bool) -> None:
         call = self._active()
         if call is None:
             if not final:

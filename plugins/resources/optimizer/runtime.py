@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from modelherd import hookimpl
 from modelherd.errors import ConfigError
+from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, ModelSpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -36,6 +37,13 @@ if TYPE_CHECKING:
     import click
     from modelherd.kernel import Herd
     from modelherd.plugins.resources.optimizer.placement import Placement
+
+#: why the optimizer placed this call as it did (n_gpu_layers, context …), for `herd plan`
+PLACEMENT_REASON = StashKey[str]()
+#: the option keys the optimizer added to this attempt (taken back out on failure)
+_PLACED_KEYS = StashKey[list[str]]()
+#: the alias a call asked for when a better-fitting quantization variant served it
+VARIANT_OF = StashKey[str]()
 
 log = logging.getLogger("modelherd.optimizer")
 
@@ -207,15 +215,15 @@ class Optimizer:
             if key not in request.options and key not in user_set:
                 request.options[key] = value
                 added.append(key)
-        request.context["herd.placement"] = placement.reason
-        request.context["herd.placed_keys"] = added
+        request.stash[PLACEMENT_REASON] = placement.reason
+        request.stash[_PLACED_KEYS] = added
         return None
 
     @hookimpl
     def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
         # the kernel copies the failed attempt's options into the fallback's request:
         # take the placement back out, so a cloud fallback never sees n_gpu_layers
-        for key in request.context.pop("herd.placed_keys", ()):
+        for key in request.stash.pop(_PLACED_KEYS, []):
             request.options.pop(key, None)
 
     @hookimpl
@@ -223,7 +231,7 @@ class Optimizer:
         variant = self.variant_choice.get(request.alias)
         if variant is not None:  # the best quantization that fits serves this call
             spec = herd.resolve(variant)
-            request.context["herd.variant_of"] = request.alias
+            request.stash[VARIANT_OF] = request.alias
             request.alias, request.provider, request.model = variant, spec.provider, spec.model
         if not self.own_eviction or request.provider not in LOCAL_PROVIDERS:
             return None

@@ -38,11 +38,16 @@ from modelherd.plugins.resources.scheduler.load_state import (
     Signals,
     Thresholds,
 )
+from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, Metric
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
+
+#: the alias whose primary attempt is spilled to a fallback (admitted while "high")
+_SPILL_FROM = StashKey[str]()
+
 
 log = logging.getLogger("modelherd.scheduler")
 
@@ -237,7 +242,6 @@ class Scheduler:
 
     def _retarget(self, request: ChatRequest, alias: str) -> None:
         spec = self.herd.resolve(alias)
-        request.context["herd.retargeted_from"] = request.alias
         request.alias, request.provider, request.model = alias, spec.provider, spec.model
         for key, value in spec.options.items():
             request.options.setdefault(key, value)
@@ -268,7 +272,7 @@ class Scheduler:
             if self.active("balance"):
                 self._balance(request)
             if self.active("spill"):
-                request.context["herd.spill_from"] = request.alias
+                request.stash[_SPILL_FROM] = request.alias
         if self.in_flight < self.s.max_concurrency and not self.queued:
             self.in_flight += 1
             self._count(request.alias)
@@ -350,7 +354,7 @@ class Scheduler:
     def before_call(self, request: ChatRequest, herd: Herd) -> ChatResponse | None:
         # spill: the primary attempt of a call admitted while "high" goes to a fallback
         if (
-            request.context.get("herd.spill_from") == request.alias
+            request.stash.get(_SPILL_FROM, None) == request.alias
             and self.active("spill")
             and herd.resolve(request.alias).fallbacks
         ):
@@ -400,7 +404,6 @@ class _Slot:
     async def __aenter__(self) -> None:
         waited = await self.owner.enter(self.request)
         self.alias = self.request.alias  # balance/degrade may have moved it
-        self.request.context["herd.queue_wait_s"] = waited
         if waited and self.owner.herd.wants_metrics:
             self.owner.herd.emit(
                 Metric(

@@ -39,12 +39,17 @@ from modelherd.plugins.resources.tenants.token_bucket import (
     TokenBucket,
     seconds_to_utc_midnight,
 )
+from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, Metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
     from modelherd.plugins.resources.tenants.redis_limits import RedisLimits
+
+#: tokens the call used, handed from after_call to the admission gate's exit
+_TOKENS_USED = StashKey[int]()
+
 
 log = logging.getLogger("modelherd.tenants")
 
@@ -288,7 +293,7 @@ class Tenants:
     @hookimpl
     def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
         if request.tenant is not None and response.cache_tier is None:
-            request.context["herd.tenant_tokens"] = response.usage.total_tokens
+            request.stash[_TOKENS_USED] = response.usage.total_tokens
 
     def _unknown(self, name: str) -> Tenant:
         tier = self.settings.unknown_tenant
@@ -508,7 +513,6 @@ class _Gate:
             self.call_id = f"{id(owner):x}-{next(owner.ids)}"
             self.slot = await owner.acquire_slot(tenant, self.call_id)
             waited = time.perf_counter() - started
-            self.request.context["herd.tenant_wait_s"] = waited
             if owner.herd.wants_metrics:
                 owner.herd.emit(
                     Metric(
@@ -531,7 +535,7 @@ class _Gate:
     async def __aexit__(self, *exc: object) -> None:
         if self.slot is not None:
             await self.owner.release_slot(self.tenant, self.slot, self.call_id)
-        tokens = self.request.context.get("herd.tenant_tokens")
+        tokens = self.request.stash.get(_TOKENS_USED, None)
         if tokens:
             await self.owner.charge(self.tenant, int(tokens))
 
