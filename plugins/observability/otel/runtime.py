@@ -10,7 +10,7 @@ every 200 ms; the SDK's batch processor and metric reader then export them. The
 SDK's own per-attribute validation and aggregation (~15 µs per metric point, ~30 µs
 per span here) so run off the caller's path. `force_flush` drains the notes first.
 
-A call's note lives in a ContextVar, not in `request.context`: the kernel gives each
+A call's note lives in a ContextVar, not in `request.stash`: the kernel gives each
 fallback attempt a fresh copy of the request (and of its context dict), but the whole
 chain runs in the caller's task, so the ContextVar sees every attempt of one call.
 The span starts at the first `before_call` (or, for a cache hit or a coalesced
