@@ -15,7 +15,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .config import validate_table
 from .errors import BadRequestError
-from .types import Availability, ChatRequest, ChatResponse, Health, ModelSpec
+from .types import (
+    Availability,
+    ChatRequest,
+    ChatResponse,
+    Health,
+    ModelSpec,
+)
 
 if TYPE_CHECKING:
     from .kernel import Herd
@@ -56,6 +62,11 @@ class Model:
     description: ClassVar[str] = ""
     can_stream: ClassVar[bool] = False
     supports_schema: ClassVar[bool] = False
+    #: takes `tools=` and answers with tool calls (a fallback chain skips models without)
+    supports_tools: ClassVar[bool] = False
+    #: implements `embed` (`herd.embed`); texts per upstream call
+    can_embed: ClassVar[bool] = False
+    embed_batch_size: ClassVar[int] = 64
     #: env vars that hold the key, first is the standard one; empty = no key needed
     key_env_vars: ClassVar[tuple[str, ...]] = ()
     #: older names still accepted, mapped to the standard one with a rename hint
@@ -123,11 +134,21 @@ class Model:
         raise NotImplementedError(f"{type(self).__name__} must implement chat()")
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
-        """Yield text chunks, then the final ChatResponse. Default: one chunk from chat()."""
+        """Yield text chunks (`str`) and typed events (`ReasoningDelta`, `KeepAlive`,
+        `ToolCallStart/Delta/End`), then the final ChatResponse, which holds the whole
+        answer and every tool call. Default: one chunk from chat()."""
         response = await self.chat(request)
         if response.content:
             yield response.content
         yield response
+
+    def tools_unsupported(self, request: ChatRequest) -> str | None:
+        """Why this model cannot take the request's tools (None: it can). The pipeline
+        asks before sending: a fallback that cannot honour tools is skipped with this
+        reason. Default: the `supports_tools` attribute."""
+        if self.supports_tools:
+            return None
+        return f"the {self.provider} provider does not take tools"
 
     async def health(self) -> Health:
         """A live check, bounded by the caller's timeout. Default: availability only."""

@@ -54,6 +54,7 @@ class MockModel(Model):
     description = "scripted answers for tests"
     can_stream = True
     supports_schema = True
+    supports_tools = True
 
     def __init__(
         self,

@@ -10,7 +10,6 @@ SDK retries are off (`max_retries=0`); the kernel's policy decides.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
@@ -23,12 +22,19 @@ from modelherd.errors import (
     ProviderError,
     RateLimitError,
 )
+from modelherd.plugins.providers.anthropic_messages import (
+    TOOL_OPTIONS,
+    StreamCalls,
+    call_from_block,
+    wire_messages,
+    wire_tools,
+)
 from modelherd.plugins.providers.client_pool import ClientPool
 from modelherd.plugins.providers.errors import parse_retry_after
 from modelherd.plugins.providers.keys import key_fingerprint
 from modelherd.plugins.providers.stainless import StainlessModel
 from modelherd.provider import ProviderSettings
-from modelherd.types import ChatRequest, ChatResponse, FinishReason, Usage
+from modelherd.types import ChatRequest, ChatResponse, FinishReason, StreamEvent, Usage
 from pydantic import Field
 
 _POOL = ClientPool()
@@ -45,6 +51,7 @@ OPTIONS = frozenset(
         "response_format",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "thinking",
         "metadata",
         "extra_body",
@@ -98,6 +105,7 @@ class AnthropicModel(StainlessModel):
     description = "Anthropic Claude (Messages API, official SDK)"
     can_stream = True
     supports_schema = True
+    supports_tools = True
     key_env_vars = ("ANTHROPIC_API_KEY",)
     legacy_key_env_vars = ("ANTHROPIC_KEY",)
     Settings = AnthropicSettings
@@ -138,32 +146,24 @@ class AnthropicModel(StainlessModel):
             raise ConfigError(f'[models.{request.alias}] has no model — set model = "..."')
         settings = self.settings
         assert isinstance(settings, AnthropicSettings)
-        system = [m.content for m in request.messages if m.role == "system"]
-        messages: list[dict[str, Any]] = []
-        for m in request.messages:
-            if m.role == "system":
-                continue
-            role = "assistant" if m.role == "assistant" else "user"
-            if messages and messages[-1]["role"] == role:  # the API wants turns to alternate
-                messages[-1]["content"] += "\n\n" + m.content
-            else:
-                messages.append({"role": role, "content": m.content})
-        if not messages:
-            raise BadRequestError(
-                f"'{request.alias}' (anthropic) got only system messages — add a user message"
-            )
+        system, messages = wire_messages(request.messages, request.alias)
         params: dict[str, Any] = {
             "model": model,
             "messages": messages,
             "max_tokens": settings.max_tokens,
         }
         if system:
-            params["system"] = "\n\n".join(system)
-        for name, value in request.options.items():
+            params["system"] = system
+        options = request.options
+        if "tools" in options or "tool_choice" in options:
+            params.update(wire_tools(options))
+        for name, value in options.items():
             if value is None:
                 continue
             if name not in OPTIONS:
                 raise self.option_error(name, sorted(OPTIONS))
+            if name in TOOL_OPTIONS:
+                continue
             if name == "seed":
                 continue  # the Messages API has no seed; it still keys the response cache
             if name in _SAMPLING:
@@ -200,6 +200,7 @@ class AnthropicModel(StainlessModel):
         try:
             text: list[str] = []
             thinking: list[str] = []
+            calls = []
             for block in message.content:
                 kind = block.type
                 if kind == "text":
@@ -207,7 +208,7 @@ class AnthropicModel(StainlessModel):
                 elif kind == "thinking":
                     thinking.append(block.thinking)
                 elif kind == "tool_use":
-                    text.append(json.dumps(block.input))
+                    calls.append(call_from_block(block))
             return ChatResponse(
                 content="".join(text),
                 model=message.model or params["model"],
@@ -217,14 +218,16 @@ class AnthropicModel(StainlessModel):
                 finish_reason=_FINISH.get(message.stop_reason or "", "unknown"),
                 reasoning="".join(thinking) or None,
                 request_id=getattr(message, "_request_id", None),
+                tool_calls=calls,
             )
         except (AttributeError, TypeError, KeyError, ValueError) as exc:
             raise self._bad_body(request, f"a body without the expected fields ({exc})") from exc
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         params = self.params(request)
         params["stream"] = True
         stream = await self._send(request, params, stream=True)
+        calls = StreamCalls()
         parts: list[str] = []
         thinking: list[str] = []
         usage: dict[str, int] = {}
@@ -241,6 +244,16 @@ class AnthropicModel(StainlessModel):
                         yield delta.text
                     elif delta.type == "thinking_delta":
                         thinking.append(delta.thinking)
+                    elif delta.type == "input_json_delta":
+                        for item in calls.delta(event.index, delta.partial_json):
+                            yield item
+                elif kind == "content_block_start":
+                    for item in calls.start(event.index, event.content_block):
+                        yield item
+                elif kind == "content_block_stop":
+                    end = calls.stop(event.index)
+                    if end is not None:
+                        yield end
                 elif kind == "message_start":
                     message = event.message
                     model = message.model or model
@@ -249,13 +262,17 @@ class AnthropicModel(StainlessModel):
                 elif kind == "message_delta":
                     stop = event.delta.stop_reason or stop
                     usage.update({k: v for k, v in _usage_fields(event.usage).items() if v})
-        except HerdError:
-            raise
         except Exception as exc:
+            if calls.assembler.open_calls():  # cut in the middle of a call: never half a call
+                raise calls.assembler.incomplete("Anthropic", request.alias) from exc
+            if isinstance(exc, HerdError):
+                raise
             raise await self.map_error(exc, request) from exc
         finally:
             await stream.close()
         if stop is None:
+            if calls.assembler.open_calls():
+                raise calls.assembler.incomplete("Anthropic", request.alias)
             raise BadResponseError(
                 f"Anthropic stream for '{request.alias}' ended without a stop reason — "
                 f"the connection dropped mid-answer; the call can be retried"
@@ -269,6 +286,7 @@ class AnthropicModel(StainlessModel):
             finish_reason=_FINISH.get(stop, "unknown"),
             reasoning="".join(thinking) or None,
             request_id=request_id,
+            tool_calls=calls.assembler.calls(),
         )
 
     # ---- errors ----------------------------------------------------------------

@@ -21,10 +21,18 @@ from modelherd import hookimpl
 from modelherd.errors import BadResponseError, ConfigError, HerdError
 from modelherd.plugins.providers.client_pool import ClientPool
 from modelherd.plugins.providers.keys import key_fingerprint
+from modelherd.plugins.providers.openai_messages import (
+    TOOL_OPTIONS,
+    calls_from_message,
+    feed_stream_calls,
+    wire_messages,
+    wire_tools,
+)
 from modelherd.plugins.providers.stainless import StainlessModel
 from modelherd.plugins.providers.think import ThinkSplitter, split_think
 from modelherd.provider import ProviderSettings
-from modelherd.types import ChatRequest, ChatResponse, FinishReason, ModelSpec, Usage
+from modelherd.tools import ToolCallAssembler
+from modelherd.types import ChatRequest, ChatResponse, FinishReason, ModelSpec, StreamEvent, Usage
 from pydantic import Field
 
 _POOL = ClientPool()
@@ -40,6 +48,7 @@ OPTIONS = frozenset(
         "response_format",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "frequency_penalty",
         "presence_penalty",
         "reasoning_effort",
@@ -98,6 +107,7 @@ class OpenAIModel(StainlessModel):
     description = "OpenAI (Chat Completions, official SDK)"
     can_stream = True
     supports_schema = True
+    supports_tools = True
     key_env_vars: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
     legacy_key_env_vars: ClassVar[tuple[str, ...]] = ("OPENAI_KEY",)
     Settings = OpenAISettings
@@ -155,13 +165,18 @@ class OpenAIModel(StainlessModel):
             raise ConfigError(f'[models.{request.alias}] has no model — set model = "..."')
         params: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": wire_messages(request.messages),
         }
-        for name, value in request.options.items():
+        options = request.options
+        if "tools" in options or "tool_choice" in options:
+            params.update(wire_tools(options))
+        for name, value in options.items():
             if value is None:
                 continue
             if name not in OPTIONS:
                 raise self.option_error(name, sorted(OPTIONS))
+            if name in TOOL_OPTIONS:
+                continue
             if name == "max_tokens":
                 params[self.max_tokens_param] = value
             elif name == "response_format":
@@ -193,11 +208,12 @@ class OpenAIModel(StainlessModel):
                 finish_reason=_FINISH.get(choice.finish_reason or "", "unknown"),
                 reasoning=reasoning,
                 request_id=getattr(completion, "_request_id", None),
+                tool_calls=calls_from_message(message),
             )
         except (AttributeError, IndexError, TypeError, KeyError, ValueError) as exc:
             raise self._bad_body(request, f"a body without the expected fields ({exc})") from exc
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         params = self.params(request)
         params["stream"] = True
         if self._stream_usage:
@@ -206,6 +222,7 @@ class OpenAIModel(StainlessModel):
         if isinstance(stream, str):
             raise self._bad_body(request, "a non-stream body to a stream request")
         splitter = ThinkSplitter()
+        calls = ToolCallAssembler()
         parts: list[str] = []
         reasoning_parts: list[str] = []
         finish: str | None = None
@@ -229,11 +246,16 @@ class OpenAIModel(StainlessModel):
                             if text:
                                 parts.append(text)
                                 yield text
+                        if delta.tool_calls:
+                            for event in feed_stream_calls(calls, delta.tool_calls):
+                                yield event
                     if choice.finish_reason:
                         finish = choice.finish_reason
-        except HerdError:
-            raise
         except Exception as exc:
+            if calls and finish is None:  # cut in the middle of a call: never half a call
+                raise calls.incomplete(self.vendor, request.alias) from exc
+            if isinstance(exc, HerdError):
+                raise
             raise await self.map_error(exc, request) from exc
         finally:
             await stream.close()
@@ -242,10 +264,14 @@ class OpenAIModel(StainlessModel):
             parts.append(tail)
             yield tail
         if finish is None:
+            if calls:
+                raise calls.incomplete(self.vendor, request.alias)
             raise BadResponseError(
                 f"{self.vendor} stream for '{request.alias}' ended without a finish reason — "
                 f"the connection dropped mid-answer; the call can be retried"
             )
+        for end in calls.end_all():
+            yield end
         yield ChatResponse(
             content="".join(parts),
             model=model,
@@ -255,6 +281,7 @@ class OpenAIModel(StainlessModel):
             finish_reason=_FINISH.get(finish, "unknown"),
             reasoning="".join(reasoning_parts) or splitter.reasoning,
             request_id=request_id,
+            tool_calls=calls.calls(),
         )
 
     # ---- errors ----------------------------------------------------------------

@@ -4,7 +4,15 @@ The `model` field picks the scenario: `err-401`, `claude-sonnet-9` (404, unknown
 model), `err-429` (retry-after 7), `flaky-529` (overloaded once, then OK), `err-500`,
 `slow` (3 s), `malformed`, `html`, `truncated` (stream without message_delta),
 `stream-error` (an `event: error` mid-stream), `drop` (the connection dies mid-stream),
-`thinker` (a thinking block before the text). Anything else echoes the last user turn.
+`thinker` (a thinking block before the text). Anything else echoes the last user turn
+(image blocks as `[image/png]` or `[<url>]`).
+
+Tools (Anthropic's `tool_use` / `tool_result` blocks): with `tools` in the request and
+a last user turn that holds no `tool_result`, `tools-1` calls the first tool (or the
+one `tool_choice` names; any model does with tool_choice "any" or "tool"), `tools-2`
+makes two parallel calls, `tools-bad` sends input that breaks the schema, `tools-cut`
+(streaming) drops the connection inside a call's `input_json_delta` fragments. After
+tool results the answer is "results: <each tool_result content>".
 """
 
 from __future__ import annotations
@@ -36,11 +44,57 @@ def _authorized(request: web.Request) -> bool:
     return request.headers.get("x-api-key") == API_KEY or bearer == f"Bearer {API_KEY}"
 
 
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    out = []
+    for block in content:
+        if block["type"] == "text":
+            out.append(block["text"])
+        elif block["type"] == "image":
+            source = block["source"]
+            out.append(f"[{source.get('media_type') or source.get('url')}]")
+    return "".join(out)
+
+
+def _results(body: dict[str, Any]) -> list[str]:
+    last = body["messages"][-1]
+    if last["role"] != "user" or isinstance(last["content"], str):
+        return []
+    return [b["content"] for b in last["content"] if b["type"] == "tool_result"]
+
+
+def tool_uses_for(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice") or {"type": "auto"}
+    if not tools or choice["type"] == "none" or _results(body):
+        return None
+    model = body["model"]
+    if choice["type"] == "tool":
+        tools = [t for t in tools if t["name"] == choice["name"]]
+    elif not model.startswith("tools-") and choice["type"] == "auto":
+        return None
+    first = tools[0]
+    calls = [(first["name"], sample_for_schema(first["input_schema"]))]
+    if model == "tools-2" and not choice.get("disable_parallel_tool_use"):
+        second = tools[1] if len(tools) > 1 else first
+        calls.append((second["name"], sample_for_schema(second["input_schema"])))
+    elif model == "tools-bad":
+        calls = [(first["name"], {"unexpected": True})]
+    return [
+        {"type": "tool_use", "id": f"toolu_{i}", "name": n, "input": a}
+        for i, (n, a) in enumerate(calls)
+    ]
+
+
 def _answer(body: dict[str, Any]) -> str:
     fmt = (body.get("output_config") or {}).get("format")
     if fmt:
         return json.dumps(sample_for_schema(fmt["schema"]))
-    last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+    results = _results(body)
+    if results:
+        return "results: " + "; ".join(results)
+    last = _text([m for m in body["messages"] if m["role"] == "user"][-1]["content"])
     system = f"[{body['system']}] " if body.get("system") else ""
     return f"{system}echo: {last}"
 
@@ -82,8 +136,14 @@ def make_app(recorder: Recorder) -> web.Application:
         content: list[dict[str, Any]] = []
         if model == "thinker":
             content.append({"type": "thinking", "thinking": "compare both", "signature": "sig"})
-        content.append({"type": "text", "text": _answer(body)})
+        uses = tool_uses_for(body)
+        if uses:
+            content += uses
+        else:
+            content.append({"type": "text", "text": _answer(body)})
         stop = "max_tokens" if body["max_tokens"] == 1 else "end_turn"
+        if uses:
+            stop = "tool_use"
         return web.json_response(
             {
                 "id": "msg_01",
@@ -134,6 +194,9 @@ def make_app(recorder: Recorder) -> web.Application:
                 },
             },
         )
+        uses = tool_uses_for(body)
+        if uses:
+            return await _stream_uses(request, response, send, uses, model)
         await send(
             "content_block_start",
             {
@@ -175,6 +238,63 @@ def make_app(recorder: Recorder) -> web.Application:
                 "type": "message_delta",
                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                 "usage": {"output_tokens": 6},
+            },
+        )
+        await send("message_stop", {"type": "message_stop"})
+        return response
+
+    async def _stream_uses(
+        request: web.Request,
+        response: web.StreamResponse,
+        send: Any,
+        uses: list[dict[str, Any]],
+        model: str,
+    ) -> web.StreamResponse:
+        await send(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+        await send(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "Let me check."},
+            },
+        )
+        await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+        for offset, use in enumerate(uses):
+            index = offset + 1  # block 0 is the text
+            start = {**use, "input": {}}
+            await send(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": start},
+            )
+            args = json.dumps(use["input"])
+            for i in range(0, len(args), 3):
+                await send(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": args[i : i + 3]},
+                    },
+                )
+                if model == "tools-cut" and i >= 6:
+                    assert request.transport is not None
+                    request.transport.abort()  # the connection dies inside the arguments
+                    return response
+            await send("content_block_stop", {"type": "content_block_stop", "index": index})
+        await send(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                "usage": {"output_tokens": 9},
             },
         )
         await send("message_stop", {"type": "message_stop"})

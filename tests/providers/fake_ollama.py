@@ -7,6 +7,14 @@ Chat scenarios by model: `qwen3:latest` answers with a <think> block,
 3 s, `malformed:latest` sends a broken line, `truncated:latest` never sends done,
 `midstream:latest` sends an error line mid-stream. Text is escaped the way Ollama
 escapes it (`<` as \\u003c). Pulling `nope` fails mid-stream like the real server.
+
+Tools (Ollama's `message.tool_calls`, arguments as objects, no ids): with `tools` in
+the request and no `tool` message last, `tools-1:latest` calls the first tool,
+`tools-2:latest` makes two calls, `tools-bad:latest` sends arguments that break the
+schema, `tools-cut:latest` (streaming) sends a call and stops without `done`. Any
+model answers "results: <each tool message>" after tool results, and "[N images]"
+when the last user turn has images. `POST /api/embed` returns one deterministic
+8-dimension vector per input.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .loopback import Recorder, sample_for_schema
+from .loopback import Recorder, sample_for_schema, vector_for
 
 GB = 1_000_000_000
 
@@ -42,6 +50,11 @@ INITIAL = {
     "malformed:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
     "truncated:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
     "midstream:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "tools-1:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "tools-2:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "tools-bad:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "tools-cut:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "nomic-embed-text:latest": (GB // 4, _details("nomic-bert", "137M", "F16"), 2048),
 }
 PULLABLE = {"phi4:latest": (int(9.1 * GB), _details("phi3", "14.7B", "Q4_K_M"), 16384)}
 
@@ -170,15 +183,35 @@ def make_app(recorder: Recorder) -> web.Application:
             seconds = float(keep_alive[:-1]) * {"s": 1, "m": 60, "h": 3600}.get(keep_alive[-1], 1)
         state.loaded[name] = datetime.now(UTC) + timedelta(seconds=seconds)
 
+    def tool_calls_for(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+        tools = body.get("tools") or []
+        name = body["model"]
+        if not tools or body["messages"][-1]["role"] == "tool" or not name.startswith("tools-"):
+            return None
+        first = tools[0]["function"]
+        calls = [(first["name"], sample_for_schema(first.get("parameters") or {}))]
+        if name == "tools-2:latest":
+            second = tools[1]["function"] if len(tools) > 1 else first
+            calls.append((second["name"], sample_for_schema(second.get("parameters") or {})))
+        elif name == "tools-bad:latest":
+            calls = [(first["name"], {"unexpected": True})]
+        return [{"function": {"name": n, "arguments": a}} for n, a in calls]
+
     def answer(body: dict[str, Any]) -> tuple[str, str | None, str]:
         name = body["model"]
         opts = body.get("options") or {}
+        if body["messages"][-1]["role"] == "tool":
+            done = [m["content"] for m in body["messages"] if m["role"] == "tool"]
+            return "results: " + "; ".join(done), None, "stop"
         fmt = body.get("format")
         if isinstance(fmt, dict):
             return json.dumps(sample_for_schema(fmt)), None, "stop"
         if fmt == "json":
             return '{"ok": true}', None, "stop"
-        last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+        last_user = [m for m in body["messages"] if m["role"] == "user"][-1]
+        last = last_user["content"]
+        if last_user.get("images"):
+            last += f" [{len(last_user['images'])} images]"
         if name == "qwen3:latest":
             if body.get("think"):
                 return "Paris.", "recall geography", "stop"
@@ -217,6 +250,9 @@ def make_app(recorder: Recorder) -> web.Application:
                 text='{"model": "malformed:latest", "message": {', content_type="application/json"
             )
         keep(name, body.get("keep_alive"))
+        calls = tool_calls_for(body)
+        if calls:
+            return await tool_reply(request, body, calls)
         content, thinking, reason = answer(body)
         if body.get("stream", True) is False:
             out = final(name, reason, content)
@@ -260,6 +296,47 @@ def make_app(recorder: Recorder) -> web.Application:
             await response.write((_dumps(final(name, reason)) + "\n").encode())
         return response
 
+    async def tool_reply(
+        request: web.Request, body: dict[str, Any], calls: list[dict[str, Any]]
+    ) -> web.StreamResponse:
+        name = body["model"]
+        message = {"role": "assistant", "content": "", "tool_calls": calls}
+        if body.get("stream", True) is False:
+            out = final(name, "stop")
+            out["message"] = message
+            return web.Response(text=_dumps(out), content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for call in calls:  # Ollama sends each call whole, in a chunk of its own
+            chunk = {
+                "model": name,
+                "created_at": _now(),
+                "message": {"role": "assistant", "content": "", "tool_calls": [call]},
+                "done": False,
+            }
+            await response.write((_dumps(chunk) + "\n").encode())
+            if name == "tools-cut:latest":
+                return response  # no more calls and no done line
+        await response.write((_dumps(final(name, "stop")) + "\n").encode())
+        return response
+
+    async def embed(request: web.Request) -> web.Response:
+        body = await request.json()
+        recorder.add(request, body)
+        name = body["model"]
+        if name not in state.pulled:
+            return not_found(name)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response(
+            {
+                "model": name,
+                "embeddings": [vector_for(text) for text in inputs],
+                "total_duration": 14_000_000,
+                "load_duration": 1_000_000,
+                "prompt_eval_count": sum(len(text.split()) for text in inputs),
+            }
+        )
+
     async def generate(request: web.Request) -> web.Response:
         body = await request.json()
         recorder.add(request, body)
@@ -288,5 +365,6 @@ def make_app(recorder: Recorder) -> web.Application:
     app.router.add_post("/api/pull", pull)
     app.router.add_post("/api/chat", chat)
     app.router.add_post("/api/generate", generate)
+    app.router.add_post("/api/embed", embed)
     app.router.add_get("/api/version", version)
     return app

@@ -5,7 +5,16 @@ The `model` field picks the scenario, so one server serves every test:
 OK), `err-500`, `slow` (answers after 3 s), `malformed` (bad JSON, JSON content type),
 `html` (200 text/html), `truncated` (a stream that stops without finish_reason or
 [DONE]), `midstream-error` (an error object inside the stream), `reason` (a <think>
-block). Any other model answers "echo: <last user message>".
+block). Any other model answers "echo: <last user message>" (images as
+`[image/png]`).
+
+Tools (OpenAI's `tool_calls` wire format): with `tools` in the request and no `tool`
+message after the last user turn, `tools-1` calls the first tool (or the one
+`tool_choice` names), `tools-2` makes two parallel calls, `tools-bad` sends
+arguments that break the schema, `tools-cut` (streaming) stops in the middle of a
+call's arguments. Arguments fit the schema (`sample_for_schema`) and stream in 3-char
+fragments. After tool results the answer is "results: <each tool message>".
+`POST /v1/embeddings` returns a deterministic 8-dimension vector per input.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .loopback import Recorder, sample_for_schema
+from .loopback import Recorder, sample_for_schema, vector_for
 
 API_KEY = "sk-test-key-0123456789abcdef"
 MODELS = ["gpt-5.4", "gpt-5.4-mini", "gpt-4o", "deepseek-chat", "echo-model"]
@@ -36,8 +45,55 @@ def _error(
     )
 
 
+def _text(content: Any) -> str:
+    """A message's content as text; image parts as [media type]."""
+    if isinstance(content, str) or content is None:
+        return content or ""
+    out = []
+    for part in content:
+        if part["type"] == "text":
+            out.append(part["text"])
+        elif part["type"] == "image_url":
+            url = part["image_url"]["url"]
+            out.append(f"[{url[5:].split(';')[0]}]" if url.startswith("data:") else f"[{url}]")
+    return "".join(out)
+
+
+def tool_calls_for(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The calls this request gets (OpenAI form, arguments as JSON text), or None."""
+    tools = body.get("tools") or []
+    if not tools or body.get("tool_choice") == "none":
+        return None
+    if body["messages"][-1]["role"] == "tool":
+        return None
+    model = body["model"]
+    choice = body.get("tool_choice")
+    functions = [t["function"] for t in tools]
+    if isinstance(choice, dict):
+        functions = [f for f in functions if f["name"] == choice["function"]["name"]]
+    first = functions[0]
+    args = json.dumps(sample_for_schema(first.get("parameters") or {}))
+    calls = [(first["name"], args)]
+    if model == "tools-2":
+        second = functions[1] if len(functions) > 1 else first
+        calls.append(
+            (second["name"], json.dumps(sample_for_schema(second.get("parameters") or {})))
+        )
+    elif model == "tools-bad":
+        calls = [(first["name"], '{"unexpected": true}')]
+    elif not model.startswith("tools-") and choice in (None, "auto"):
+        return None
+    return [
+        {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": a}}
+        for i, (n, a) in enumerate(calls)
+    ]
+
+
 def _answer(body: dict[str, Any]) -> str:
     model = body["model"]
+    if body["messages"][-1]["role"] == "tool":
+        done = [m["content"] for m in body["messages"] if m["role"] == "tool"]
+        return "results: " + "; ".join(done)
     if model == "reason":
         return "<think>\nweigh the options\n</think>\n\nBUY"
     fmt = body.get("response_format")
@@ -46,7 +102,7 @@ def _answer(body: dict[str, Any]) -> str:
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         return json.dumps({"ok": True})
     last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
-    return f"echo: {last}"
+    return f"echo: {_text(last)}"
 
 
 def make_app(recorder: Recorder) -> web.Application:
@@ -115,10 +171,15 @@ def make_app(recorder: Recorder) -> web.Application:
             return web.json_response({"id": "chatcmpl-x", "object": "chat.completion"})
         if body.get("stream"):
             return await _stream(request, body)
-        content = _answer(body)
+        calls = tool_calls_for(body)
+        content: str | None = None if calls else _answer(body)
         finish = (
             "length" if body.get("max_completion_tokens", body.get("max_tokens")) == 1 else "stop"
         )
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+        if calls:
+            message["tool_calls"] = calls
+            finish = "tool_calls"
         return web.json_response(
             {
                 "id": "chatcmpl-123",
@@ -129,7 +190,7 @@ def make_app(recorder: Recorder) -> web.Application:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "message": message,
                         "logprobs": None,
                         "finish_reason": finish,
                     }
@@ -173,6 +234,9 @@ def make_app(recorder: Recorder) -> web.Application:
                 ],
             }
         )
+        calls = tool_calls_for(body)
+        if calls:
+            return await _stream_calls(response, send, base, body, calls)
         answer = _answer(body)
         for i in range(0, len(answer), 4):
             await send(
@@ -207,6 +271,64 @@ def make_app(recorder: Recorder) -> web.Application:
         await send("[DONE]")
         return response
 
+    async def _stream_calls(
+        response: web.StreamResponse,
+        send: Any,
+        base: dict[str, Any],
+        body: dict[str, Any],
+        calls: list[dict[str, Any]],
+    ) -> web.StreamResponse:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        for index, call in enumerate(calls):
+            head = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            await send(chunk({"tool_calls": [head]}))
+            args = call["function"]["arguments"]
+            for i in range(0, len(args), 3):
+                fragment = {"index": index, "function": {"arguments": args[i : i + 3]}}
+                await send(chunk({"tool_calls": [fragment]}))
+                if body["model"] == "tools-cut" and i >= 6:
+                    return response  # the connection ends inside the arguments
+        await send(chunk({}, "tool_calls"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send(
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29},
+                }
+            )
+        await send("[DONE]")
+        return response
+
+    async def embeddings(request: web.Request) -> web.Response:
+        body = await request.json()
+        recorder.add(request, body)
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": vector_for(text)}
+            for i, text in enumerate(inputs)
+        ]
+        tokens = sum(len(text.split()) for text in inputs)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
     async def models(request: web.Request) -> web.Response:
         recorder.add(request, {})
         if request.headers.get("Authorization") != f"Bearer {API_KEY}":
@@ -232,6 +354,7 @@ def make_app(recorder: Recorder) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/gemini/v1/chat/completions", completions)
     app.router.add_get("/gemini/v1/models", models)
     app.router.add_post("/bare/v1/chat/completions", completions)  # a server without /models

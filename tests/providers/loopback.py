@@ -105,3 +105,12 @@ def sample_for_schema(schema: dict[str, Any]) -> Any:
     if kind == "array":
         return [sample_for_schema(schema.get("items", {"type": "string"}))]
     return {"integer": 7, "number": 0.5, "boolean": True, "null": None}.get(str(kind), "text")
+
+
+def vector_for(text: str, dims: int = 8) -> list[float]:
+    """A deterministic vector for `text`, as the fake servers' embeddings endpoints
+    return it (so a test can recompute what it should get)."""
+    import hashlib
+
+    digest = hashlib.blake2b(text.encode(), digest_size=dims).digest()
+    return [round(b / 255, 6) for b in digest]

@@ -88,13 +88,27 @@ _CURRENT: ContextVar[_Call | None] = ContextVar("modelherd_otel_call", default=N
 
 
 def _messages_json(request: ChatRequest) -> str:
-    return json.dumps(
-        [
-            {"role": m.role, "parts": [{"type": "text", "content": m.content}]}
-            for m in request.messages
-        ],
-        ensure_ascii=False,
-    )
+    return json.dumps([_message_parts(m) for m in request.messages], ensure_ascii=False)
+
+
+def _message_parts(m: Any) -> dict[str, Any]:
+    """One message in the GenAI conventions' shape: text, images (by media type, never
+    their bytes), tool calls and tool answers as typed parts."""
+    parts: list[dict[str, Any]] = []
+    if m.role == "tool":
+        parts.append({"type": "tool_call_response", "id": m.tool_call_id, "response": m.text})
+    elif isinstance(m.content, str):
+        if m.content or not m.tool_calls:
+            parts.append({"type": "text", "content": m.content})
+    else:
+        for part in m.content:
+            if part.type == "text":
+                parts.append({"type": "text", "content": part.text})
+            else:
+                parts.append({"type": "blob", "modality": "image", "mime_type": part.media_type})
+    for c in m.tool_calls:
+        parts.append({"type": "tool_call", "id": c.id, "name": c.name, "arguments": c.arguments})
+    return {"role": m.role, "parts": parts}
 
 
 class OtelPump:
@@ -304,7 +318,16 @@ class OtelHooks:
                 [
                     {
                         "role": "assistant",
-                        "parts": [{"type": "text", "content": response.content}],
+                        "parts": [{"type": "text", "content": response.content}]
+                        + [
+                            {
+                                "type": "tool_call",
+                                "id": c.id,
+                                "name": c.name,
+                                "arguments": c.arguments,
+                            }
+                            for c in response.tool_calls
+                        ],
                         "finish_reason": response.finish_reason,
                     }
                 ],

@@ -32,8 +32,15 @@ from modelherd.errors import (
     RateLimitError,
 )
 from modelherd.plugins.providers.client_pool import ClientPool
+from modelherd.plugins.providers.ollama.messages import (
+    calls_from_message,
+    feed_stream_calls,
+    wire_messages,
+    wire_tools,
+)
 from modelherd.plugins.providers.think import ThinkSplitter, split_think
 from modelherd.provider import Model, ProviderSettings, SamplingOptions
+from modelherd.tools import ToolCallAssembler
 from modelherd.types import (
     Availability,
     ChatRequest,
@@ -41,6 +48,7 @@ from modelherd.types import (
     FinishReason,
     Health,
     ModelSpec,
+    StreamEvent,
     Usage,
 )
 from pydantic import ValidationError
@@ -106,6 +114,9 @@ class OllamaOptions(SamplingOptions):
     num_batch: int | None = None
     keep_alive: str | float | None = None
     think: bool | str | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
 
 
 #: OllamaOptions fields that go into Ollama's `options` object (runner parameters)
@@ -128,6 +139,7 @@ class OllamaModel(Model):
     description = "local models served by Ollama (official client)"
     can_stream = True
     supports_schema = True
+    supports_tools = True
     is_local = True
     Settings = OllamaSettings
 
@@ -196,8 +208,10 @@ class OllamaModel(Model):
             runner["stop"] = [opts.stop] if isinstance(opts.stop, str) else opts.stop
         kwargs: dict[str, Any] = {
             "model": name,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": wire_messages(request.messages, self.host),
         }
+        if opts.tools is not None or opts.tool_choice is not None:
+            kwargs.update(wire_tools(request.options, request.alias))
         if runner:
             kwargs["options"] = runner
         if opts.response_format is not None:
@@ -221,21 +235,24 @@ class OllamaModel(Model):
             reply = await self.client().chat(**kwargs, stream=False)
             message = reply.message
             content, reasoning = split_think(message.content or "")
+            calls = calls_from_message(message)
             return ChatResponse(
                 content=content,
                 model=reply.model or kwargs["model"],
                 provider=self.provider,
                 alias=request.alias,
                 usage=_usage(reply),
-                finish_reason=_FINISH.get(reply.done_reason or "", "unknown"),
+                finish_reason=_finish(reply.done_reason, calls),
                 reasoning=message.thinking or reasoning,
                 provider_metrics=_durations(reply),
+                tool_calls=calls,
             )
         except Exception as exc:
             raise await self.map_error(exc, request, kwargs["model"]) from exc
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         kwargs = self.kwargs(request)
+        calls = ToolCallAssembler()
         splitter = ThinkSplitter()
         parts: list[str] = []
         thinking: list[str] = []
@@ -250,6 +267,9 @@ class OllamaModel(Model):
                     if text:
                         parts.append(text)
                         yield text
+                if message.tool_calls:
+                    for event in feed_stream_calls(calls, message):
+                        yield event
                 if part.done:
                     final = part
         except Exception as exc:
@@ -269,9 +289,10 @@ class OllamaModel(Model):
             provider=self.provider,
             alias=request.alias,
             usage=_usage(final),
-            finish_reason=_FINISH.get(final.done_reason or "", "unknown"),
+            finish_reason=_finish(final.done_reason, calls.calls()),
             reasoning="".join(thinking) or splitter.reasoning,
             provider_metrics=_durations(final),
+            tool_calls=calls.calls(),
         )
 
     # ---- errors ----------------------------------------------------------------
@@ -373,6 +394,13 @@ def close_tags(name: str, pulled: list[str]) -> list[str]:
     bases = {n.split(":")[0] for n in pulled}
     near = difflib.get_close_matches(base, bases, n=3, cutoff=0.8)
     return [n for n in pulled if n.split(":")[0] in near][:3]
+
+
+def _finish(done_reason: str | None, calls: list[Any]) -> FinishReason:
+    # Ollama says "stop" for an answer made of tool calls too
+    if calls and done_reason in ("stop", None, ""):
+        return "tool_calls"
+    return _FINISH.get(done_reason or "", "unknown")
 
 
 def _usage(reply: Any) -> Usage:
