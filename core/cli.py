@@ -34,15 +34,26 @@ class CliState:
         self.strict = strict
         self._herd: Any = None
         self.config_error: ConfigError | None = None
+        self._announced = False
 
     def herd(self) -> Any:
         if self._herd is None:
+            from .config import load_config, load_env_checked
             from .kernel import Herd
 
-            self._herd = Herd(
-                config_path=self.config_path, profile=self.profile, strict=self.strict
-            )
+            config = load_config(self.config_path, self.profile, announce=False)
+            env, env_skipped = load_env_checked()
+            self._announce([*config.skipped, *env_skipped])
+            self._herd = Herd(config, env=env, strict=self.strict)
         return self._herd
+
+    def _announce(self, skipped: list[Any]) -> None:
+        """Say once per command, in one line, which implicit files were skipped."""
+        if skipped and not self._announced:
+            from .trust import skipped_line
+
+            self._announced = True
+            click.echo(f"note: {skipped_line(skipped)}", err=True)
 
     def herd_for_commands(self) -> Any:
         """A Herd for registering plugin commands, even when the config is broken."""
@@ -76,8 +87,14 @@ class HerdGroup(click.Group):
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _NO_HERD:  # they must work whatever the config holds
+            return super().get_command(ctx, cmd_name)
         self._add_plugin_commands(ctx)
         return super().get_command(ctx, cmd_name)
+
+
+#: core commands that never build a Herd (so never read the config they manage)
+_NO_HERD = frozenset({"trust", "untrust"})
 
 
 def _state(ctx: click.Context) -> CliState:
@@ -120,10 +137,13 @@ def make_cli() -> HerdGroup:
         ctx: click.Context, config_path: str | None, profile: str | None, strict: bool
     ) -> None:
         """modelherd: one layer for every model behind your agents."""
-        ctx.obj = CliState(config_path, profile, strict)
+        if ctx.obj is None:  # resolving the command (plugin commands) may have made it
+            ctx.obj = CliState(config_path, profile, strict)
 
     assert isinstance(group, HerdGroup)
-    for command in (plugins_cmd, models_cmd, chat_cmd, doctor_cmd):
+    from .trust_cli import trust_cmd, untrust_cmd
+
+    for command in (plugins_cmd, models_cmd, chat_cmd, doctor_cmd, trust_cmd, untrust_cmd):
         group.add_command(command)
     group.add_command(RunGroup("run", help=RUN_HELP))
     return group

@@ -1,26 +1,32 @@
-"""plugins.toml: schema, lookup order, profiles, and one-line errors.
+"""plugins.toml: schema, lookup order, trust, profiles, and one-line errors.
 
 Lookup order (first found wins, then merged over the built-in defaults):
-`--config PATH`, `$HERD_CONFIG`, `./plugins.toml`, the user config dir
-(`platformdirs.user_config_dir("modelherd")/plugins.toml`).
+`--config PATH`, `$HERD_CONFIG`, `./plugins.toml` *if the user trusted it* (`herd
+trust`, core/trust.py), the user config dir
+(`platformdirs.user_config_dir("modelherd")/plugins.toml`). An untrusted
+`./plugins.toml` is skipped with one notice line; so is an untrusted `./.env`.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+from .trust import Skipped, TrustStore, skipped_line
 from .types import ModelSpec
 
 _T = TypeVar("_T", bound=BaseModel)
+
+log = logging.getLogger("modelherd.config")
 
 
 def table_error(where: str, exc: ValidationError, model: type[BaseModel], docs: str) -> str:
@@ -78,7 +84,7 @@ class ProfileSection(BaseModel):
 class HerdConfig(BaseModel):
     """The validated configuration. `plugins` holds `disable` and per-plugin tables."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     herd: HerdSection = Field(default_factory=HerdSection)
     plugins: dict[str, Any] = Field(default_factory=dict)
@@ -91,6 +97,8 @@ class HerdConfig(BaseModel):
     #: where it came from (not part of the file)
     source: str = "built-in defaults"
     active_profile: str | None = None
+    #: files found but not used (an untrusted ./plugins.toml); see core/trust.py
+    skipped: list[Skipped] = Field(default_factory=list)
 
     @property
     def disabled_plugins(self) -> set[str]:
@@ -128,12 +136,24 @@ def user_config_path() -> Path:
     return Path(platformdirs.user_config_dir("modelherd")) / "plugins.toml"
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+def user_env_path() -> Path:
+    """The user's own .env (beside their plugins.toml): trusted, read under ./.env."""
+    return user_config_path().parent / ".env"
+
+
+ConfigOrigin = Literal["explicit", "env", "local", "user"]
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None = None,
+) -> tuple[Path, ConfigOrigin] | None:
+    """The config file to read and how it was found; `./plugins.toml` is returned as
+    "local" whether trusted or not (`load_config` decides)."""
     if explicit:
         path = Path(explicit)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist — check the --config path")
-        return path
+        return path, "explicit"
     env = os.environ.get("HERD_CONFIG")
     if env:
         path = Path(env)
@@ -141,12 +161,26 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
             raise ConfigError(
                 f"HERD_CONFIG points to {path}, which does not exist — fix or unset it"
             )
-        return path
+        return path, "env"
     local = Path("plugins.toml")
     if local.is_file():
-        return local
+        return local, "local"
     user = user_config_path()
-    return user if user.is_file() else None
+    return (user, "user") if user.is_file() else None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror} — check its permissions") from None
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text — save it as UTF-8") from None
 
 
 def _read_toml(text: str, source: str) -> dict[str, Any]:
@@ -174,6 +208,10 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: HerdConfig fields that say where the config came from; a file cannot set them
+_INTERNAL_FIELDS = ("source", "active_profile", "skipped")
+
+
 def _unknown_key_message(exc: ValidationError, data: dict[str, Any], source: str) -> str:
     first = exc.errors()[0]
     loc = [str(p) for p in first["loc"]]
@@ -182,8 +220,8 @@ def _unknown_key_message(exc: ValidationError, data: dict[str, Any], source: str
         section_fields: list[str]
         if len(loc) == 1:
             section_fields = list(HerdConfig.model_fields)
-            section_fields.remove("source")
-            section_fields.remove("active_profile")
+            for internal in _INTERNAL_FIELDS:
+                section_fields.remove(internal)
         elif loc[0] == "herd":
             section_fields = list(HerdSection.model_fields)
         else:
@@ -195,26 +233,49 @@ def _unknown_key_message(exc: ValidationError, data: dict[str, Any], source: str
 
 
 def load_config(
-    explicit: str | os.PathLike[str] | None = None, profile: str | None = None
+    explicit: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+    *,
+    announce: bool = True,
 ) -> HerdConfig:
-    """Find, read, merge and validate the configuration; apply the active profile."""
+    """Find, read, merge and validate the configuration; apply the active profile.
+
+    An untrusted `./plugins.toml` is not read: the user's own config (or the built-in
+    defaults) is used and `config.skipped` says so, which is also logged as a
+    one-line warning unless `announce=False` (the CLI prints one line itself).
+    """
     data = builtin_defaults()
     source = "built-in defaults"
-    path = find_config_file(explicit)
-    if path is not None:
+    skipped: list[Skipped] = []
+    found = find_config_file(explicit)
+    raw: bytes | None = None
+    if found is not None and found[1] == "local":
+        raw = _read_bytes(found[0])
+        store = TrustStore()
+        verdict = store.verdict(found[0], raw)
+        if verdict != "trusted":
+            user = user_config_path()
+            instead = str(user) if user.is_file() else "the built-in defaults"
+            skipped.append(Skipped(found[0], verdict, instead, store.problem))
+            found, raw = ((user, "user") if user.is_file() else None), None
+    if found is not None:
+        path = found[0]
         source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read {path}: {exc.strerror} — check its permissions"
-            ) from None
-        data = _merge(data, _read_toml(text, source))
+        if raw is None:
+            raw = _read_bytes(path)
+        data = _merge(data, _read_toml(_decode(raw, source), source))
+    for internal in _INTERNAL_FIELDS:
+        if internal in data:
+            raise ConfigError(f"{source}: unknown key '{internal}' — remove it")
+    _check_plugins_section(data.get("plugins"), source)
     try:
         config = HerdConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_unknown_key_message(exc, data, source)) from None
     config.source = source
+    config.skipped = skipped
+    if announce and skipped:
+        _log_once(skipped_line(skipped))
     for alias, table in config.models.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [models.{alias}] must be a table")
@@ -223,6 +284,35 @@ def load_config(
     if chosen:
         apply_profile(config, chosen)
     return config
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def _log_once(line: str) -> None:
+    if line not in _ANNOUNCED:
+        _ANNOUNCED.add(line)
+        log.warning("%s", line)
+
+
+def _check_plugins_section(plugins: Any, source: str) -> None:
+    """`[plugins]`: `disable` is a list of names and every other key is a table."""
+    if plugins is None:
+        return
+    if not isinstance(plugins, dict):
+        raise ConfigError(f"{source}: [plugins] must be a table — see docs/configuration.md")
+    disable = plugins.get("disable", [])
+    if not isinstance(disable, list) or not all(isinstance(n, str) for n in disable):
+        raise ConfigError(
+            f"{source}: [plugins] disable must be a list of plugin names — "
+            f'write disable = ["otel"] (see `herd plugins` for the names)'
+        )
+    for name, table in plugins.items():
+        if name != "disable" and not isinstance(table, dict):
+            raise ConfigError(
+                f"{source}: [plugins] {name} must be a table — write [plugins.{name}] "
+                f"with its settings below it (see docs/configuration.md)"
+            )
 
 
 def apply_profile(config: HerdConfig, name: str) -> None:
@@ -241,12 +331,44 @@ def apply_profile(config: HerdConfig, name: str) -> None:
     config.active_profile = name
 
 
-def load_env(dotenv_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    """The environment as modelherd sees it: `.env` values under the real environment."""
+def load_env_checked(
+    dotenv_path: str | os.PathLike[str] | None = None,
+) -> tuple[dict[str, str], list[Skipped]]:
+    """(the environment as modelherd sees it, the files skipped as untrusted).
+
+    The real environment wins over `./.env`, which wins over the user's own .env
+    (`user_env_path()`). `./.env` is read only when trusted (`herd trust`); an explicit
+    `dotenv_path` is the caller's choice and always read.
+    """
     from dotenv import dotenv_values
 
-    path = Path(dotenv_path) if dotenv_path else Path(".env")
+    skipped: list[Skipped] = []
+    layers: list[Path] = [user_env_path()]
+    if dotenv_path:
+        layers.append(Path(dotenv_path))
+    else:
+        local = Path(".env")
+        if local.is_file():
+            store = TrustStore()
+            verdict = store.verdict(local, _read_bytes(local))
+            if verdict == "trusted":
+                layers.append(local)
+            else:
+                instead = "the environment" + (
+                    f" and {user_env_path()}" if user_env_path().is_file() else ""
+                )
+                skipped.append(Skipped(local, verdict, instead, store.problem))
     values: dict[str, str] = {}
-    if path.is_file():
-        values = {k: v for k, v in dotenv_values(path).items() if v is not None}
-    return {**values, **os.environ}
+    for path in layers:
+        if path.is_file():
+            values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    return {**values, **os.environ}, skipped
+
+
+def load_env(dotenv_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The environment as modelherd sees it (see `load_env_checked`); a skipped,
+    untrusted `./.env` is logged as a warning once."""
+    env, skipped = load_env_checked(dotenv_path)
+    if skipped:
+        _log_once(skipped_line(skipped))
+    return env

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,17 @@ def _isolated_env(
     # herds started by tests write their `herd top` status files here, not in /tmp
     monkeypatch.setenv("HERD_STATUS_DIR", str(home / "status"))
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def trust_files() -> Callable[..., None]:
+    """`trust_files(path, ...)`: what `herd trust PATH` does, for tests that put a
+    plugins.toml or .env in the working directory (untrusted ones are ignored)."""
+    from modelherd.trust import TrustStore
+
+    def trust(*paths: Path) -> None:
+        store = TrustStore()
+        for path in paths:
+            store.trust(path, path.read_bytes())
+
+    return trust

@@ -93,6 +93,7 @@ def test_doctor_names_the_broken_plugin_and_its_fix(
 
 def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
     (tmp_path / "plugins.toml").write_text("[herd]\ntimeout = \n")
+    assert herd("trust", cwd=tmp_path).returncode == 0
     out = herd("models", cwd=tmp_path)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
@@ -124,7 +125,7 @@ def test_empty_prompt_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_disabled_provider_explains_itself(tmp_path: Path) -> None:
     (tmp_path / "plugins.toml").write_text('[plugins]\ndisable = ["llamacpp"]\n')
-    out = herd("chat", "hi", cwd=tmp_path)
+    out = herd("--config", "plugins.toml", "chat", "hi", cwd=tmp_path)
     assert out.returncode == 2
     assert (
         "provider 'llamacpp' is not available: it is disabled in plugins.toml or HERD_PLUGINS"
@@ -134,7 +135,7 @@ def test_disabled_provider_explains_itself(tmp_path: Path) -> None:
 
 def test_models_shows_the_active_profile(tmp_path: Path) -> None:
     (tmp_path / "plugins.toml").write_text('[profiles.prod]\ndefault_model = "local"\n')
-    out = herd("--profile", "prod", "models", "--json", cwd=tmp_path)
+    out = herd("--config", "plugins.toml", "--profile", "prod", "models", "--json", cwd=tmp_path)
     assert json.loads(out.stdout)["profile"] == "prod"
 
 

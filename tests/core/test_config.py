@@ -26,7 +26,7 @@ def test_builtin_defaults_serve_the_embedded_model(
 
 
 def test_lookup_order_explicit_then_env_then_cwd_then_user(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trust_files
 ) -> None:
     monkeypatch.chdir(tmp_path)
     user = user_config_path()
@@ -34,6 +34,8 @@ def test_lookup_order_explicit_then_env_then_cwd_then_user(
     write(user, '[herd]\ndefault_model = "from-user"\n')
     assert load_config().herd.default_model == "from-user"
     write(tmp_path / "plugins.toml", '[herd]\ndefault_model = "from-cwd"\n')
+    assert load_config().herd.default_model == "from-user"  # untrusted: skipped
+    trust_files(tmp_path / "plugins.toml")
     assert load_config().herd.default_model == "from-cwd"
     env_file = write(tmp_path / "env.toml", '[herd]\ndefault_model = "from-env"\n')
     monkeypatch.setenv("HERD_CONFIG", str(env_file))
@@ -138,9 +140,11 @@ def test_dotenv_values_sit_under_the_real_environment(
     assert env["OPENAI_API_KEY"] == "from-env" and env["GROQ_API_KEY"] == "groq-file"
 
 
-def test_herd_reads_cwd_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_herd_reads_cwd_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trust_files
+) -> None:
     monkeypatch.chdir(tmp_path)
-    write(tmp_path / "plugins.toml", '[herd]\ndefault_model = "local"\ntimeout = 7\n')
+    trust_files(write(tmp_path / "plugins.toml", '[herd]\ndefault_model = "local"\ntimeout = 7\n'))
     herd = Herd(load_entry_points=False)
     assert herd.config.herd.timeout == 7 and herd.config.source == "plugins.toml"
 

@@ -253,7 +253,8 @@ def test_health(anthropic_server, herds):
 
 
 def test_herd_chat_cli_with_claude_alias(anthropic_server, tmp_path: Path, monkeypatch):
-    """`herd chat -m claude "..."` end to end: entry points, plugins.toml, .env key, CLI."""
+    """`herd chat -m claude "..."` end to end: entry points, plugins.toml, trusted .env
+    key, CLI."""
     from modelherd.cli import make_cli
 
     config = tmp_path / "plugins.toml"
@@ -265,6 +266,7 @@ def test_herd_chat_cli_with_claude_alias(anthropic_server, tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_KEY", raising=False)
+    assert CliRunner().invoke(make_cli(), ["trust", ".env"]).exit_code == 0
     result = CliRunner().invoke(
         make_cli(), ["--config", str(config), "chat", "-m", "claude", "--json", "say hi"]
     )

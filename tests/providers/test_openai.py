@@ -358,7 +358,7 @@ def test_health_checks_the_model_is_listed(openai_server, herds):
     [("gpt", "openai", "OPENAI_API_KEY"), ("deepseek", "deepseek", "DEEPSEEK_KEY")],
 )
 def test_herd_chat_cli(openai_server, tmp_path, monkeypatch, alias, provider, key_var):
-    """`herd chat -m gpt|deepseek` end to end, the key read from .env."""
+    """`herd chat -m gpt|deepseek` end to end, the key read from a trusted .env."""
     from click.testing import CliRunner
     from modelherd.cli import make_cli
 
@@ -371,6 +371,7 @@ def test_herd_chat_cli(openai_server, tmp_path, monkeypatch, alias, provider, ke
     monkeypatch.chdir(tmp_path)
     for var in ("OPENAI_API_KEY", "OPENAI_KEY", "DEEPSEEK_API_KEY", "DEEPSEEK_KEY"):
         monkeypatch.delenv(var, raising=False)
+    assert CliRunner().invoke(make_cli(), ["trust", ".env"]).exit_code == 0
     result = CliRunner().invoke(make_cli(), ["--config", str(config), "chat", "-m", alias, "hi"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("echo: hi") and API_KEY not in result.output
