@@ -35,6 +35,8 @@ class CliState:
         self._herd: Any = None
         self.config_error: ConfigError | None = None
         self._announced = False
+        #: implicit files skipped as untrusted (core/trust.py), for `herd doctor`
+        self.skipped: list[Any] = []
 
     def herd(self) -> Any:
         if self._herd is None:
@@ -43,7 +45,8 @@ class CliState:
 
             config = load_config(self.config_path, self.profile, announce=False)
             env, env_skipped = load_env_checked()
-            self._announce([*config.skipped, *env_skipped])
+            self.skipped = [*config.skipped, *env_skipped]
+            self._announce(self.skipped)
             self._herd = Herd(config, env=env, strict=self.strict)
         return self._herd
 

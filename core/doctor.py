@@ -24,6 +24,15 @@ def run_doctor(state: Any, timeout: float) -> list[Finding]:
     else:
         profile = herd.config.active_profile or "none"
         findings.append(_finding("config", "ok", f"{herd.config.source} (profile: {profile})"))
+    for skipped in getattr(state, "skipped", []):
+        findings.append(
+            _finding(
+                "config",
+                "warning",
+                f"{skipped.why()}: ignored (using {skipped.instead})",
+                f"review {skipped.shown}, then run `herd trust` to use it (docs/security.md)",
+            )
+        )
     findings += _plugin_findings(herd)
     findings += _key_findings(herd)
     findings += _model_findings(herd, timeout)
