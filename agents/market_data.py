@@ -105,6 +105,13 @@ def load_file_candles(symbol: str, timeframe: str, data_path: str | None) -> lis
     return None
 
 
+@hookimpl
+def add_hookspecs(pluginmanager: Any) -> None:
+    from modelherd.agents import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 @hookimpl(trylast=True)
 def provide_market_data(
     symbol: str, timeframe: str, limit: int, settings: dict[str, Any]
@@ -119,8 +126,13 @@ def fetch_candles(
     herd: Herd, symbol: str, timeframe: str, limit: int, settings: dict[str, Any]
 ) -> list[Candle]:
     """Ask the market-data sources (best first); one clear error if nobody has it."""
-    candles = herd.hook.provide_market_data(
-        symbol=symbol, timeframe=timeframe, limit=limit, settings=settings
+    # the spec arrives with the market_data plugin (add_hookspecs); with that plugin
+    # disabled there is no source at all, which is the error below
+    caller = getattr(herd.hook, "provide_market_data", None)
+    candles = (
+        caller(symbol=symbol, timeframe=timeframe, limit=limit, settings=settings)
+        if caller is not None
+        else None
     )
     if not candles:
         known = ", ".join(bundled_symbols(timeframe)) or "none"

@@ -149,16 +149,14 @@ def register_agents(register: Callable[..., None]) -> None:
     """
 
 
-@hookspec(firstresult=True)
-def provide_market_data(
-    symbol: str, timeframe: str, limit: int, settings: dict[str, Any]
-) -> Any | None:
-    """When an agent needs OHLCV candles for `symbol`.
+@hookspec(historic=True)
+def add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
+    """When a plugin is registered: add the hook specifications of its own family.
 
-    Return a list of candle dicts (time, open, high, low, close, volume), oldest
-    first, at most `limit` long, or None if this source does not have the symbol.
-    `settings` is the agent's `[agents.<name>]` table. firstresult; the bundled
-    sample-file source is trylast so real sources win.
+    Call `pluginmanager.add_hookspecs(module)` with a module of `@hookspec` functions
+    (pytest's `pytest_addhooks` is the model). Historic: a plugin registered late
+    still gets the call. The agents add their market-data hook this way
+    (agents/hookspecs.py), so the kernel's own specs hold only kernel hooks.
     """
 
 

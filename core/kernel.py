@@ -88,6 +88,9 @@ class Herd:
         self._start_lock: asyncio.Lock | None = None
         self._runner: asyncio.Runner | None = None
         self._has: dict[str, bool] = {}
+        #: typed per-Herd state for plugins (their runtime objects, client pools):
+        #: `herd.stash[KEY]` with a module-level `KEY = StashKey[T]()`
+        self.stash = Stash()
 
     # ---- plugins -------------------------------------------------------------
 
@@ -110,6 +113,11 @@ class Herd:
                 self.plugin_records.append(loader.register_object(pm, plugin, name))
             self._refresh_hook_flags()
         return self._pm
+
+    @property
+    def plugins_loaded(self) -> bool:
+        """Whether the plugin manager exists yet (asking `pm` would load the plugins)."""
+        return self._pm is not None
 
     @property
     def hook(self) -> Any:

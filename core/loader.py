@@ -42,6 +42,9 @@ class PluginRecord:
 def new_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
+    # historic: every plugin registered from now on that adds its family's hookspecs
+    # (agents/hookspecs.py) is called at registration, before anyone calls those hooks
+    pm.hook.add_hookspecs.call_historic(kwargs={"pluginmanager": pm})
     if os.environ.get("HERD_TRACE_HOOKS") == "1":
         pm.trace.root.setwriter(lambda msg: sys.stderr.write(f"[herd hooks] {msg}"))
         pm.enable_tracing()

@@ -190,7 +190,7 @@ def _iso(epoch: float) -> str:
 
 
 def audit_log(herd: Herd) -> AuditLog | None:
-    if herd._pm is None:
+    if not herd.plugins_loaded:
         return None
     plugin = herd.pm.get_plugin(WRITER_NAME)
     return plugin if isinstance(plugin, AuditLog) else None

@@ -29,15 +29,17 @@ from modelherd.plugins.providers.anthropic_messages import (
     wire_messages,
     wire_tools,
 )
-from modelherd.plugins.providers.client_pool import ClientPool
+from modelherd.plugins.providers.client_pool import ClientPool, pool_of
 from modelherd.plugins.providers.errors import parse_retry_after
 from modelherd.plugins.providers.keys import key_fingerprint
 from modelherd.plugins.providers.stainless import StainlessModel
 from modelherd.provider import ProviderSettings
+from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, FinishReason, StreamEvent, Usage
 from pydantic import Field
 
-_POOL = ClientPool()
+#: this provider's client pool in each Herd's stash
+_POOL = StashKey[ClientPool]()
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
 OPTIONS = frozenset(
@@ -129,7 +131,7 @@ class AnthropicModel(StainlessModel):
             self.transport,
             tuple(sorted(settings.headers.items())),
         )
-        return _POOL.get(key, self._new_client, self)
+        return pool_of(self.herd, _POOL).get(key, self._new_client, self)
 
     @staticmethod
     def _load_types() -> tuple[Any, Any]:
@@ -318,7 +320,7 @@ class AnthropicModel(StainlessModel):
 
     async def aclose(self) -> None:
         """Close this model's SDK client unless another alias still uses it."""
-        await _POOL.release(self)
+        await pool_of(self.herd, _POOL).release(self)
 
 
 def _usage_fields(raw: Any) -> dict[str, int]:
@@ -362,4 +364,5 @@ def register_providers(register: Callable[..., None]) -> None:
 
 @hookimpl
 def shutdown(herd: Any) -> Any:
-    return _POOL.aclose_current_loop() if len(_POOL) else None
+    pool = herd.stash.get(_POOL, None)
+    return pool.aclose_current_loop() if pool else None

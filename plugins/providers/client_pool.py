@@ -1,4 +1,6 @@
-"""One SDK client (and so one connection pool) per provider, endpoint and key, per loop.
+"""One SDK client (and so one connection pool) per provider, endpoint and key, per loop —
+and per Herd: each Herd keeps its own pools in `herd.stash` (see `pool_of`), so one
+Herd's shutdown never closes the clients another Herd on the same loop is using.
 
 SDK clients hold sockets bound to the event loop that opened them, so the pool is
 keyed by the running loop too: `herd.chat_sync` and a test's own loop each get their
@@ -14,6 +16,8 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from modelherd.stash import StashKey
+
 
 class _Entry:
     __slots__ = ("client", "loop", "owners")
@@ -22,6 +26,14 @@ class _Entry:
         self.loop = weakref.ref(loop)
         self.client = client
         self.owners: set[int] = set()
+
+
+def pool_of(herd: Any, key: StashKey[ClientPool]) -> ClientPool:
+    """The pool `herd` keeps under `key` (one key per provider module), made on first use."""
+    pool = herd.stash.get(key, None)
+    if pool is None:
+        pool = herd.stash[key] = ClientPool()
+    return pool
 
 
 class ClientPool:

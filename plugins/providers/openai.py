@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from modelherd import hookimpl
 from modelherd.errors import BadResponseError, ConfigError, HerdError
-from modelherd.plugins.providers.client_pool import ClientPool
+from modelherd.plugins.providers.client_pool import ClientPool, pool_of
 from modelherd.plugins.providers.keys import key_fingerprint
 from modelherd.plugins.providers.openai_messages import (
     TOOL_OPTIONS,
@@ -31,11 +31,13 @@ from modelherd.plugins.providers.openai_messages import (
 from modelherd.plugins.providers.stainless import StainlessModel
 from modelherd.plugins.providers.think import ThinkSplitter, split_think
 from modelherd.provider import ProviderSettings
+from modelherd.stash import StashKey
 from modelherd.tools import ToolCallAssembler
 from modelherd.types import ChatRequest, ChatResponse, FinishReason, ModelSpec, StreamEvent, Usage
 from pydantic import Field
 
-_POOL = ClientPool()
+#: this provider's client pool in each Herd's stash
+_POOL = StashKey[ClientPool]()
 
 #: per-call options passed through to Chat Completions (max_tokens is renamed per vendor)
 OPTIONS = frozenset(
@@ -143,7 +145,7 @@ class OpenAIModel(StainlessModel):
             settings.organization,
             tuple(sorted(settings.headers.items())),
         )
-        return _POOL.get(key, self._new_client, self)
+        return pool_of(self.herd, _POOL).get(key, self._new_client, self)
 
     def _client_kwargs(self) -> dict[str, Any]:
         settings = self.settings
@@ -300,7 +302,7 @@ class OpenAIModel(StainlessModel):
 
     async def aclose(self) -> None:
         """Close this model's SDK client unless another alias still uses it."""
-        await _POOL.release(self)
+        await pool_of(self.herd, _POOL).release(self)
 
 
 def _model_ids(page: Any) -> list[str]:
@@ -417,4 +419,5 @@ def register_providers(register: Callable[..., None]) -> None:
 
 @hookimpl
 def shutdown(herd: Any) -> Any:
-    return _POOL.aclose_current_loop() if len(_POOL) else None
+    pool = herd.stash.get(_POOL, None)
+    return pool.aclose_current_loop() if pool else None

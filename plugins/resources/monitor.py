@@ -202,7 +202,7 @@ class ResourceSampler:
 
 def sampler_for(herd: Herd) -> ResourceSampler | None:
     """The running sampler of this herd, if the plugin is on and started."""
-    if herd._pm is None:
+    if not herd.plugins_loaded:
         return None
     plugin = herd.pm.get_plugin(SAMPLER_NAME)
     return plugin if isinstance(plugin, ResourceSampler) else None

@@ -130,3 +130,49 @@ def test_a_plugin_raising_in_a_registration_hook_is_isolated() -> None:
         failed.status == "failed"
         and "register_providers raised ValueError: bad provider table" in failed.error
     )
+
+
+def test_a_plugin_family_adds_its_own_hookspecs() -> None:
+    import types
+
+    import pluggy
+    from modelherd import hookimpl
+    from modelherd.testing import make_herd
+
+    spec = pluggy.HookspecMarker("modelherd")
+    family = types.ModuleType("family_specs")
+
+    @spec(firstresult=True)
+    def provide_quote(symbol: str) -> float | None:
+        """A family hook: the first source that knows the symbol answers."""
+
+    family.provide_quote = provide_quote  # type: ignore[attr-defined]
+
+    class Family:
+        __name__ = "family"
+
+        @hookimpl
+        def add_hookspecs(self, pluginmanager: pluggy.PluginManager) -> None:
+            pluginmanager.add_hookspecs(family)
+
+    class Fallback:
+        __name__ = "fallback-source"
+
+        @hookimpl(trylast=True)
+        def provide_quote(self, symbol: str) -> float | None:
+            return 1.0
+
+    class Real:
+        __name__ = "real-source"
+
+        @hookimpl
+        def provide_quote(self, symbol: str) -> float | None:
+            return 42.0 if symbol == "BTC" else None
+
+    herd = make_herd(plugins=(Family(), Fallback(), Real()))
+    # firstresult comes from the family's spec: one value, the best source's
+    assert herd.hook.provide_quote(symbol="BTC") == 42.0
+    assert herd.hook.provide_quote(symbol="XYZ") == 1.0
+    from modelherd import hookspecs as kernel_specs
+
+    assert not hasattr(kernel_specs, "provide_market_data")  # the agents bring their own

@@ -320,6 +320,25 @@ def test_repr_and_errors_never_hold_the_key(openai_server, herds):
     assert API_KEY not in repr(model) and API_KEY not in str(vars(model).get("settings"))
 
 
+def test_one_herds_shutdown_never_closes_another_herds_clients(openai_server):
+    table = {"provider": "openai", "model": "echo-model", "base_url": f"{openai_server.url}/v1"}
+    first = provider_herd(openai_provider, {"m": table}, ENV)
+    second = provider_herd(openai_provider, {"m": table}, ENV)
+
+    async def go() -> str:
+        await first.chat("m", "x")
+        await second.chat("m", "y")
+        assert first.get_model("m").client() is not second.get_model("m").client()
+        await first.aclose()  # closes only the clients the first Herd opened
+        answer = (await second.chat("m", "still here")).content
+        await second.aclose()
+        return answer
+
+    import asyncio
+
+    assert "still here" in asyncio.run(go())
+
+
 def test_one_client_per_endpoint_and_key_closed_at_shutdown(openai_server):
     table = {"provider": "openai", "model": "echo-model", "base_url": f"{openai_server.url}/v1"}
     herd = provider_herd(openai_provider, {"a": table, "b": dict(table)}, ENV)
@@ -329,9 +348,9 @@ def test_one_client_per_endpoint_and_key_closed_at_shutdown(openai_server):
         await herd.chat("b", "y")
         first = herd.get_model("a").client()
         assert first is herd.get_model("b").client()
-        before = len(openai_provider._POOL)
+        before = len(herd.stash[openai_provider._POOL])
         await herd.aclose()
-        return before, len(openai_provider._POOL)
+        return before, len(herd.stash[openai_provider._POOL])
 
     import asyncio
 
@@ -407,7 +426,7 @@ def test_unloading_one_alias_keeps_the_shared_client_for_the_other(openai_server
         still_open = herd.get_model("b").client() is shared
         answer = (await herd.chat("b", "z")).content
         await herd.unload_model("b")
-        left = len(openai_provider._POOL)
+        left = len(herd.stash[openai_provider._POOL])
         await herd.aclose()
         return still_open, answer, left
 

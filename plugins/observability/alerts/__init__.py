@@ -2,10 +2,10 @@
 
 On by default — its per-call cost is a few microseconds (docs/performance.md) — and
 switched off with `[plugins.alerts] enabled = false`. At startup it registers
-`AlertHooks` (alerts_hooks.py): sliding-window KPIs per model and herd-wide, a
+`AlertHooks` (runtime.py): sliding-window KPIs per model and herd-wide, a
 per-model circuit breaker in `before_call` that sends calls to the alias's fallbacks,
 notifiers (log, webhook, the `on_alert` hook) and the status file `herd top` reads.
-Settings and their runbook defaults: alerts_settings.py and docs/observability.md.
+Settings and their runbook defaults: settings.py and docs/observability.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ HOOKS_NAME = "alerts-calls"
 
 def alert_hooks(herd: Herd) -> AlertHooks | None:
     """The running alerts runtime of this herd (None when off or not started)."""
-    if herd._pm is None:
+    if not herd.plugins_loaded:
         return None
     from modelherd.plugins.observability.alerts.runtime import AlertHooks
 

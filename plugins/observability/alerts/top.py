@@ -1,7 +1,7 @@
 """`herd top`: a live terminal dashboard of a running herd process.
 
 It reads the status file the alerts plugin of that process rewrites every second
-(alerts_status.py says why a file and where it lives) and redraws with rich's Live.
+(status.py says why a file and where it lives) and redraws with rich's Live.
 `--once` prints one frame, `--json` the raw status, `--svg PATH` saves a frame as an
 image (how docs/images/herd-top.svg was made).
 """

@@ -1,9 +1,9 @@
 """OpenTelemetry traces and metrics (GenAI semantic conventions), exported over OTLP.
 
 Off unless `[plugins.otel] enabled = true` or an OTLP endpoint is set in the
-environment (see otel_settings.py). Off, this module registers no per-call hook and
+environment (see settings.py). Off, this module registers no per-call hook and
 imports no OpenTelemetry package. On, `startup` builds this Herd's tracer and meter
-providers and registers the per-call hooks (otel_hooks.py).
+providers and registers the per-call hooks (runtime.py).
 
 Agents wrap their work in `agent_span(herd, "swarm")` so that the calls they make show
 as children of one `invoke_agent swarm` span (docs/observability.md).
@@ -111,7 +111,7 @@ def _resource_gauges(herd: Herd, meter: Any) -> None:
 
 
 def _runtime(herd: Herd) -> _Runtime | None:
-    hooks = herd.pm.get_plugin(HOOKS_NAME) if herd._pm is not None else None
+    hooks = herd.pm.get_plugin(HOOKS_NAME) if herd.plugins_loaded else None
     return getattr(hooks, "runtime", None) if hooks is not None else None
 
 

@@ -7,7 +7,7 @@ prompt_eval_count / eval_count and Ollama's timings become metrics
 (`herd.ollama.load_duration` …, seconds). Failures follow the troubleshooting flow
 users know: server down -> "start it with `ollama serve`", model missing ->
 "run `herd pull NAME`". Admin calls (list, show, ps, pull, unload) live in
-ollama_admin.py; the CLI (`herd pull`, `herd ollama …`) in ollama_cli.py.
+admin.py; the CLI (`herd pull`, `herd ollama …`) in cli.py.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from modelherd.errors import (
     ProviderError,
     RateLimitError,
 )
-from modelherd.plugins.providers.client_pool import ClientPool
+from modelherd.plugins.providers.client_pool import ClientPool, pool_of
 from modelherd.plugins.providers.ollama.messages import (
     calls_from_message,
     feed_stream_calls,
@@ -40,6 +40,7 @@ from modelherd.plugins.providers.ollama.messages import (
 )
 from modelherd.plugins.providers.think import ThinkSplitter, split_think
 from modelherd.provider import Model, ProviderSettings, SamplingOptions
+from modelherd.stash import StashKey
 from modelherd.tools import ToolCallAssembler
 from modelherd.types import (
     Availability,
@@ -54,7 +55,8 @@ from modelherd.types import (
 from pydantic import ValidationError
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
-_POOL = ClientPool()
+#: this provider's client pool in each Herd's stash
+_POOL = StashKey[ClientPool]()
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
@@ -175,7 +177,7 @@ class OllamaModel(Model):
     # ---- client ----------------------------------------------------------------
 
     def client(self) -> Any:
-        return _POOL.get(self.host, self._new_client, self)
+        return pool_of(self.herd, _POOL).get(self.host, self._new_client, self)
 
     def _new_client(self) -> Any:
         try:
@@ -376,7 +378,7 @@ class OllamaModel(Model):
     async def aclose(self) -> None:
         """Close the client unless another alias still uses it. The model stays loaded
         in Ollama (its keep_alive decides); `unload()` frees it explicitly."""
-        await _POOL.release(self)
+        await pool_of(self.herd, _POOL).release(self)
 
     async def unload(self) -> bool:
         """Free the model's memory now (keep_alive 0). True if the server confirmed."""
@@ -430,4 +432,5 @@ def register_commands(cli: Any) -> None:
 
 @hookimpl
 def shutdown(herd: Any) -> Any:
-    return _POOL.aclose_current_loop() if len(_POOL) else None
+    pool = herd.stash.get(_POOL, None)
+    return pool.aclose_current_loop() if pool else None

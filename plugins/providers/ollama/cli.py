@@ -51,7 +51,7 @@ def _target(ctx: click.Context, model: str | None, host: str | None) -> Any:
 def _run(target: Any, work: Callable[[], Awaitable[Any]]) -> Any:
     """Run `work` in an event loop; transport errors become the provider's typed errors."""
     import anyio
-    from modelherd.plugins.providers.client_pool import ClientPool
+    from modelherd.plugins.providers.client_pool import pool_of
     from modelherd.plugins.providers.ollama import _POOL
 
     async def go() -> Any:
@@ -65,8 +65,7 @@ def _run(target: Any, work: Callable[[], Awaitable[Any]]) -> Any:
             )
             raise await target.map_error(exc, request, target.name) from None
         finally:
-            pool: ClientPool = _POOL
-            await pool.aclose_current_loop()
+            await pool_of(target.herd, _POOL).aclose_current_loop()
 
     return anyio.run(go)
 

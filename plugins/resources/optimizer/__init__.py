@@ -1,9 +1,9 @@
 """`optimizer`: place local models in GPU/RAM memory; `herd plan MODEL` explains it.
 
 The entry point stays light (plugin load is on every `herd` start): the settings,
-the estimator and the per-call hooks live in optimizer_core.py and load at startup,
+the estimator and the per-call hooks live in runtime.py and load at startup,
 and only when the optimizer is on do they register a per-call hook. The
-`herd plan` command is built from optimizer_core on first use. docs/resources.md.
+`herd plan` command is built from runtime.py on first use. docs/resources.md.
 """
 
 from __future__ import annotations
@@ -12,10 +12,17 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from modelherd import hookimpl
+from modelherd.stash import StashKey
 
 if TYPE_CHECKING:
     import click
     from modelherd.kernel import Herd
+    from modelherd.plugins.resources.optimizer.runtime import Optimizer
+
+
+#: this Herd's running optimizer (set by runtime.start, read at shutdown); the key lives
+#: here so that shutdown can test for it without importing the runtime module
+RUNTIME: StashKey[Optimizer] = StashKey()
 
 
 @hookimpl
@@ -32,7 +39,7 @@ def startup(herd: Herd) -> Awaitable[None] | None:
 
 @hookimpl
 def shutdown(herd: Herd) -> None:
-    if "_optimizer_plugin" in herd.__dict__:
+    if RUNTIME in herd.stash:
         from modelherd.plugins.resources.optimizer.runtime import stop
 
         stop(herd)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from modelherd import hookimpl
 from modelherd.errors import ConfigError
+from modelherd.plugins.resources.optimizer import RUNTIME
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, ModelSpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -316,12 +317,12 @@ def start(herd: Herd) -> Awaitable[None] | None:
         return None
     optimizer = Optimizer(herd, settings)
     herd.register_plugin(optimizer, name="optimizer-calls")
-    herd.__dict__["_optimizer_plugin"] = optimizer  # for shutdown
+    herd.stash[RUNTIME] = optimizer  # for shutdown
     return optimizer.warm()
 
 
 def stop(herd: Herd) -> None:
-    optimizer = herd.__dict__.pop("_optimizer_plugin", None)
+    optimizer = herd.stash.pop(RUNTIME, None)
     if optimizer is not None:
         herd.unregister_plugin(optimizer)
 

@@ -1,6 +1,6 @@
 """`scheduler`: load states (idle … critical), a bounded priority queue, and actions.
 
-Off by default. The entry point stays light; scheduler_core.py holds the settings,
+Off by default. The entry point stays light; runtime.py holds the settings,
 the queue and the actions and loads at startup, registering per-call hooks only when
 `[plugins.scheduler] enabled = true`. docs/resources.md.
 """
@@ -11,9 +11,16 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from modelherd import hookimpl
+from modelherd.stash import StashKey
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
+    from modelherd.plugins.resources.scheduler.runtime import Scheduler
+
+
+#: this Herd's running scheduler (set by runtime.start, read at shutdown); the key lives
+#: here so that shutdown can test for it without importing the runtime module
+RUNTIME: StashKey[Scheduler] = StashKey()
 
 
 @hookimpl
@@ -27,7 +34,7 @@ def startup(herd: Herd) -> Awaitable[None] | None:
 
 @hookimpl
 def shutdown(herd: Herd) -> Awaitable[None] | None:
-    if "_scheduler_plugin" not in herd.__dict__:
+    if RUNTIME not in herd.stash:
         return None
     from modelherd.plugins.resources.scheduler.runtime import stop
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from modelherd import hookimpl
 from modelherd.errors import HerdError, OverloadedError
 from modelherd.plugins.resources.optimizer.runtime import unload_local
+from modelherd.plugins.resources.scheduler import RUNTIME
 from modelherd.plugins.resources.scheduler.load_state import (
     LEVEL,
     LoadStateMachine,
@@ -427,7 +428,7 @@ def start(herd: Herd) -> Awaitable[None] | None:
         return None
     scheduler = Scheduler(herd, settings)
     herd.register_plugin(scheduler, name="scheduler-calls")
-    herd.__dict__["_scheduler_plugin"] = scheduler
+    herd.stash[RUNTIME] = scheduler
 
     async def start() -> None:
         scheduler.task = asyncio.get_running_loop().create_task(scheduler.run())
@@ -436,7 +437,7 @@ def start(herd: Herd) -> Awaitable[None] | None:
 
 
 def stop(herd: Herd) -> Awaitable[None] | None:
-    scheduler = herd.__dict__.pop("_scheduler_plugin", None)
+    scheduler = herd.stash.pop(RUNTIME, None)
     if scheduler is None:
         return None
     herd.unregister_plugin(scheduler)

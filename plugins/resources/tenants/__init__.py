@@ -1,7 +1,7 @@
 """`tenants`: per-tenant quotas — `herd.chat(..., tenant="alice")`.
 
 Tiers and tenants come from plugins.toml (`[tiers.*]`, `[tenants.*]`). The entry
-point stays light; tenants_core.py holds the tiers, the limits and the per-call
+point stays light; runtime.py holds the tiers, the limits and the per-call
 hooks and loads at startup only when a tenant is configured. `herd tenants` lists
 them. docs/resources.md.
 """
@@ -12,10 +12,17 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from modelherd import hookimpl
+from modelherd.stash import StashKey
 
 if TYPE_CHECKING:
     import click
     from modelherd.kernel import Herd
+    from modelherd.plugins.resources.tenants.runtime import Tenants
+
+
+#: this Herd's running tenants (set by runtime.start, read at shutdown); the key lives
+#: here so that shutdown can test for it without importing the runtime module
+RUNTIME: StashKey[Tenants] = StashKey()
 
 
 @hookimpl
@@ -29,7 +36,7 @@ def startup(herd: Herd) -> Awaitable[None] | None:
 
 @hookimpl
 def shutdown(herd: Herd) -> Awaitable[None] | None:
-    if "_tenants_plugin" not in herd.__dict__:
+    if RUNTIME not in herd.stash:
         return None
     from modelherd.plugins.resources.tenants.runtime import stop
 

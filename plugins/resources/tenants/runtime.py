@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.errors import ConfigError, QuotaExceededError
+from modelherd.plugins.resources.tenants import RUNTIME
 from modelherd.plugins.resources.tenants.token_bucket import (
     DailyCounter,
     SlotPool,
@@ -566,13 +567,12 @@ def start(herd: Herd) -> Awaitable[None] | None:
         )
     plugin = Tenants(herd, settings, build_tenants(herd.config.tenants, tiers, source), tiers)
     herd.register_plugin(plugin, name="tenants-calls")
-    herd_state = herd.__dict__
-    herd_state["_tenants_plugin"] = plugin  # for shutdown
+    herd.stash[RUNTIME] = plugin  # for shutdown
     return plugin.connect()
 
 
 def stop(herd: Herd) -> Awaitable[None] | None:
-    plugin = herd.__dict__.pop("_tenants_plugin", None)
+    plugin = herd.stash.pop(RUNTIME, None)
     if plugin is None:
         return None
     herd.unregister_plugin(plugin)

@@ -1,7 +1,7 @@
 """In-process limit primitives: a token bucket, a UTC-day counter, a waiting slot pool.
 
 These are the single-process enforcement of tenant quotas (plugins/resources/tenants/__init__.py);
-tenant_redis.py implements the same three with atomic Redis scripts so that
+redis_limits.py implements the same three with atomic Redis scripts so that
 several processes share one limit.
 """
 
