@@ -261,8 +261,11 @@ class TieredCache:
         return None
 
     def storable(self, response: ChatResponse) -> bool:
-        """Never empty answers, nor tool calls with invalid arguments; truncated ones only
-        when `store_truncated` is on. An answer made only of valid tool calls is stored."""
+        """Never empty, unfinished or failed answers, nor tool calls with invalid arguments;
+        truncated ones only when `store_truncated` is on. An answer made only of valid
+        tool calls is stored."""
+        if response.finish_reason in ("unknown", "error"):
+            return False
         if response.tool_calls:
             if not all(call.ok for call in response.tool_calls):
                 return False
