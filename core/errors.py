@@ -88,6 +88,22 @@ class ConnectionFailedError(HerdError):
     retryable = True
 
 
+class HostNotFoundError(ConnectionFailedError):
+    """The host name in the URL does not resolve (DNS). Not retried: a typo in base_url
+    does not heal in a second (a temporary resolver failure, EAI_AGAIN, is retried)."""
+
+    retryable = False
+
+
+class ConnectionRefusedByServerError(ConnectionFailedError):
+    """The host answered, but nothing listens on that port (connection refused)."""
+
+
+class ConnectionDroppedError(ConnectionFailedError):
+    """The server was reached but the connection broke before the whole answer arrived
+    (a reset, or a body shorter than it announced)."""
+
+
 class CallTimeoutError(HerdError):
     """No answer within the call's timeout."""
 

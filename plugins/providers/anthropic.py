@@ -30,7 +30,7 @@ from modelherd.plugins.providers.anthropic_messages import (
     wire_tools,
 )
 from modelherd.plugins.providers.client_pool import ClientPool, pool_of
-from modelherd.plugins.providers.errors import parse_retry_after
+from modelherd.plugins.providers.errors import parse_retry_after, unfinished
 from modelherd.plugins.providers.keys import key_fingerprint
 from modelherd.plugins.providers.stainless import StainlessModel
 from modelherd.provider import ProviderSettings
@@ -211,19 +211,24 @@ class AnthropicModel(StainlessModel):
                     thinking.append(block.thinking)
                 elif kind == "tool_use":
                     calls.append(call_from_block(block))
-            return ChatResponse(
+            stop = message.stop_reason
+            response = ChatResponse(
                 content="".join(text),
                 model=message.model or params["model"],
                 provider=self.provider,
                 alias=request.alias,
                 usage=_usage(message.usage),
-                finish_reason=_FINISH.get(message.stop_reason or "", "unknown"),
+                finish_reason=_FINISH.get(stop or "", "unknown"),
                 reasoning="".join(thinking) or None,
                 request_id=getattr(message, "_request_id", None),
                 tool_calls=calls,
             )
         except (AttributeError, TypeError, KeyError, ValueError) as exc:
-            raise self._bad_body(request, f"a body without the expected fields ({exc})") from exc
+            what = f"a body without the expected fields ({type(exc).__name__}: {exc})"
+            raise self._bad_body(request, what[:200]) from None
+        if stop is None:  # a 200 whose answer is not finished: never complete, never cached
+            raise unfinished(self.vendor, self.base_url, request.alias, "stop_reason null")
+        return response
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         params = self.params(request)
@@ -236,6 +241,7 @@ class AnthropicModel(StainlessModel):
         stop: str | None = None
         model = params["model"]
         request_id: str | None = None
+        error: HerdError | None = None
         try:
             async for event in stream:
                 kind = event.type
@@ -266,12 +272,13 @@ class AnthropicModel(StainlessModel):
                     usage.update({k: v for k, v in _usage_fields(event.usage).items() if v})
         except Exception as exc:
             if calls.assembler.open_calls():  # cut in the middle of a call: never half a call
-                raise calls.assembler.incomplete("Anthropic", request.alias) from exc
-            if isinstance(exc, HerdError):
-                raise
-            raise await self.map_error(exc, request) from exc
+                error = calls.assembler.incomplete("Anthropic", request.alias)
+            else:
+                error = await self.map_error(exc, request)
         finally:
             await stream.close()
+        if error is not None:
+            raise error  # outside the except block: the SDK's exception is not chained
         if stop is None:
             if calls.assembler.open_calls():
                 raise calls.assembler.incomplete("Anthropic", request.alias)

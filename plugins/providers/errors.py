@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import difflib
 import email.utils
+import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from modelherd.errors import (
     AuthenticationError,
     BadRequestError,
+    BadResponseError,
     CallTimeoutError,
+    ConnectionDroppedError,
     ConnectionFailedError,
+    ConnectionRefusedByServerError,
     HerdError,
+    HostNotFoundError,
     ModelNotFoundError,
     ProviderError,
     RateLimitError,
@@ -123,44 +127,112 @@ def status_error(
     return error
 
 
-def connect_failure(exc: BaseException) -> str | None:
-    """The name of a refused/reset connection in `exc`'s cause chain, else None.
+#: exception class names (anywhere in the cause chain) meaning the server was reached but
+#: the answer broke off: a reset, or a body shorter than announced (aiohttp, httpx, h11)
+_SHORT_BODY = frozenset(
+    {
+        "ContentLengthError",
+        "ClientPayloadError",
+        "TransferEncodingError",
+        "RemoteProtocolError",
+        "IncompleteRead",
+        "ServerDisconnectedError",
+    }
+)
+_RESET = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
-    The SDKs' vendored aiohttp transport reports a refused connection as a *timeout*
-    (ConnectTimeout: its exception map matches ClientConnectionError first), so we
-    look at the real cause instead of the wrapper's class.
-    """
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and every exception it was raised from or during, outermost first."""
     seen: set[int] = set()
+    out: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ConnectionError) or type(current).__name__ == "ClientConnectorError":
-            return type(current).__name__
+        out.append(current)
         current = current.__cause__ or current.__context__
-    return None
+    return out
 
 
-def sdk_connection_error(exc: BaseException, sdk: Any, name: str, alias: str) -> HerdError | None:
-    """A refused connection, a timeout or a connection error from a Stainless-generated
-    SDK (`openai`, `anthropic`: same APITimeoutError / APIConnectionError classes) as
-    the kernel's typed error; None when `exc` is none of those. `name` says who was
-    called ("OpenAI at https://…"), `alias` is the model alias the call was for."""
-    refused = connect_failure(exc)
-    if refused is not None:
-        return ConnectionFailedError(
-            f"cannot reach {name} ({refused}) — check the network, or base_url in [models.{alias}]"
+def transport_error(
+    exc: BaseException, name: str, alias: str, setting: str, *, refused: str | None = None
+) -> HerdError | None:
+    """The typed error for a transport failure anywhere in `exc`'s cause chain, or None.
+
+    The SDKs' wrappers cannot be trusted for this: the vendored aiohttp transport
+    reports a DNS failure, a refused and a reset connection all as a *timeout*
+    (ConnectTimeout: its exception map matches ClientConnectionError first), and
+    httpx calls both a DNS failure and a refusal ConnectError. So the real cause
+    decides, in this order: DNS, refused, dropped (reset / short body), timeout, other.
+    `name` says who was called ("OpenAI at http://…"), `setting` where its address is
+    configured ("base_url in [models.gpt]"); `refused` replaces the refused message.
+    """
+    chain = _chain(exc)
+    names = {type(e).__name__ for e in chain}
+    for e in chain:
+        if isinstance(e, socket.gaierror) or type(e).__name__ == "ClientConnectorDNSError":
+            gai = next((c for c in chain if isinstance(c, socket.gaierror)), None)
+            temporary = gai is not None and gai.errno == socket.EAI_AGAIN
+            why = (gai.strerror if gai is not None else None) or "DNS lookup failed"
+            error = HostNotFoundError(
+                f"cannot resolve the host name of {name} ({why}) — check {setting} for a "
+                f"typo, and that this machine's DNS works"
+            )
+            error.retryable = temporary
+            return error
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return ConnectionRefusedByServerError(
+            refused
+            or f"nothing is listening at {name} (connection refused) — start the "
+            f"server, or fix {setting}"
         )
-    if isinstance(exc, sdk.APITimeoutError):
+    short = names & _SHORT_BODY
+    if short:
+        return ConnectionDroppedError(
+            f"{name} sent an incomplete answer for '{alias}' (the connection closed before "
+            f"the body ended: {sorted(short)[0]}) — the server was reached; the call can be "
+            f"retried"
+        )
+    reset = next((e for e in chain if isinstance(e, _RESET)), None)
+    if reset is not None:
+        return ConnectionDroppedError(
+            f"{name} closed the connection before answering '{alias}' "
+            f"({type(reset).__name__}) — the server was reached; the call can be retried"
+        )
+    if any(isinstance(e, TimeoutError) or "Timeout" in type(e).__name__ for e in chain):
         return CallTimeoutError(
             f"{name} did not answer '{alias}' in time — "
             f"pass a larger timeout= or set [models.{alias}] timeout"
         )
-    if isinstance(exc, sdk.APIConnectionError):
-        cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
+    transport = next(
+        (
+            e
+            for e in chain
+            if isinstance(e, OSError)
+            or type(e).__module__.split(".")[0] in _TRANSPORT_MODULES
+            or type(e).__name__ == "APIConnectionError"
+        ),
+        None,
+    )
+    if transport is not None:
         return ConnectionFailedError(
-            f"cannot reach {name} ({cause}) — check the network, or base_url in [models.{alias}]"
+            f"the connection to {name} failed ({type(chain[-1]).__name__}) — check the "
+            f"network and {setting}; the call can be retried"
         )
     return None
+
+
+_TRANSPORT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "h11"})
+
+
+def unfinished(vendor: str, base_url: str, alias: str, sign: str) -> BadResponseError:
+    """A well-formed 200 whose answer is not finished (`sign` says how it showed, e.g.
+    "finish_reason null"): it may be cut off, so it is retried and never returned as
+    complete nor cached."""
+    return BadResponseError(
+        f"{vendor} at {base_url} answered '{alias}' without finishing ({sign}) — "
+        f"the answer may be cut off, so it is not used; the call can be retried"
+    )
 
 
 def as_health(error: HerdError, latency: float | None = None) -> Health:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from modelherd import hookimpl
 from modelherd.errors import BadResponseError, ConfigError, HerdError
 from modelherd.plugins.providers.client_pool import ClientPool, pool_of
+from modelherd.plugins.providers.errors import unfinished
 from modelherd.plugins.providers.keys import key_fingerprint
 from modelherd.plugins.providers.openai_messages import (
     TOOL_OPTIONS,
@@ -201,19 +202,24 @@ class OpenAIModel(StainlessModel):
             message = choice.message
             content, reasoning = split_think(message.content or "")
             reasoning = getattr(message, "reasoning_content", None) or reasoning
-            return ChatResponse(
+            finish = choice.finish_reason
+            response = ChatResponse(
                 content=content,
                 model=completion.model or params["model"],
                 provider=self.provider,
                 alias=request.alias,
                 usage=_usage(completion.usage),
-                finish_reason=_FINISH.get(choice.finish_reason or "", "unknown"),
+                finish_reason=_FINISH.get(finish or "", "unknown"),
                 reasoning=reasoning,
                 request_id=getattr(completion, "_request_id", None),
                 tool_calls=calls_from_message(message),
             )
         except (AttributeError, IndexError, TypeError, KeyError, ValueError) as exc:
-            raise self._bad_body(request, f"a body without the expected fields ({exc})") from exc
+            what = f"a body without the expected fields ({type(exc).__name__}: {exc})"
+            raise self._bad_body(request, what[:200]) from None
+        if finish is None:  # a 200 whose answer is not finished: never complete, never cached
+            raise unfinished(self.vendor, self.base_url, request.alias, "finish_reason null")
+        return response
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         params = self.params(request)
@@ -231,6 +237,7 @@ class OpenAIModel(StainlessModel):
         usage: Any = None
         model = params["model"]
         request_id = None
+        error: HerdError | None = None
         try:
             async for chunk in stream:
                 request_id = request_id or getattr(chunk, "id", None)
@@ -255,12 +262,13 @@ class OpenAIModel(StainlessModel):
                         finish = choice.finish_reason
         except Exception as exc:
             if calls and finish is None:  # cut in the middle of a call: never half a call
-                raise calls.incomplete(self.vendor, request.alias) from exc
-            if isinstance(exc, HerdError):
-                raise
-            raise await self.map_error(exc, request) from exc
+                error = calls.incomplete(self.vendor, request.alias)
+            else:
+                error = await self.map_error(exc, request)
         finally:
             await stream.close()
+        if error is not None:
+            raise error  # outside the except block: the SDK's exception is not chained
         tail = splitter.flush()
         if tail:
             parts.append(tail)

@@ -21,12 +21,11 @@ from typing import Any, ClassVar
 from modelherd.errors import (
     BadResponseError,
     ConfigError,
-    ConnectionFailedError,
     HerdError,
     MissingDependencyError,
     ProviderError,
 )
-from modelherd.plugins.providers.errors import as_health, sdk_connection_error, status_error
+from modelherd.plugins.providers.errors import as_health, status_error, transport_error
 from modelherd.plugins.providers.keys import find_key, redact
 from modelherd.provider import Model
 from modelherd.types import Availability, ChatRequest, Health, ModelSpec
@@ -189,7 +188,8 @@ class StainlessModel(Model):
                 )
             return await client.post(self.chat_path, body=body, cast_to=types[0], options=options)
         except Exception as exc:
-            raise await self.map_error(exc, request) from exc
+            error = await self.map_error(exc, request)
+        raise error  # outside the except block: the SDK's exception is not chained
 
     # ---- models and health -----------------------------------------------------
 
@@ -268,26 +268,24 @@ class StainlessModel(Model):
         )
 
     async def map_error(self, exc: BaseException, request: ChatRequest) -> HerdError:
+        """The typed error for anything the SDK raised. Callers raise it outside their
+        `except` block (see `_send`), so the SDK's exception — whose text may echo the
+        request, key included — is neither chained nor kept as context."""
         sdk = importlib.import_module(self.sdk)
         if isinstance(exc, HerdError):
             return exc
         name = f"{self.vendor} at {self.base_url}"
-        # refused connections and timeouts first, then the HTTP status, then the rest
-        connection = sdk_connection_error(exc, sdk, name, request.alias)
-        if connection is not None:
-            return connection
         if isinstance(exc, sdk.APIStatusError):
             return await self._status_error(exc, request)
+        # DNS, refused, dropped, timeout: by the real cause, not the SDK's wrapper class
+        transport = transport_error(
+            exc, name, request.alias, f"base_url in [models.{request.alias}]"
+        )
+        if transport is not None:
+            return transport
         if isinstance(exc, json.JSONDecodeError | sdk.APIResponseValidationError):
             return self._bad_body(request, "a malformed JSON body")
         if isinstance(exc, sdk.APIError):  # an error event inside a stream
             detail = redact(str(exc.message), self._key)[:300]
             return ProviderError(f"{name} failed mid-answer ({detail}) — the call can be retried")
-        module = type(exc).__module__.split(".")[0]
-        if module in ("httpx", "httpx2", "httpcore", "aiohttp", "h11") or isinstance(exc, OSError):
-            # the SDKs do not wrap every dropped stream: the transport's error escapes
-            return ConnectionFailedError(
-                f"connection to {name} {self.transport_error_verb} ({type(exc).__name__}) — "
-                f"the call can be retried"
-            )
         return self._bad_body(request, f"something the SDK could not read ({type(exc).__name__})")

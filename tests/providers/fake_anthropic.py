@@ -4,7 +4,9 @@ The `model` field picks the scenario: `err-401`, `claude-sonnet-9` (404, unknown
 model), `err-429` (retry-after 7), `flaky-529` (overloaded once, then OK), `err-500`,
 `slow` (3 s), `malformed`, `html`, `truncated` (stream without message_delta),
 `stream-error` (an `event: error` mid-stream), `drop` (the connection dies mid-stream),
-`thinker` (a thinking block before the text). Anything else echoes the last user turn
+`thinker` (a thinking block before the text), `unfinished` (a 200 with stop_reason
+null), `reset` (TCP RST, no response), `cut-body` (a body shorter than its
+Content-Length), `echo-key` (a 400 that echoes the key back). Anything else echoes the last user turn
 (image blocks as `[image/png]` or `[<url>]`).
 
 Tools (Anthropic's `tool_use` / `tool_result` blocks): with `tools` in the request and
@@ -23,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .loopback import Recorder, sample_for_schema
+from .loopback import Recorder, cut_off, sample_for_schema
 
 API_KEY = "sk-ant-test-0123456789abcdef"
 MODELS = ["claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5", "echo-claude"]
@@ -110,6 +112,9 @@ def make_app(recorder: Recorder) -> web.Application:
             return _error(401, "authentication_error", "invalid x-api-key")
         if model == "claude-sonnet-9":
             return _error(404, "not_found_error", f"model: {model}")
+        if model == "echo-key":  # a vendor (or proxy) that echoes the request's key back
+            key = request.headers.get("x-api-key") or request.headers.get("Authorization", "")
+            return _error(400, "invalid_request_error", f"bad request from {key}")
         if model == "err-400":
             return _error(400, "invalid_request_error", "max_tokens: Field required")
         if model == "err-429":
@@ -125,6 +130,8 @@ def make_app(recorder: Recorder) -> web.Application:
             return _error(500, "api_error", "Internal server error")
         if model == "slow":
             await asyncio.sleep(3)
+        if model in ("reset", "cut-body"):
+            return await cut_off(request, model)
         if model == "malformed":
             return web.Response(
                 text='{"id": "msg_1", "content": [', content_type="application/json"
@@ -141,9 +148,11 @@ def make_app(recorder: Recorder) -> web.Application:
             content += uses
         else:
             content.append({"type": "text", "text": _answer(body)})
-        stop = "max_tokens" if body["max_tokens"] == 1 else "end_turn"
+        stop: str | None = "max_tokens" if body["max_tokens"] == 1 else "end_turn"
         if uses:
             stop = "tool_use"
+        if model == "unfinished":
+            stop = None  # a 200 whose answer was cut short upstream
         return web.json_response(
             {
                 "id": "msg_01",

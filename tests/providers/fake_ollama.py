@@ -5,7 +5,10 @@ into ps with its keep_alive, keep_alive 0 unloads it.
 Chat scenarios by model: `qwen3:latest` answers with a <think> block,
 `deepseek-r1:7b` with an unclosed one (done_reason "length"), `slow:latest` sleeps
 3 s, `malformed:latest` sends a broken line, `truncated:latest` never sends done,
-`midstream:latest` sends an error line mid-stream. Text is escaped the way Ollama
+`midstream:latest` sends an error line mid-stream, `unfinished:latest` answers a
+non-stream call with done false. Faults in front of the model (a proxy's answers):
+`busy:latest` 429 with Retry-After 30, `flaky-busy:latest` 503 (Retry-After 0.05)
+once, `locked:latest` 401, `reset:latest` a TCP RST, `cut-body:latest` a short body. Text is escaped the way Ollama
 escapes it (`<` as \\u003c). Pulling `nope` fails mid-stream like the real server.
 
 Tools (Ollama's `message.tool_calls`, arguments as objects, no ids): with `tools` in
@@ -26,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .loopback import Recorder, sample_for_schema, vector_for
+from .loopback import Recorder, cut_off, sample_for_schema, vector_for
 
 GB = 1_000_000_000
 
@@ -55,6 +58,8 @@ INITIAL = {
     "tools-bad:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
     "tools-cut:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
     "nomic-embed-text:latest": (GB // 4, _details("nomic-bert", "137M", "F16"), 2048),
+    "unfinished:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "flaky-busy:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
 }
 PULLABLE = {"phi4:latest": (int(9.1 * GB), _details("phi3", "14.7B", "Q4_K_M"), 16384)}
 
@@ -239,8 +244,11 @@ def make_app(recorder: Recorder) -> web.Application:
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        recorder.add(request, body)
+        count = recorder.add(request, body)
         name = body["model"]
+        fault = _fault(request, name, count)
+        if fault is not None:
+            return await fault
         if name not in state.pulled:
             return not_found(name)
         if name == "slow:latest":
@@ -256,6 +264,8 @@ def make_app(recorder: Recorder) -> web.Application:
         content, thinking, reason = answer(body)
         if body.get("stream", True) is False:
             out = final(name, reason, content)
+            if name == "unfinished:latest":  # a 200 that is not the final answer
+                out.update(done=False, done_reason=None)
             if thinking:
                 out["message"]["thinking"] = thinking
             return web.Response(text=_dumps(out), content_type="application/json")
@@ -357,6 +367,21 @@ def make_app(recorder: Recorder) -> web.Application:
 
     async def version(request: web.Request) -> web.Response:
         return web.json_response({"version": "0.12.6"})
+
+    async def refuse(status: int, error: str, headers: dict[str, str]) -> web.Response:
+        return web.json_response({"error": error}, status=status, headers=headers)
+
+    def _fault(request: web.Request, name: str, count: int) -> Any:
+        """A proxy or server fault in front of the model, picked by name."""
+        if name in ("reset:latest", "cut-body:latest"):
+            return cut_off(request, name.split(":")[0])
+        if name == "busy:latest":
+            return refuse(429, "server busy, please try again", {"Retry-After": "30"})
+        if name == "flaky-busy:latest" and count == 1:
+            return refuse(503, "server overloaded", {"Retry-After": "0.05"})
+        if name == "locked:latest":
+            return refuse(401, "unauthorized", {})
+        return None
 
     app = web.Application()
     app.router.add_get("/api/tags", tags)

@@ -5,7 +5,9 @@ The `model` field picks the scenario, so one server serves every test:
 OK), `err-500`, `slow` (answers after 3 s), `malformed` (bad JSON, JSON content type),
 `html` (200 text/html), `truncated` (a stream that stops without finish_reason or
 [DONE]), `midstream-error` (an error object inside the stream), `reason` (a <think>
-block). Any other model answers "echo: <last user message>" (images as
+block), `unfinished` (a 200 with finish_reason null), `reset` (TCP RST, no response),
+`cut-body` (a 200 whose body stops short of its Content-Length), `echo-key` (a 400
+that echoes the Authorization header). Any other model answers "echo: <last user message>" (images as
 `[image/png]`).
 
 Tools (OpenAI's `tool_calls` wire format): with `tools` in the request and no `tool`
@@ -26,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .loopback import Recorder, sample_for_schema, vector_for
+from .loopback import Recorder, cut_off, sample_for_schema, vector_for
 
 API_KEY = "sk-test-key-0123456789abcdef"
 MODELS = ["gpt-5.4", "gpt-5.4-mini", "gpt-4o", "deepseek-chat", "echo-model"]
@@ -132,6 +134,9 @@ def make_app(recorder: Recorder) -> web.Application:
                 "invalid_request_error",
                 "model_not_found",
             )
+        if model == "echo-key":  # a vendor (or proxy) that echoes the request's key back
+            auth = request.headers.get("Authorization", "")
+            return _error(400, f"bad request from {auth}", "invalid_request_error")
         if model == "err-400":
             return _error(
                 400,
@@ -159,6 +164,8 @@ def make_app(recorder: Recorder) -> web.Application:
             )
         if model == "slow":
             await asyncio.sleep(3)
+        if model in ("reset", "cut-body"):
+            return await cut_off(request, model)
         if model == "malformed":
             return web.Response(
                 text='{"id": "chatcmpl-1", "choices": [', content_type="application/json"
@@ -173,13 +180,15 @@ def make_app(recorder: Recorder) -> web.Application:
             return await _stream(request, body)
         calls = tool_calls_for(body)
         content: str | None = None if calls else _answer(body)
-        finish = (
+        finish: str | None = (
             "length" if body.get("max_completion_tokens", body.get("max_tokens")) == 1 else "stop"
         )
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         if calls:
             message["tool_calls"] = calls
             finish = "tool_calls"
+        if model == "unfinished":
+            finish = None  # a 200 whose answer was cut short upstream
         return web.json_response(
             {
                 "id": "chatcmpl-123",

@@ -114,3 +114,27 @@ def vector_for(text: str, dims: int = 8) -> list[float]:
 
     digest = hashlib.blake2b(text.encode(), digest_size=dims).digest()
     return [round(b / 255, 6) for b in digest]
+
+
+async def cut_off(request: web.Request, how: str) -> web.StreamResponse:
+    """A transport fault after the request arrived: `reset` sends a TCP RST before any
+    response byte; `cut-body` sends a 200 promising a longer body than it writes, then
+    closes (what a proxy timing out mid-body or a crashed worker looks like)."""
+    import socket
+    import struct
+
+    transport = request.transport
+    assert transport is not None
+    if how == "reset":
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        return web.StreamResponse()
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/json", "Content-Length": "4096"}
+    )
+    await response.prepare(request)
+    await response.write(b'{"id": "cut", "choices": [{"index": 0, "message": {"role"')
+    await asyncio.sleep(0.01)
+    transport.close()
+    return response

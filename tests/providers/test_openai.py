@@ -14,7 +14,7 @@ from modelherd import (
     CallTimeoutError,
     ChatResponse,
     ConfigError,
-    ConnectionFailedError,
+    ConnectionRefusedByServerError,
     Herd,
     ModelNotFoundError,
     ModelSpec,
@@ -221,9 +221,9 @@ def test_connection_refused(herds):
     herd = provider_herd(openai_provider, {"m": table}, ENV, retries=0)
     herds.append(herd)
     with pytest.raises(
-        ConnectionFailedError,
-        match=r"cannot reach OpenAI at http://127.0.0.1:\d+/v1 "
-        r"\(.*\) — check the network, or base_url in \[models.m\]",
+        ConnectionRefusedByServerError,
+        match=r"nothing is listening at OpenAI at http://127.0.0.1:\d+/v1 "
+        r"\(connection refused\) — start the server, or fix base_url in \[models.m\]",
     ):
         herd.chat_sync("m", "x")
 

@@ -20,9 +20,9 @@ from typing import Any
 
 from modelherd import hookimpl
 from modelherd.errors import (
+    AuthenticationError,
     BadRequestError,
     BadResponseError,
-    CallTimeoutError,
     ConfigError,
     ConnectionFailedError,
     HerdError,
@@ -32,6 +32,7 @@ from modelherd.errors import (
     RateLimitError,
 )
 from modelherd.plugins.providers.client_pool import ClientPool, pool_of
+from modelherd.plugins.providers.errors import parse_retry_after, transport_error, unfinished
 from modelherd.plugins.providers.ollama.messages import (
     calls_from_message,
     feed_stream_calls,
@@ -184,7 +185,10 @@ class OllamaModel(Model):
             import ollama
         except ImportError:
             raise MissingDependencyError("ollama", "ollama", "the ollama provider") from None
-        return ollama.AsyncClient(host=self.host)
+        from modelherd.plugins.providers.ollama.status import raise_for_status
+
+        # the hook keeps the headers of an error answer (Retry-After) that the client drops
+        return ollama.AsyncClient(host=self.host, event_hooks={"response": [raise_for_status]})
 
     # ---- request ---------------------------------------------------------------
 
@@ -238,7 +242,7 @@ class OllamaModel(Model):
             message = reply.message
             content, reasoning = split_think(message.content or "")
             calls = calls_from_message(message)
-            return ChatResponse(
+            response = ChatResponse(
                 content=content,
                 model=reply.model or kwargs["model"],
                 provider=self.provider,
@@ -250,7 +254,13 @@ class OllamaModel(Model):
                 tool_calls=calls,
             )
         except Exception as exc:
-            raise await self.map_error(exc, request, kwargs["model"]) from exc
+            error = await self.map_error(exc, request, kwargs["model"])
+        else:
+            if reply.done:
+                return response
+            # a 200 that is not the final answer: never complete, never cached
+            error = unfinished("Ollama", self.host, request.alias, '"done": false')
+        raise error  # outside the except block: the client's exception is not chained
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         kwargs = self.kwargs(request)
@@ -259,6 +269,7 @@ class OllamaModel(Model):
         parts: list[str] = []
         thinking: list[str] = []
         final: Any = None
+        error: HerdError | None = None
         try:
             async for part in await self.client().chat(**kwargs, stream=True):
                 message = part.message
@@ -275,7 +286,9 @@ class OllamaModel(Model):
                 if part.done:
                     final = part
         except Exception as exc:
-            raise await self.map_error(exc, request, kwargs["model"]) from exc
+            error = await self.map_error(exc, request, kwargs["model"])
+        if error is not None:
+            raise error  # outside the except block: the client's exception is not chained
         tail = splitter.flush()
         if tail:
             parts.append(tail)
@@ -306,43 +319,24 @@ class OllamaModel(Model):
         )
 
     async def map_error(self, exc: BaseException, request: ChatRequest, name: str) -> HerdError:
-        import httpx
         import ollama
 
         if isinstance(exc, HerdError):
             return exc
-        if isinstance(exc, (ConnectionError, httpx.ConnectError)):
-            return self.not_running()
         if isinstance(exc, ollama.ResponseError):
-            status, detail = exc.status_code, str(exc.error)[:300]
-            if status == 404 or (status in (-1, 400, 500) and "not found" in detail):
-                return await self.missing_model(name)
-            if status == 429:
-                return RateLimitError(
-                    f"Ollama at {self.host} is busy ({detail}) — retry later "
-                    f"or raise OLLAMA_NUM_PARALLEL / OLLAMA_MAX_QUEUE"
-                )
-            if status in (400, 422):
-                return BadRequestError(
-                    f"Ollama at {self.host} rejected the request for "
-                    f"'{request.alias}' ({detail}) — fix the options"
-                )
-            where = "mid-answer" if status == -1 else f"(HTTP {status})"
-            return ProviderError(
-                f"Ollama at {self.host} failed {where}: {detail} — "
-                f"see `ollama serve` logs; the call can be retried"
-            )
-        if isinstance(exc, httpx.TimeoutException):
-            return CallTimeoutError(
-                f"Ollama at {self.host} did not answer '{request.alias}' in "
-                f"time — pass a larger timeout= or set "
-                f"[models.{request.alias}] timeout"
-            )
-        if isinstance(exc, httpx.TransportError | OSError):
-            return ConnectionFailedError(
-                f"connection to Ollama at {self.host} dropped ({type(exc).__name__}) — "
-                f"the call can be retried"
-            )
+            return await self._status_error(exc, request, name)
+        # DNS, refused (= not running), dropped, timeout: by the real cause in the chain
+        transport = transport_error(
+            exc,
+            f"Ollama at {self.host}",
+            request.alias,
+            f"host in [models.{request.alias}] or OLLAMA_HOST",
+            refused=self.not_running().message,
+        )
+        if transport is not None:
+            return transport
+        if isinstance(exc, ConnectionError):
+            return self.not_running()
         if isinstance(exc, json.JSONDecodeError | ValidationError | AttributeError | TypeError):
             return BadResponseError(
                 f"Ollama at {self.host} answered '{request.alias}' with a malformed body "
@@ -351,6 +345,37 @@ class OllamaModel(Model):
         return BadResponseError(
             f"Ollama at {self.host} answered something the client could "
             f"not read ({type(exc).__name__}: {exc})"[:400]
+        )
+
+    async def _status_error(self, exc: Any, request: ChatRequest, name: str) -> HerdError:
+        """An HTTP error status (or an error line mid-stream, status -1) as a typed error.
+        Retry-After is honoured like the cloud providers': a long one goes to the fallback."""
+        status, detail = exc.status_code, str(exc.error)[:300]
+        retry_after = parse_retry_after(getattr(exc, "headers", None))
+        if status == 404 or (status in (-1, 400, 500) and "not found" in detail):
+            return await self.missing_model(name)
+        if status in (401, 403):
+            return AuthenticationError(
+                f"Ollama at {self.host} refused the call (HTTP {status}: {detail}) — a server "
+                f"behind authentication needs OLLAMA_API_KEY set (or check the proxy in front)"
+            )
+        if status in (429, 503):
+            when = f"retry after {retry_after:g}s" if retry_after is not None else "retry later"
+            return RateLimitError(
+                f"Ollama at {self.host} is busy (HTTP {status}: {detail}) — {when}, "
+                f"or raise OLLAMA_NUM_PARALLEL / OLLAMA_MAX_QUEUE",
+                retry_after=retry_after,
+            )
+        if status in (400, 422):
+            return BadRequestError(
+                f"Ollama at {self.host} rejected the request for "
+                f"'{request.alias}' ({detail}) — fix the options"
+            )
+        where = "mid-answer" if status == -1 else f"(HTTP {status})"
+        return ProviderError(
+            f"Ollama at {self.host} failed {where}: {detail} — "
+            f"see `ollama serve` logs; the call can be retried",
+            retry_after=retry_after,
         )
 
     async def missing_model(self, name: str) -> ModelNotFoundError:
