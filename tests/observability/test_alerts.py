@@ -449,3 +449,39 @@ def test_a_broken_on_alert_plugin_does_not_stop_the_others() -> None:
 
     anyio.run(main)
     assert recorder.events("circuit_open", "mock") == ["firing"]
+
+
+@pytest.mark.parametrize("status", [429, 529])
+def test_rate_limits_and_overload_never_open_the_circuit(status: int) -> None:
+    """429 / 529 carry Retry-After and say nothing about the model's health: ten of them
+    leave the circuit closed (and the model's error_rate untouched); five 5xx open it."""
+    from modelherd.plugins.providers.errors import status_error
+
+    def throttled() -> Exception:
+        return status_error(
+            status, "slow down", provider="X", alias="primary", model="m", key_var=None
+        )
+
+    primary, backup = MockModel(default="from primary"), MockModel(default="from backup")
+    primary.enqueue(*[throttled() for _ in range(10)])
+    herd = _herd(
+        {"primary": primary, "backup": backup},
+        Recorder(),
+        fallbacks={"primary": ["backup"]},
+        breaker_failures=3,
+    )
+
+    async def main() -> None:
+        async with herd:
+            hooks = alerts.alert_hooks(herd)
+            assert hooks is not None and hooks.breaker is not None
+            answers = await _calls(herd, "primary", 10)
+            assert [a.content for a in answers] == ["from backup"] * 10
+            assert hooks.breaker.state("primary") == "closed"
+            assert len(primary.history) == 10  # every call still tried the primary first
+            assert hooks.stats.snapshot()["primary"]["errors"] == 0
+            primary.enqueue(*[ProviderError("down")] * 3)
+            await _calls(herd, "primary", 3)
+            assert hooks.breaker.state("primary") == "open"
+
+    anyio.run(main)

@@ -6,6 +6,15 @@ Closed: every call goes through; failed attempts are remembered for `window_s`.
 fallback without touching the sick model. After `cooldown_s` the circuit is
 half-open: exactly one call (the probe) goes through; its success closes the
 circuit, its failure opens it again for another cooldown.
+
+Only failures that say the model is unwell count. Not counted: requests the model
+refused as invalid, quota and config errors (`fallback_ok = False`), and rate limits
+and overload answers (HTTP 429 / 529, `RateLimitError`). A 429 is the vendor asking
+this account to slow down, a 529 a moment of vendor-wide load; both say when to come
+back (Retry-After), which the retry policy honours — and a long wait already sends
+that one call to the fallback. Opening the circuit would instead lock the alias out
+for `cooldown_s` whatever the vendor said, and its half-open probe would likely meet
+the same limit and re-open it, long after the quota reset.
 """
 
 from __future__ import annotations
@@ -16,9 +25,16 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from modelherd.errors import CircuitOpenError
+from modelherd.errors import CircuitOpenError, RateLimitError
 
 CircuitState = Literal["closed", "open", "half_open"]
+
+
+def counts_against_health(error: BaseException) -> bool:
+    """Whether a failed attempt says the model is unwell (see the module docstring)."""
+    if isinstance(error, CircuitOpenError | RateLimitError):
+        return False  # the breaker's own refusal; a 429 / 529 throttle (Retry-After rules)
+    return bool(getattr(error, "fallback_ok", True))  # a bad request, quota, config: no
 
 
 class Circuit:
@@ -95,8 +111,8 @@ class CircuitBreaker:
         circuit.failures.clear()
 
     def failure(self, alias: str, error: BaseException) -> None:
-        if isinstance(error, CircuitOpenError) or not getattr(error, "fallback_ok", True):
-            return  # a refused or malformed request says nothing about the model's health
+        if not counts_against_health(error):
+            return
         now = self.clock()
         circuit = self.circuits.get(alias)
         if circuit is None:

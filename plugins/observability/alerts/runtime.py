@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
-from modelherd.plugins.observability.alerts.breaker import CircuitBreaker, CircuitState
+from modelherd.plugins.observability.alerts.breaker import (
+    CircuitBreaker,
+    CircuitState,
+    counts_against_health,
+)
 from modelherd.plugins.observability.alerts.kpi import Alert, KpiEngine
 from modelherd.plugins.observability.alerts.live import (
     ERROR,
@@ -171,6 +175,11 @@ class AlertHooks:
                 live.inflight -= 1
         if final:
             self.stats.add(request.alias, ERROR)
+            return
+        if not counts_against_health(error):
+            # a 429 / 529 or a refused request is not the model failing: it counts neither
+            # for the breaker nor for the model's error_rate (which opens the circuit via
+            # recover_on); a call that fails in the end still counts herd-wide (ERROR)
             return
         self.stats.add(request.alias, FAIL)
         if self.breaker is not None:
