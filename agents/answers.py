@@ -110,6 +110,10 @@ def parse_answer(
     if not text or not text.strip():
         raise ParseError("the answer is empty")
     obj = json_object(text)
+    if obj is None and _looks_like_json(text):
+        # a cut-off or broken JSON answer ("{", '{"answer": "BU') is no vote: read as
+        # text, its first line would be counted as a label
+        raise ParseError("the JSON answer is cut off or invalid")
     if obj is not None:
         lowered = {str(k).lower(): v for k, v in obj.items()}
         for key in label_keys:
@@ -132,6 +136,12 @@ def parse_answer(
         what = "none" if not found else "more than one"
         raise ParseError(f"the text names {what} of {', '.join(labels)}")
     return ParsedAnswer(found.pop(), _text_confidence(text), text.strip(), {})
+
+
+def _looks_like_json(text: str) -> bool:
+    """The answer starts as JSON (an object, or a fenced block) — it was meant to be one."""
+    head = text.lstrip()
+    return head.startswith(("{", "[", "```"))
 
 
 def _text_confidence(text: str) -> float | None:

@@ -137,6 +137,8 @@ def swarm_command(
     }
     if models:
         overrides["members"] = _split(models)
+    if judge and not strategy:  # --judge ALIAS alone means: let that model judge
+        overrides["strategy"] = "judge"
     if no_save:
         overrides["save"] = False
     label_list = _split((labels,)) if labels else None
@@ -149,16 +151,33 @@ def swarm_command(
         finally:
             await herd.aclose()
 
+    agent.check_aliases()  # a typo in -m / --judge: one error line before anything runs
     if as_json:
-        _echo_json(anyio.run(go, None).model_dump(mode="json"))
-        return
-    from rich.live import Live
+        result = anyio.run(go, None)
+        _echo_json(result.model_dump(mode="json"))
+    else:
+        from rich.live import Live
 
-    console = _console()
-    with Live(console=console, refresh_per_second=8, transient=True) as live:
-        result = anyio.run(go, lambda ms: live.update(member_table(ms, "swarm: answering…")))
-    console.print(member_table(result.members))
-    print_consensus(console, result)
+        console = _console()
+        with Live(console=console, refresh_per_second=8, transient=True) as live:
+            result = anyio.run(go, lambda ms: live.update(member_table(ms, "swarm: answering…")))
+        console.print(member_table(result.members))
+        print_consensus(console, result)
+    _exit_if_nobody_answered(ctx, result)
+
+
+def _exit_if_nobody_answered(ctx: click.Context, result: Any) -> None:
+    """Exit 1 when no member gave a usable answer: a script must not read 'no consensus
+    from 0 answers' as a result."""
+    if any(m.status == "ok" for m in result.members):
+        return
+    statuses = sorted({m.status for m in result.members})
+    click.echo(
+        f"error: none of the {len(result.members)} swarm members gave a usable answer "
+        f"({', '.join(statuses)}) — see the error column, or `herd models --check`",
+        err=True,
+    )
+    ctx.exit(1)
 
 
 def print_consensus(console: Any, result: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from modelherd import hookimpl
 
-from .entry import lazy_getattr
+from .entry import add_run_command, lazy_getattr
 
 
 @hookimpl
@@ -25,6 +25,9 @@ def register_commands(cli: Any) -> None:
     from .commands import swarm_command
 
     cli.add_command(swarm_command)
+    # `herd run swarm "Q" -m gpt` is the same command (the generic `run` one would take
+    # "-m gpt" as more words of the question)
+    add_run_command(cli, swarm_command)
 
 
 # `from modelherd.agents.swarm import SwarmAgent` still works (loaded on first access)

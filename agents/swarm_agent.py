@@ -170,6 +170,21 @@ class SwarmAgent(Agent):
             note = self._notes[key] = model_note(self.herd, key)
         return note
 
+    def check_aliases(self) -> None:
+        """Every member alias (and the judge's) resolves to a model, before anything runs:
+        a typo is one ConfigError naming the setting, not a swarm where nobody answers."""
+        s = self.settings
+        named = [("members", alias) for alias in s.members]
+        if s.judge or s.strategy == "judge":
+            named.append(("judge", s.judge or s.members[0]))
+        for setting, alias in named:
+            try:
+                self.herd.get_model(alias)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"swarm {setting}: {exc.message} (-m / --judge, or [agents.swarm] {setting})"
+                ) from None
+
     def _supports_schema(self, alias: str) -> bool:
         try:
             return bool(self.herd.get_model(alias).supports_schema)
@@ -201,6 +216,7 @@ class SwarmAgent(Agent):
         """Ask every member `question` (plus `context`) and return the consensus."""
         s = self.settings
         labels = list(labels) if labels is not None else s.labels
+        self.check_aliases()
         members = self.members()
         started = time.perf_counter()
         created = storage.utc_now()
@@ -276,9 +292,12 @@ class SwarmAgent(Agent):
                 )
                 _notify(on_update, results)
                 raise
-            except (TimeoutError, CallTimeoutError):
+            except TimeoutError:  # the watchdog: member_timeout passed for this member
                 result.status = "timeout"
                 result.error = f"no answer within {s.member_timeout:g}s (member_timeout)"
+            except CallTimeoutError as exc:  # the kernel's own deadline: its message says
+                result.status = "timeout"
+                result.error = f"{type(exc).__name__}: {exc.message}"
             except HerdError as exc:
                 result.status = "error"
                 result.error = f"{type(exc).__name__}: {exc.message}"
@@ -293,7 +312,7 @@ class SwarmAgent(Agent):
                     parsed = parse_once(response)
                 except ParseError as exc:
                     result.status = "unparsed"
-                    result.error = f"unparseable answer: {exc}"
+                    result.error = f"unparseable answer: {exc}" + _cut_hint(response, s.max_tokens)
                 else:
                     result.status = "ok"
                     result.label = parsed.label
@@ -435,6 +454,13 @@ class SwarmAgent(Agent):
             decided_by="judge",
             quorum_reached=quorum_reached,
         )
+
+
+def _cut_hint(response: Any, max_tokens: int) -> str:
+    """Why an answer may not parse: it stopped at the token limit."""
+    if getattr(response, "finish_reason", None) == "length":
+        return f" (it stopped at max_tokens = {max_tokens}: raise --max-tokens)"
+    return ""
 
 
 def _notify(callback: UpdateCallback | None, results: list[MemberResult]) -> None:

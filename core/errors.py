@@ -70,6 +70,14 @@ class BadRequestError(HerdError):
     fallback_ok = False
 
 
+class InvalidOptionError(BadRequestError):
+    """A per-call option this provider does not take, or a value out of its range
+    (`--max-tokens -5`, `temperature=1e9`). Caught before anything is sent; exit code 2
+    like any other usage mistake."""
+
+    exit_code = 2
+
+
 class RateLimitError(HerdError):
     """The provider said slow down (HTTP 429 / 529)."""
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import validate_table
-from .errors import BadRequestError
+from .errors import InvalidOptionError
 from .types import (
     Availability,
     ChatRequest,
@@ -38,19 +38,39 @@ class ProviderSettings(BaseModel):
 
 class SamplingOptions(BaseModel):
     """Per-call sampling options local engines (llama.cpp, Ollama) share; a provider's
-    own options model extends it. extra="forbid": a typo is an error, not ignored."""
+    own options model extends it. extra="forbid": a typo is an error, not ignored.
+    Values are range-checked here, before anything is sent (`max_tokens = -5` means
+    "unlimited" to Ollama, and 1e9 is no temperature anyone meant)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float | None = None
-    max_tokens: int | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
     stop: str | list[str] | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    response_format: dict[str, Any] | None = None
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repeat_penalty: float | None = Field(default=None, ge=0)
+    #: a JSON schema (or OpenAI's typed form), or a pydantic model class
+    response_format: dict[str, Any] | type[BaseModel] | None = None
+
+
+class CommonOptionRanges(BaseModel):
+    """The ranges of the common options, for providers that pass options through as a
+    dict (the OpenAI family, Anthropic): only these keys are checked here, the
+    provider rejects the keys it does not know. A provider narrows a range by
+    subclassing (Anthropic: temperature 0..1)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    response_format: dict[str, Any] | type[BaseModel] | None = None
 
 
 class Model:
@@ -93,10 +113,10 @@ class Model:
     @classmethod
     def option_error(
         cls, key: str, allowed: Iterable[str], why: str | None = None
-    ) -> BadRequestError:
+    ) -> InvalidOptionError:
         """The error for a per-call option `key` this provider does not take."""
         detail = f" ({why})" if why else ""
-        return BadRequestError(
+        return InvalidOptionError(
             f"option '{key}' is not valid for the {cls.provider} provider{detail} — "
             f"allowed: {', '.join(allowed)}"
         )
@@ -104,13 +124,20 @@ class Model:
     @classmethod
     def parse_options(cls, options_model: type[OptionsT], request: ChatRequest) -> OptionsT:
         """`request.options` validated by `options_model` (a pydantic model with
-        extra="forbid"); the first problem becomes a BadRequestError naming the option."""
+        extra="forbid"); the first problem becomes one InvalidOptionError line: an unknown
+        key lists the allowed ones, a bad value says what the provider accepts."""
         try:
             return options_model.model_validate(request.options)
         except ValidationError as exc:
             first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            raise cls.option_error(key, options_model.model_fields, first["msg"]) from None
+            key = ".".join(str(p) for p in first["loc"][:1])
+            if first["type"] == "extra_forbidden":
+                raise cls.option_error(key, options_model.model_fields, first["msg"]) from None
+            value = request.options.get(key)
+            raise InvalidOptionError(
+                f"option {key}={value!r} is not valid for the {cls.provider} provider "
+                f"({first['msg'].lower()}) — pass a value it accepts"
+            ) from None
 
     @classmethod
     def availability(cls, spec: ModelSpec, env: Mapping[str, str]) -> Availability:

@@ -339,6 +339,8 @@ class ChatRequest(BaseModel):
     def json_schema(self) -> dict[str, Any] | None:
         """The JSON schema the caller asked the answer to follow, if any."""
         fmt = self.options.get("response_format")
+        if isinstance(fmt, type) and issubclass(fmt, BaseModel):  # a pydantic model class
+            return fmt.model_json_schema()
         if isinstance(fmt, dict):
             return fmt.get("schema", fmt) if fmt.get("type") != "json_object" else None
         return None

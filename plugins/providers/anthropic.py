@@ -10,6 +10,7 @@ SDK retries are off (`max_retries=0`); the kernel's policy decides.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ from modelherd.plugins.providers.client_pool import ClientPool, pool_of
 from modelherd.plugins.providers.errors import parse_retry_after, unfinished
 from modelherd.plugins.providers.keys import key_fingerprint
 from modelherd.plugins.providers.stainless import StainlessModel
-from modelherd.provider import ProviderSettings
+from modelherd.provider import CommonOptionRanges, ProviderSettings
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, FinishReason, StreamEvent, Usage
 from pydantic import Field
@@ -100,6 +101,11 @@ class AnthropicSettings(ProviderSettings):
 
 
 _SAMPLING = frozenset({"temperature", "top_p", "top_k"})
+_log = logging.getLogger("modelherd.providers.anthropic")
+
+
+class AnthropicOptionRanges(CommonOptionRanges):
+    temperature: float | None = Field(default=None, ge=0, le=1)  # Anthropic's range
 
 
 class AnthropicModel(StainlessModel):
@@ -117,6 +123,7 @@ class AnthropicModel(StainlessModel):
     vendor = "Anthropic"
     default_base_url = DEFAULT_BASE_URL
     chat_path = "/v1/messages"
+    option_ranges = AnthropicOptionRanges
     transport_error_verb = "dropped"  # the SDK does not wrap a dropped stream
     health_detail = "{base_url} answers; model {model} listed"
 
@@ -159,6 +166,8 @@ class AnthropicModel(StainlessModel):
         options = request.options
         if "tools" in options or "tool_choice" in options:
             params.update(wire_tools(options))
+        if options:
+            self.parse_options(self.option_ranges, request)  # values in range, or one error
         for name, value in options.items():
             if value is None:
                 continue
@@ -171,6 +180,8 @@ class AnthropicModel(StainlessModel):
             if name in _SAMPLING:
                 if settings.sampling_params:
                     params.setdefault("extra_body", {})[name] = value
+                else:
+                    self._warn_unsent(name)
                 continue
             if name == "stop":
                 params["stop_sequences"] = [value] if isinstance(value, str) else list(value)
@@ -191,6 +202,24 @@ class AnthropicModel(StainlessModel):
         if request.timeout is not None:
             params["timeout"] = request.timeout + 1.0  # the kernel's deadline fires first
         return params
+
+    def __init__(self, spec: Any, herd: Any) -> None:
+        super().__init__(spec, herd)
+        #: sampling options already said to be unsent (the warning comes once per alias)
+        self._unsent_warned: set[str] = set()
+
+    def _warn_unsent(self, name: str) -> None:
+        """Say once per alias that a sampling option is not sent (never silently)."""
+        if name not in self._unsent_warned:
+            self._unsent_warned.add(name)
+            _log.warning(
+                "'%s' (anthropic): option %s is not sent — the Messages API of the pinned "
+                "SDK takes no sampling parameters; set sampling_params = true in "
+                "[models.%s] to send it (a proxy or an older model)",
+                self.spec.alias,
+                name,
+                self.spec.alias,
+            )
 
     # ---- calls -----------------------------------------------------------------
 

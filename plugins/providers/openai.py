@@ -31,11 +31,11 @@ from modelherd.plugins.providers.openai_messages import (
 )
 from modelherd.plugins.providers.stainless import StainlessModel
 from modelherd.plugins.providers.think import ThinkSplitter, split_think
-from modelherd.provider import ProviderSettings
+from modelherd.provider import CommonOptionRanges, ProviderSettings
 from modelherd.stash import StashKey
 from modelherd.tools import ToolCallAssembler
 from modelherd.types import ChatRequest, ChatResponse, FinishReason, ModelSpec, StreamEvent, Usage
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 #: this provider's client pool in each Herd's stash
 _POOL = StashKey[ClientPool]()
@@ -86,8 +86,17 @@ class OpenAISettings(ProviderSettings):
     stream_usage: bool | None = None
 
 
+class OpenAIOptionRanges(CommonOptionRanges):
+    n: int | None = Field(default=None, ge=1)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+
+
 def openai_response_format(fmt: Any) -> Any:
-    """The kernel's `response_format` (a JSON schema, or a typed dict) in OpenAI's form."""
+    """The kernel's `response_format` (a JSON schema, a typed dict, or a pydantic model
+    class) in OpenAI's form."""
+    if isinstance(fmt, type) and issubclass(fmt, BaseModel):
+        fmt = {"type": "json_schema", "name": fmt.__name__, "schema": fmt.model_json_schema()}
     if not isinstance(fmt, dict):
         return fmt
     kind = fmt.get("type")
@@ -123,6 +132,7 @@ class OpenAIModel(StainlessModel):
     #: OpenAI's current models take max_completion_tokens; compatible servers max_tokens
     max_tokens_param: ClassVar[str] = "max_completion_tokens"
     chat_path = "/chat/completions"
+    option_ranges = OpenAIOptionRanges
     transport_error_verb = "failed"
     models_list_optional = True
     health_detail = "{base_url} answers ({count} models listed)"
@@ -173,6 +183,8 @@ class OpenAIModel(StainlessModel):
         options = request.options
         if "tools" in options or "tool_choice" in options:
             params.update(wire_tools(options))
+        if options:
+            self.parse_options(self.option_ranges, request)  # values in range, or one error
         for name, value in options.items():
             if value is None:
                 continue

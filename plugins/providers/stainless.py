@@ -27,7 +27,7 @@ from modelherd.errors import (
 )
 from modelherd.plugins.providers.errors import as_health, status_error, transport_error
 from modelherd.plugins.providers.keys import find_key, redact
-from modelherd.provider import Model
+from modelherd.provider import CommonOptionRanges, Model
 from modelherd.types import Availability, ChatRequest, Health, ModelSpec
 
 
@@ -56,6 +56,8 @@ class StainlessModel(Model):
     health_detail: ClassVar[str]
     #: (response class, stream class), loaded on the first call
     _types: ClassVar[tuple[Any, Any] | None] = None
+    #: ranges of the common options, checked before anything is sent
+    option_ranges: ClassVar[type[CommonOptionRanges]] = CommonOptionRanges
 
     def __init__(self, spec: ModelSpec, herd: Any) -> None:
         super().__init__(spec, herd)

@@ -41,7 +41,7 @@ def test_plugins_add_their_commands() -> None:
     assert "swarm" in cli.commands
     run_group = cli.commands["run"]
     assert isinstance(run_group, click.Group)
-    assert sorted(run_group.commands) == ["copybot", "rbi", "trading"]
+    assert sorted(run_group.commands) == ["copybot", "rbi", "swarm", "trading"]
 
 
 def test_real_herd_cli_lists_the_agent_commands() -> None:
@@ -153,3 +153,50 @@ def test_rbi_command(herd_factory: Any) -> None:
     assert "sandbox: network: " in out
     again = invoke(commands.rbi_command, ["sma cross  IDEA", "-m", "m"], herd).output
     assert "already researched (idea " in again and "--force to run again" in again
+
+
+def _herd_cli() -> click.Group:
+    cli = click.Group("herd")
+    cli.add_command(click.Group("run"))
+    swarm.register_commands(cli)
+    return cli
+
+
+def test_run_swarm_parses_its_options(herd_factory: Any) -> None:
+    """`herd run swarm "Q" -m a` asks "Q" of member a (it used to ask 'Q -m a')."""
+    models = {"a": mock("a", answer("YES")), "b": mock("b", answer("NO"))}
+    herd = herd_factory(models, {"swarm": {"members": ["b"], "samples": 1}})
+    result = CliRunner().invoke(
+        _herd_cli(),
+        ["run", "swarm", "Is it?", "-m", "a", "--json", "--no-save"],
+        obj=State(herd),
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["question"] == "Is it?"
+    assert [m["alias"] for m in data["members"]] == ["a"] and models["b"].history == []
+
+
+def test_swarm_exits_1_when_no_member_answered(herd_factory: Any) -> None:
+    models = {"a": mock("a", *[RuntimeError("down")] * 3), "b": mock("b", "{")}
+    herd = herd_factory(models, {"swarm": {"members": ["a", "b"], "samples": 1}})
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(
+        commands.swarm_command, ["Is it?", "--no-save"], obj=State(herd)
+    )
+    assert result.exit_code == 1
+    assert (
+        "error: none of the 2 swarm members gave a usable answer (error, unparsed) — see the "
+        "error column, or `herd models --check`" in result.output
+    )
+    assert "no consensus" in result.output  # the table and the reason still print
+
+
+def test_swarm_unknown_alias_is_refused_before_running(herd_factory: Any) -> None:
+    model = mock("a", answer("YES"))
+    herd = herd_factory({"a": model}, {"swarm": {"members": ["a"], "samples": 1}})
+    with pytest.raises(ConfigError, match=r"^swarm members: unknown model 'nope'"):
+        invoke(commands.swarm_command, ["Is it?", "-m", "nope"], herd)
+    with pytest.raises(ConfigError, match=r"^swarm judge: unknown model 'nobody'"):
+        invoke(commands.swarm_command, ["Is it?", "-m", "a", "--judge", "nobody"], herd)
+    assert model.history == []

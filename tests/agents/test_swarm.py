@@ -237,3 +237,64 @@ def test_note_says_embedded_model_has_no_judgment(herd_factory: Any) -> None:
     )
     result = run_swarm(herd, labels=LABELS)
     assert result.note.startswith("model: a (language-model output")
+
+
+def test_cut_off_json_is_never_a_vote(herd_factory: Any) -> None:
+    """The README's example ended in a tie between `{`, a cut-off JSON string and prose:
+    an answer that starts as JSON but does not parse is unparsed, not a label."""
+    from modelherd.types import ChatResponse
+
+    cut = ChatResponse(
+        content='{"answer": "BUY", "confidence": 0.7, "reasoning": "the pri',
+        model="m",
+        provider="mock",
+        finish_reason="length",
+    )
+    models = {
+        "a": mock("a", "{\n"),
+        "b": mock("b", cut),
+        "c": mock("c", answer("SELL", 0.6)),
+        "d": mock("d", '```json\n{"answer": "BU'),
+    }
+    herd = herd_factory(
+        models, {"swarm": {"members": list(models), "samples": 1, "early_stop": False}}
+    )
+    result = run_swarm(herd)
+    assert [m.status for m in result.members] == ["unparsed", "unparsed", "ok", "unparsed"]
+    assert result.members[0].error == "unparseable answer: the JSON answer is cut off or invalid"
+    assert result.members[1].error == (
+        "unparseable answer: the JSON answer is cut off or invalid "
+        "(it stopped at max_tokens = 96: raise --max-tokens)"
+    )
+    assert result.votes == {"SELL": 1.0} and result.consensus.label == "SELL"
+    assert not result.consensus.tie
+
+
+def test_unknown_member_or_judge_alias_fails_before_running(herd_factory: Any) -> None:
+    model = mock("a", answer("YES"))
+    herd = herd_factory({"a": model}, {"swarm": {"members": ["a", "nope"], "samples": 1}})
+    with pytest.raises(ConfigError, match=r"^swarm members: unknown model 'nope' — "):
+        run_swarm(herd)
+    herd2 = herd_factory({"a": model}, {"swarm": {"members": ["a"], "judge": "nope"}})
+    with pytest.raises(
+        ConfigError, match=r"^swarm judge: unknown model 'nope' — .*\[models\.nope\]"
+    ):
+        run_swarm(herd2)
+    assert model.history == []  # nothing ran
+
+
+def test_a_member_timeout_from_the_kernel_keeps_its_own_message(herd_factory: Any) -> None:
+    """A fast failure typed as a timeout says what happened, not 'no answer within 60s'."""
+    from modelherd.errors import CallTimeoutError
+
+    slow = CallTimeoutError("'a' (mock) gave no answer within 0.2s — pass a larger")
+    failing = mock("a", *[slow] * 5)  # every retry too
+    herd = herd_factory(
+        {"a": failing, "b": mock("b", answer("YES"))},
+        {"swarm": {"members": ["a", "b"], "samples": 1, "early_stop": False}},
+    )
+    result = run_swarm(herd)
+    assert result.members[0].status == "timeout"
+    assert result.members[0].error == (
+        "CallTimeoutError: 'a' (mock) gave no answer within 0.2s — pass a larger"
+    )
