@@ -7,11 +7,13 @@ with the answers. Its `[agents.<name>]` table in plugins.toml is validated by it
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from .config import validate_table
+from .runs import run_scope
 
 if TYPE_CHECKING:
     from .kernel import Herd
@@ -33,6 +35,20 @@ class Agent:
         self.settings = validate_table(
             self.Settings, raw, f"[agents.{self.name}]", "docs/agents.md"
         )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # every agent's run() is one run: its calls share a run id in the call log
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "_herd_run_scope", False):
+
+            @functools.wraps(run)
+            async def scoped(self: Agent, **kw: Any) -> Any:
+                with run_scope(self.name or type(self).__name__):
+                    return await run(self, **kw)
+
+            scoped._herd_run_scope = True  # type: ignore[attr-defined]
+            cls.run = scoped  # type: ignore[method-assign]
 
     async def run(self, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement run()")

@@ -55,7 +55,7 @@ def validate_table(model: type[_T], table: Mapping[str, Any], where: str, docs: 
 
 
 #: keys of a [models.<alias>] table that are not provider settings
-_SPEC_KEYS = {"provider", "model", "options", "fallbacks", "timeout", "retries"}
+_SPEC_KEYS = {"provider", "model", "options", "fallbacks", "timeout", "retries", "price"}
 
 
 class HerdSection(BaseModel):

@@ -136,6 +136,19 @@ class QuotaExceededError(HerdError):
     fallback_ok = False
 
 
+class BudgetExceededError(QuotaExceededError):
+    """A tenant's or agent's money budget is spent (docs/cost.md).
+
+    `budget` names it ("tenant 'alice' daily"), `resets_at` is the epoch second it
+    resets at, and `retry_after` the seconds until then.
+    """
+
+    def __init__(self, message: str, *, budget: str, resets_at: float, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.budget = budget
+        self.resets_at = resets_at
+
+
 class OverloadedError(HerdError):
     """The scheduler shed this call to protect higher-priority work."""
 

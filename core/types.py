@@ -278,13 +278,46 @@ class Message(BaseModel):
         )
 
 
+class Cost(BaseModel):
+    """What one call cost in money, and where the price came from (docs/cost.md).
+
+    `amount` is None when no price is known (a cloud model genai-prices does not
+    list and plugins.toml does not price): unknown is never shown as free. On a cache
+    hit `amount` is 0 and `saved` is what the call would have cost upstream.
+    """
+
+    amount: float | None = 0.0
+    currency: str = "USD"
+    #: "genai-prices <version>", "plugins.toml", "local", or "unknown: <why>"
+    source: str = ""
+    saved: float = 0.0
+
+
+class Price(BaseModel):
+    """`[models.<alias>] price = {...}`: a per-model price that wins over genai-prices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+    #: cached-input (prompt cache read) tokens; default: the input price
+    cached_input_per_mtok: float | None = Field(None, ge=0)
+    #: prompt-cache write tokens (Anthropic); default: the input price
+    cache_write_per_mtok: float | None = Field(None, ge=0)
+    #: a local or rented machine's cost per hour, charged by the call's latency
+    per_hour: float = Field(0.0, ge=0)
+    currency: str = "USD"
+
+
 class Usage(BaseModel):
-    """Tokens a call consumed, as the provider reported them."""
+    """Tokens a call consumed, as the provider reported them, and their cost."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
+    #: set after the call by the cost plugin (None when it is off)
+    cost: Cost | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -308,6 +341,7 @@ class ModelSpec(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = None
     retries: int | None = None
+    price: Price | None = None
 
 
 class ChatRequest(BaseModel):

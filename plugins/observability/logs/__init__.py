@@ -1,0 +1,62 @@
+"""`logs`: every call in a local SQLite log, and `herd logs` / `herd usage` to read it.
+
+On by default, metadata only (docs/logs.md): time, tenant, agent, run id, alias,
+provider, model, fallback, cache tier, tokens, latency, cost, error type. Prompts and
+answers are kept only with `[plugins.logs] content = true`; known secrets (the
+values of *_KEY / *_TOKEN / *SECRET* variables) are scrubbed from whatever is kept.
+`enabled = false` switches it off. The hooks only enqueue; one background thread
+writes (writer.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from modelherd import hookimpl
+
+if TYPE_CHECKING:
+    import click
+    from modelherd import Herd
+    from modelherd.plugins.observability.logs.writer import LogWriter
+
+HOOKS_NAME = "logs-calls"
+
+
+def log_writer(herd: Herd) -> LogWriter | None:
+    """The running call-log writer of this herd (None when off or not started)."""
+    if herd._pm is None:
+        return None
+    hooks = herd.pm.get_plugin(HOOKS_NAME)
+    return getattr(hooks, "writer", None)
+
+
+@hookimpl
+def startup(herd: Herd) -> None:
+    if herd.pm.get_plugin(HOOKS_NAME) is not None:
+        return
+    from modelherd.plugins.observability.logs.settings import DOCS, LogSettings
+
+    settings = herd.plugin_config("logs", LogSettings, DOCS)
+    if not settings.enabled:
+        return
+    from modelherd.plugins.observability.logs.runtime import start
+
+    herd.register_plugin(start(herd, settings), name=HOOKS_NAME)
+
+
+@hookimpl
+def shutdown(herd: Herd) -> None:
+    if herd._pm is None:
+        return
+    hooks = herd.pm.get_plugin(HOOKS_NAME)
+    if hooks is not None:
+        herd.unregister_plugin(hooks)
+        hooks.writer.close()
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from modelherd.plugins.observability.logs.cli import logs_command, usage_command
+
+    cli.add_command(logs_command)
+    cli.add_command(usage_command)
