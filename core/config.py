@@ -127,6 +127,12 @@ def _spec_from_table(alias: str, table: dict[str, Any], source: str) -> ModelSpe
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
+        if key.startswith("price"):
+            from .types import Price
+
+            raise ConfigError(
+                table_error(f"{source}: [models.{alias}]", exc, Price, "docs/cost.md")
+            ) from None
         raise ConfigError(f"{source}: [models.{alias}] {key}: {first['msg']}") from None
 
 

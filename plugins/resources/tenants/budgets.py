@@ -26,6 +26,7 @@ A model without a known price cannot be called under a budget (set its price).
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import itertools
 import logging
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from modelherd import hookimpl
 from modelherd.errors import BudgetExceededError, ConfigError, QuotaExceededError
 from modelherd.plugins.resources.tenants.budget_store import (
+    BUSY,
     NANO,
     LocalBudgetStore,
     RedisBudgetStore,
@@ -151,7 +153,6 @@ class Budgets:
                             _Budget(scope, name, period, limit)
                         )
         self.store: LocalBudgetStore | RedisBudgetStore = LocalBudgetStore()
-        self.estimates: dict[str, int] = {}
         self.ids = itertools.count()
         self.webhook: Any = None
         self.alerts: list[BudgetAlert] = []
@@ -161,7 +162,7 @@ class Budgets:
         if not url:
             return
         try:
-            self.store = RedisBudgetStore(url)
+            self.store = RedisBudgetStore(url, self.settings.key_prefix)
         except ImportError:
             raise ConfigError(
                 f"{self.herd.config.source}: [plugins.budgets] redis_url is set but the redis "
@@ -259,22 +260,27 @@ class _Gate:
 
     async def __aenter__(self) -> None:
         owner = self.owner
-        estimate = owner.estimates.get(self.alias, 0)
         lease = (owner.herd.config.herd.timeout + 5) * (owner.herd.config.herd.retries + 1)
-        try:
-            full = await owner.store.admit(self.windows, self.call_id, estimate, lease)
-        except Exception as exc:
-            raise owner.unavailable(exc) from None
-        if full is not None:
-            index, spent = full
-            raise owner.refuse(self.budgets[index], spent, self.at)
+        delay = 0.002
+        while True:
+            try:
+                full = await owner.store.admit(self.windows, self.call_id, self.alias, lease)
+            except Exception as exc:
+                raise owner.unavailable(exc) from None
+            if full is None:
+                return
+            if full != BUSY:
+                index, spent = full
+                raise owner.refuse(self.budgets[index], spent, self.at)
+            # a probe (no cost known yet) or a call that fits only if the calls in
+            # flight cost less than reserved: wait for them to finish
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     async def __aexit__(self, *exc: object) -> None:
         owner = self.owner
-        if self.amount:
-            owner.estimates[self.alias] = self.amount
         try:
-            spent = await owner.store.charge(self.windows, self.call_id, self.amount)
+            spent = await owner.store.charge(self.windows, self.call_id, self.alias, self.amount)
         except Exception as error:  # the reservation expires on its own; the spend is lost
             log.warning(
                 "budgets: could not charge %s to Redis (%s); this call's cost is not counted",
@@ -292,10 +298,36 @@ def load_settings(herd: Herd) -> BudgetSettings:
         shared = herd.plugin_settings("tenants").get("redis_url")
         if shared:
             table["redis_url"] = shared
-    where = f"{herd.config.source}: [plugins.budgets]"
     from modelherd.config import validate_table
 
-    return validate_table(BudgetSettings, table, where, DOCS)
+    source = herd.config.source
+    for scope in ("tenants", "agents"):
+        names = table.get(scope)
+        if not isinstance(names, dict):
+            continue
+        for name, limits in names.items():
+            # each budget table on its own, so a typo is named where it is
+            where = f"{source}: [plugins.budgets.{scope}.{name}]"
+            if not isinstance(limits, dict):
+                raise ConfigError(f"{where} must be a table like {{ daily = 5.0 }} (see {DOCS})")
+            validate_table(BudgetLimits, limits, where, DOCS)
+    return validate_table(BudgetSettings, table, f"{source}: [plugins.budgets]", DOCS)
+
+
+class _Misconfigured:
+    """Stands in for the budgets when their config is wrong: refuses every call.
+
+    A startup error may be recorded rather than raised (one broken plugin must not
+    take the CLI down), so the error is also raised by every call: a budget that
+    cannot be read is never "off".
+    """
+
+    def __init__(self, error: ConfigError) -> None:
+        self.error = error
+
+    @hookimpl(tryfirst=True)
+    def acquire_admission(self, request: ChatRequest, herd: Herd) -> Any:
+        raise ConfigError(self.error.message)
 
 
 @hookimpl
@@ -303,6 +335,14 @@ def startup(herd: Herd) -> Awaitable[None] | None:
     table = herd.plugin_settings("budgets")
     if not table or herd.pm.get_plugin(HOOKS_NAME) is not None:
         return None
+    try:
+        return _start(herd)
+    except ConfigError as exc:
+        herd.register_plugin(_Misconfigured(exc), name=HOOKS_NAME)
+        raise
+
+
+def _start(herd: Herd) -> Awaitable[None] | None:
     settings = load_settings(herd)
     if not settings.tenants and not settings.agents:
         return None
@@ -334,8 +374,9 @@ def startup(herd: Herd) -> Awaitable[None] | None:
 async def _connect(herd: Herd, plugin: Budgets) -> None:
     try:
         await plugin.connect()
-    except ConfigError:
+    except ConfigError as exc:
         herd.unregister_plugin(plugin)
+        herd.register_plugin(_Misconfigured(exc), name=HOOKS_NAME)
         raise
     except Exception as exc:
         # fail closed: keep the plugin registered; every gated call retries Redis
@@ -351,8 +392,10 @@ def budgets_plugin(herd: Herd) -> Budgets | None:
 
 @hookimpl
 def shutdown(herd: Herd) -> Awaitable[None] | None:
-    plugin = budgets_plugin(herd)
+    if herd._pm is None:
+        return None
+    plugin = herd.pm.get_plugin(HOOKS_NAME)
     if plugin is None:
         return None
     herd.unregister_plugin(plugin)
-    return plugin.close()
+    return plugin.close() if isinstance(plugin, Budgets) else None
