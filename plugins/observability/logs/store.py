@@ -82,6 +82,9 @@ def open_db(path: Path, *, create: bool) -> sqlite3.Connection:
         db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
+        # the -wal file is truncated back to this after a checkpoint: the bound on the
+        # database holds for what sits beside it too
+        db.execute("PRAGMA journal_size_limit = 8388608")
         migrate(db)
     except SchemaError as exc:
         raise LogFileError(f"{path}: {exc}") from None
@@ -161,6 +164,11 @@ class LogStore:
             db.execute("ROLLBACK")
             raise
         return count
+
+    def file_pages_bytes(self) -> int:
+        """The database's size in pages (free ones included), without a stat call."""
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        return int(self.db.execute("PRAGMA page_count").fetchone()[0] * page_size)
 
     def used_bytes(self) -> int:
         page_size = self.db.execute("PRAGMA page_size").fetchone()[0]

@@ -117,7 +117,7 @@ class LogWriter:
             if items:
                 self._write(items)
             now = time.monotonic()
-            if now - last_prune > 60 or stop:
+            if now - last_prune > 60 or stop or self._too_big():
                 last_prune = now
                 self._prune()
             if self.queue.empty():
@@ -137,6 +137,12 @@ class LogWriter:
                     sink(record)
                 except Exception as exc:
                     log.warning("call log sink %r failed: %s", sink, exc)
+
+    def _too_big(self) -> bool:
+        try:
+            return self.store.file_pages_bytes() > self.max_bytes
+        except Exception:
+            return False
 
     def _prune(self) -> None:
         try:

@@ -1,0 +1,363 @@
+"""The call log: what each call leaves in SQLite, the file's safety and bounds, and
+`herd logs` / `herd usage` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from modelherd import Agent, ProviderError
+from modelherd.plugins import cost
+from modelherd.plugins.cache import memory
+from modelherd.plugins.observability import logs
+from modelherd.plugins.observability.logs import log_writer
+from modelherd.plugins.observability.logs.schema import V1, VERSION
+from modelherd.plugins.observability.logs.store import Filters, LogFileError, LogStore
+from modelherd.testing import MockModel, make_herd
+
+pytestmark = pytest.mark.anyio
+
+PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+
+
+def _herd(path: Path, models: dict[str, MockModel] | None = None, **settings: Any) -> Any:
+    models = models or {"mock": MockModel(default="the answer")}
+    tables = {a: {"provider": "mock", "model": "mock-1", "price": PRICE} for a in models}
+    if "primary" in tables:
+        tables["primary"]["fallbacks"] = ["mock"]
+    return make_herd(
+        models,
+        config={
+            "herd": {"retries": 0},
+            "models": tables,
+            "plugins": {"logs": {"path": str(path), **settings}},
+        },
+        plugins=(cost, memory, logs),
+        fallbacks={"primary": ["mock"]},
+    )
+
+
+def _rows(herd: Any, **filters: Any) -> list[dict[str, Any]]:
+    writer = log_writer(herd)
+    assert writer is not None and writer.flush()
+    return writer.store.query(Filters(**filters), 100)
+
+
+async def test_ok_cache_hit_error_and_fallback_are_all_recorded(tmp_path: Path) -> None:
+    primary = MockModel()
+    primary.enqueue(ProviderError("primary is down"))
+    broken = MockModel()
+    broken.enqueue(ProviderError("broken for good"))
+    herd = _herd(
+        tmp_path / "logs.db",
+        {"mock": MockModel(default="the answer"), "primary": primary, "broken": broken},
+    )
+    async with herd:
+        await herd.chat("mock", "what is it", tenant=None, agent="bot")
+        await herd.chat("mock", "what is it", agent="bot")  # a memory-cache hit
+        await herd.chat("primary", "fall back please", cache="no-store")
+        with pytest.raises(ProviderError):
+            await herd.chat("broken", "fail")
+        rows = _rows(herd)
+    by_id = sorted(rows, key=lambda r: r["id"])
+    first, hit, fallback, error = by_id
+    assert (first["outcome"], first["cache_tier"], first["agent"]) == ("ok", None, "bot")
+    assert first["cost"] == pytest.approx((3 * 1.0 + 2 * 2.0) / 1e6)  # 3 words in, 2 out
+    assert hit["cache_tier"] == "memory"
+    assert hit["cost"] == 0.0
+    assert hit["saved"] == pytest.approx(first["cost"])
+    assert fallback["alias"] == "primary"
+    assert fallback["answered_by"] == "mock"
+    assert fallback["fallback_from"] == "primary"
+    assert error["outcome"] == "error"
+    assert error["error_type"] == "ProviderError"
+    assert error["latency_s"] is not None
+    with sqlite3.connect(tmp_path / "logs.db") as db:
+        assert db.execute("SELECT count(*) FROM content").fetchone()[0] == 0  # metadata only
+        assert db.execute("SELECT error FROM calls WHERE outcome='error'").fetchone() == (
+            "broken for good",
+        )
+
+
+async def test_content_is_kept_only_when_asked_and_searchable(tmp_path: Path) -> None:
+    herd = _herd(tmp_path / "logs.db", content=True)
+    async with herd:
+        await herd.chat("mock", "tell me about zebras")
+        await herd.chat("mock", "and giraffes", cache="no-store")
+        found = _rows(herd, text="zebras")
+        none = _rows(herd, text='"unbalanced OR')  # user text is a phrase, never FTS syntax
+        writer = log_writer(herd)
+        assert writer is not None
+        full = writer.store.get(found[0]["id"])
+    assert len(found) == 1
+    assert none == []
+    assert full is not None
+    assert full["messages"] == [{"role": "user", "content": "tell me about zebras"}]
+    assert full["answer"] == "the answer"
+
+
+async def test_secrets_from_the_environment_are_never_stored(tmp_path: Path) -> None:
+    secret = "sk-test-ABCDEFGHIJKLMNOP1234"
+    model = MockModel()
+    model.enqueue(f"echo {secret}", ProviderError(f"bad key {secret}"))
+    herd = _herd(tmp_path / "logs.db", {"mock": model}, content=True)
+    herd.env = {"OPENAI_API_KEY": secret, "HOME": "/home/someone-long-enough"}
+    async with herd:
+        await herd.chat("mock", f"my key is {secret}")
+        with pytest.raises(ProviderError):
+            await herd.chat("mock", "again", cache="no-store")
+        _rows(herd)
+    raw = (tmp_path / "logs.db").read_bytes()
+    wal = tmp_path / "logs.db-wal"
+    raw += wal.read_bytes() if wal.exists() else b""
+    assert secret.encode() not in raw
+    with sqlite3.connect(tmp_path / "logs.db") as db:
+        messages, answer = db.execute("SELECT messages, answer FROM content").fetchone()
+        assert "my key is [redacted]" in messages
+        assert answer == "echo [redacted]"
+        assert db.execute("SELECT error FROM calls WHERE outcome='error'").fetchone() == (
+            "bad key [redacted]",
+        )
+
+
+async def test_file_and_its_wal_are_private(tmp_path: Path) -> None:
+    herd = _herd(tmp_path / "data" / "logs.db")
+    async with herd:
+        await herd.chat("mock", "hi")
+        _rows(herd)
+        for name in ("logs.db", "logs.db-wal"):
+            mode = stat.S_IMODE((tmp_path / "data" / name).stat().st_mode)
+            assert mode == 0o600, (name, oct(mode))
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+
+
+async def test_tenant_filter_and_run_ids_from_agent_runs(tmp_path: Path) -> None:
+    class Pair(Agent):
+        name = "pair"
+
+        async def run(self, **kwargs: Any) -> Any:
+            await self.herd.chat("mock", "one", agent=self.name, cache="no-store")
+            await self.herd.chat("mock", "two", agent=self.name, cache="no-store")
+
+    herd = _herd(tmp_path / "logs.db")
+    async with herd:
+        await Pair(herd).run()
+        await Pair(herd).run()
+        rows = _rows(herd)
+        runs = {r["run_id"] for r in rows}
+        assert len(runs) == 2 and None not in runs
+        one = next(iter(runs))
+        assert len(_rows(herd, run_id=one)) == 2
+        assert _rows(herd, tenant="nobody") == []
+
+
+def test_migrates_a_version_1_file_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1)
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO calls (ts, outcome, alias, provider, model, input_tokens, "
+            "output_tokens, latency_s) VALUES (?, 'ok', 'old', 'ollama', 'llama', 5, 7, 0.5)",
+            (time.time(),),
+        )
+    store = LogStore(path, create=False)
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == VERSION
+        (row,) = store.query(Filters(), 10)
+        assert (row["alias"], row["input_tokens"], row["cost"], row["saved"]) == ("old", 5, None, 0)
+        assert store.usage("model", Filters())[0]["calls"] == 1
+    finally:
+        store.close()
+
+
+def test_refuses_files_it_does_not_understand(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as db:
+        db.execute(f"PRAGMA user_version = {VERSION + 1}")
+    with pytest.raises(LogFileError) as info:
+        LogStore(newer)
+    assert str(info.value) == (
+        f"{newer}: it has schema version {VERSION + 1}, newer than this modelherd's {VERSION} — "
+        f"upgrade modelherd, or point [plugins.logs] path at another file"
+    )
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (x)")
+    with pytest.raises(LogFileError, match="it is an SQLite file but not a modelherd call log"):
+        LogStore(other)
+
+
+def _fill(store: LogStore, count: int, ts: float, content: str | None = None) -> None:
+    from modelherd.plugins.observability.logs.store import COLUMNS
+
+    row = {c: None for c in COLUMNS} | {"ts": ts, "outcome": "ok", "alias": "a", "saved": 0.0}
+    row |= {"input_tokens": 1, "output_tokens": 1, "cache_read_tokens": 0, "stream": 0}
+    values = tuple(row[c] for c in COLUMNS)
+    store.append((values, content, content) for _ in range(count))
+
+
+def test_retention_deletes_old_rows(tmp_path: Path) -> None:
+    store = LogStore(tmp_path / "logs.db")
+    now = time.time()
+    _fill(store, 50, now - 40 * 86400)
+    _fill(store, 20, now)
+    assert store.prune(retention_s=30 * 86400, max_bytes=1 << 30, now=now) == 50
+    assert len(store.query(Filters(), 1000)) == 20
+    store.close()
+
+
+def test_size_stays_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "logs.db"
+    store = LogStore(path)
+    limit = 1024 * 1024
+    blob = "x" * 2000
+    sizes = []
+    for _ in range(40):
+        _fill(store, 50, time.time(), content=blob)  # ~8 MB written in all
+        store.prune(retention_s=86400, max_bytes=limit)
+        assert store.used_bytes() <= limit
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        sizes.append(path.stat().st_size)
+    # the file itself stays near the bound: pages are given back, not just freed
+    assert max(sizes) <= limit * 1.25, sizes
+    assert store.query(Filters(), 1)[0]["id"] == 2000  # the oldest went, the newest stayed
+    assert len(store.query(Filters(), 5000)) < 2000
+    store.close()
+
+
+def test_a_full_queue_drops_instead_of_waiting(tmp_path: Path) -> None:
+    from modelherd.plugins.observability.logs.writer import LogWriter, Redactor
+
+    store = LogStore(tmp_path / "logs.db")
+    writer = LogWriter(
+        store, content=False, retention_s=1e9, max_bytes=1 << 30, queue_max=100, redact=Redactor([])
+    )
+    blocker = sqlite3.connect(tmp_path / "logs.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the writer waits on the lock: the queue fills
+    try:
+        started = time.perf_counter()
+        for _ in range(500):
+            writer.put(({"ts": 0.0, "outcome": "ok"}, None, None))
+        elapsed = time.perf_counter() - started
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    assert writer.dropped >= 300
+    assert elapsed < 0.5  # the call path never waited for the disk
+    writer.close()
+
+
+# ---- the CLI, run as a user runs it ------------------------------------------
+
+
+def _herd_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HERD_CONFIG": str(cwd / "plugins.toml")}
+    return subprocess.run(
+        [sys.executable, "-m", "modelherd.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def filled_log(tmp_path: Path) -> Path:
+    path = tmp_path / "logs.db"
+    (tmp_path / "plugins.toml").write_text(f'[plugins.logs]\npath = "{path}"\n')
+    store = LogStore(path)
+    from modelherd.plugins.observability.logs.store import COLUMNS
+
+    now = time.time()
+    rows = []
+    for index in range(6):
+        row = dict.fromkeys(COLUMNS) | {
+            "ts": now - index,
+            "outcome": "error" if index == 0 else "ok",
+            "alias": "fast" if index % 2 else "slow",
+            "provider": "openai",
+            "tenant": "alice" if index < 3 else "bob",
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cache_read_tokens": 0,
+            "latency_s": 0.1 * (index + 1),
+            "cost": None if index == 0 else 0.001,
+            "currency": "USD",
+            "saved": 0.0,
+            "stream": 0,
+            "error_type": "ProviderError" if index == 0 else None,
+        }
+        rows.append((tuple(row[c] for c in COLUMNS), None, None))
+    store.append(rows)
+    store.close()
+    return tmp_path
+
+
+def test_herd_logs_lists_filters_and_shows(filled_log: Path) -> None:
+    listed = _herd_cli("logs", "-n", "3", "--json", cwd=filled_log)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [r["id"] for r in rows] == [6, 5, 4]
+    errors = json.loads(_herd_cli("logs", "--errors", "--json", cwd=filled_log).stdout)
+    assert [r["error_type"] for r in errors] == ["ProviderError"]
+    bob = json.loads(_herd_cli("logs", "--tenant", "bob", "--json", cwd=filled_log).stdout)
+    assert {r["tenant"] for r in bob} == {"bob"} and len(bob) == 3
+    table = _herd_cli("logs", "--model", "fast", cwd=filled_log)
+    assert table.returncode == 0 and "fast" in table.stdout and "slow" not in table.stdout
+    shown = _herd_cli("logs", "show", "2", cwd=filled_log)
+    assert shown.returncode == 0
+    assert "prompt and answer not stored" in shown.stdout
+    missing = _herd_cli("logs", "show", "99", cwd=filled_log)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "error: no call with id 99 in the log — list ids with `herd logs`"
+    )
+
+
+def test_herd_usage_groups_as_json_and_csv(filled_log: Path) -> None:
+    result = _herd_cli("usage", "--by", "tenant", "--json", cwd=filled_log)
+    assert result.returncode == 0, result.stderr
+    alice, bob = json.loads(result.stdout)
+    assert alice["tenant"] == "alice" and alice["calls"] == 3
+    assert alice["errors"] == 1 and alice["error_rate"] == pytest.approx(1 / 3)
+    assert alice["cost"] == pytest.approx(0.002) and alice["unpriced_calls"] == 0
+    assert alice["p50_s"] == pytest.approx(0.2) and alice["p95_s"] == pytest.approx(0.3)
+    assert bob["input_tokens"] == 30
+    csv_out = _herd_cli("usage", "--by", "model", "--csv", cwd=filled_log).stdout.splitlines()
+    assert csv_out[0].startswith("model,calls,input_tokens,output_tokens,cost")
+    assert len(csv_out) == 3
+    table = _herd_cli("usage", cwd=filled_log)
+    assert table.returncode == 0 and "fast" in table.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "plugins.toml").write_text(f'[plugins.logs]\npath = "{tmp_path}/none.db"\n')
+    missing = _herd_cli("logs", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        f"error: no call log at {tmp_path}/none.db yet — it is written once a call is made "
+        f"with the logs plugin on (see docs/logs.md)"
+    )
+    bad = _herd_cli("logs", "--since", "yesterday", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert (
+        "'yesterday' is neither a span (30m, 2h, 7d, 1w) nor an ISO date (2026-12-01)"
+        in bad.stderr
+    )
+    (tmp_path / "plugins.toml").write_text("[plugins.logs]\ncontent = 'maybe'\n")
+    typo = _herd_cli("logs", cwd=tmp_path)
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == (
+        f"error: {tmp_path}/plugins.toml: [plugins.logs] content: Input should be a valid "
+        f"boolean, unable to interpret input — fix that value (see docs/logs.md)"
+    )
