@@ -327,6 +327,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--tenant", help="Tenant the call is made for.")
 @click.option("--no-stream", is_flag=True, help="Wait for the whole answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full response as JSON.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Print the call's stats on stderr (even when piped)."
+)
 @click.pass_context
 def chat_cmd(
     ctx: click.Context,
@@ -340,6 +343,7 @@ def chat_cmd(
     tenant: str | None,
     no_stream: bool,
     as_json: bool,
+    verbose: bool,
 ) -> None:
     """Ask a model; the answer streams to stdout. PROMPT may also come on stdin."""
     import anyio
@@ -382,17 +386,35 @@ def chat_cmd(
         return
     if no_stream:
         click.echo(response.content)
-    if sys.stderr.isatty():
-        tier = f", cache {response.cache_tier}" if response.cache_tier else ""
-        click.echo(
-            click.style(
-                f"[{response.alias} · {response.provider}/{response.model} · "
-                f"{response.usage.input_tokens}+{response.usage.output_tokens} tokens · "
-                f"{response.latency_s:.2f}s{tier}]",
-                dim=True,
-            ),
-            err=True,
-        )
+    if verbose or sys.stderr.isatty():
+        click.echo(click.style(stats_line(response), dim=True), err=True)
+
+
+def stats_line(response: Any) -> str:
+    """What happened, like `ollama run --verbose`: who answered, cache, tokens, speed, cost."""
+    usage = response.usage
+    parts = [f"{response.alias} · {response.provider}/{response.model}"]
+    if response.fallback_from:
+        parts.append(f"fallback from {response.fallback_from}")
+    parts.append(f"cache {response.cache_tier}" if response.cache_tier else "cache miss")
+    parts.append(f"{usage.input_tokens} in / {usage.output_tokens} out tokens")
+    if response.latency_s > 0 and not response.cache_tier:
+        parts.append(f"{usage.output_tokens / response.latency_s:.1f} tok/s")
+    parts.append(f"{response.latency_s:.2f}s")
+    cost = usage.cost
+    if cost is not None:
+        if cost.amount is None:
+            parts.append("cost unknown (no price: docs/cost.md)")
+        elif response.cache_tier:
+            parts.append(f"cost 0 (saved {_money(cost.saved, cost.currency)})")
+        else:
+            parts.append(f"cost {_money(cost.amount, cost.currency)}")
+    return "[" + " · ".join(parts) + "]"
+
+
+def _money(amount: float, currency: str) -> str:
+    text = f"{amount:.6f}" if amount < 0.01 else f"{amount:.4f}"
+    return f"${text}" if currency == "USD" else f"{text} {currency}"
 
 
 # ---- herd doctor ---------------------------------------------------------------
