@@ -351,8 +351,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     bad = _herd_cli("logs", "--since", "yesterday", cwd=tmp_path)
     assert bad.returncode == 2
     assert (
-        "'yesterday' is neither a span (30m, 2h, 7d, 1w) nor an ISO date (2026-12-01)"
-        in bad.stderr
+        "'yesterday' is neither a span (30m, 2h, 7d, 1w) nor an ISO date (2026-12-01)" in bad.stderr
     )
     (tmp_path / "plugins.toml").write_text("[plugins.logs]\ncontent = 'maybe'\n")
     typo = _herd_cli("logs", cwd=tmp_path)

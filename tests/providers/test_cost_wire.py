@@ -49,7 +49,7 @@ async def test_openai_wire_usage_is_priced(openai_server: LoopbackServer) -> Non
     assert response.usage.cache_read_tokens == 3
     assert response.usage.cost is not None
     assert response.usage.cost.amount == pytest.approx(GPT_4O_CALL)
-    assert GPT_4O_CALL == pytest.approx(73.75e-6)
+    assert pytest.approx(73.75e-6) == GPT_4O_CALL
 
 
 def test_herd_chat_verbose_then_herd_logs(openai_server: LoopbackServer, tmp_path: Path) -> None:
