@@ -99,7 +99,8 @@ class LogWriter:
             return values, None, None
         text = None
         if messages is not None:
-            text = redact(json.dumps([m.model_dump() for m in messages], ensure_ascii=False))
+            dumped = [m.model_dump(mode="json", exclude_defaults=True) for m in messages]
+            text = redact(json.dumps(dumped, ensure_ascii=False))
         return values, text, redact(answer)
 
     def _run(self) -> None:
