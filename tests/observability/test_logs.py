@@ -360,3 +360,44 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         f"error: {tmp_path}/plugins.toml: [plugins.logs] content: Input should be a valid "
         f"boolean, unable to interpret input — fix that value (see docs/logs.md)"
     )
+
+
+async def test_one_writer_feeds_the_audit_jsonl_too(tmp_path: Path) -> None:
+    from modelherd.plugins.observability import audit
+
+    models = {"mock": MockModel(default="the answer"), "broken": MockModel()}
+    models["broken"].enqueue(ProviderError("down"))
+    tables = {a: {"provider": "mock", "model": "mock-1", "price": PRICE} for a in models}
+    herd = make_herd(
+        models,
+        config={
+            "herd": {"retries": 0},
+            "models": tables,
+            "plugins": {
+                "logs": {"path": str(tmp_path / "logs.db")},
+                "audit": {"path": str(tmp_path / "audit.jsonl"), "include_content": True},
+            },
+        },
+        # the call log registered first: its startup still runs after audit's (trylast)
+        plugins=(cost, logs, audit),
+    )
+    async with herd:
+        await herd.chat("mock", "question", agent="bot")
+        with pytest.raises(ProviderError):
+            await herd.chat("broken", "fail")
+        assert audit.audit_log(herd) is None  # the audit hooks are off the call path
+        writer = log_writer(herd)
+        assert writer is not None and writer.flush()
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    ok, error = lines
+    assert ok["outcome"] == "ok" and ok["agent"] == "bot"
+    assert (ok["model"], ok["response_model"], ok["answered_by"]) == ("mock-1", "mock-1", "mock")
+    assert ok["cost"] == pytest.approx((1 * 1.0 + 2 * 2.0) / 1e6)
+    assert ok["messages"] == [{"role": "user", "content": "question"}]
+    assert ok["answer"] == "the answer"
+    assert ok["time"].endswith("+00:00")
+    assert (error["outcome"], error["error_type"]) == ("error", "ProviderError")
+    with sqlite3.connect(tmp_path / "logs.db") as db:
+        assert db.execute("SELECT count(*) FROM calls").fetchone()[0] == 2
+        # the audit wanted content; the call log was not asked to keep it
+        assert db.execute("SELECT count(*) FROM content").fetchone()[0] == 0

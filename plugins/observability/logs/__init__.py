@@ -30,7 +30,8 @@ def log_writer(herd: Herd) -> LogWriter | None:
     return getattr(hooks, "writer", None)
 
 
-@hookimpl
+# trylast: after the audit plugin's startup, whose writer this one adopts (audit_feed.py)
+@hookimpl(trylast=True)
 def startup(herd: Herd) -> None:
     if herd.pm.get_plugin(HOOKS_NAME) is not None:
         return
@@ -41,7 +42,11 @@ def startup(herd: Herd) -> None:
         return
     from modelherd.plugins.observability.logs.runtime import start
 
-    herd.register_plugin(start(herd, settings), name=HOOKS_NAME)
+    hooks = start(herd, settings)
+    herd.register_plugin(hooks, name=HOOKS_NAME)
+    from modelherd.plugins.observability.logs.audit_feed import adopt_audit
+
+    adopt_audit(herd, hooks)
 
 
 @hookimpl

@@ -32,7 +32,9 @@ _T0 = "herd.logs_t0"
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 #: what goes on the queue: the record, the request's messages, the answer
 Item = tuple[dict[str, Any], Any, str | None]
-Sink = Callable[[dict[str, Any]], None]
+#: called in the writer thread with each record, its messages (JSON text when content
+#: is kept) and the answer
+Sink = Callable[[dict[str, Any], Any, str | None], None]
 
 
 def secret_values(env: Mapping[str, str]) -> list[str]:
@@ -90,18 +92,22 @@ class LogWriter:
 
     # ---- the thread ---------------------------------------------------------
 
-    def _row(self, record: dict[str, Any], messages: Any, answer: str | None) -> Any:
+    def _prepare(self, item: Item) -> Item:
+        """Redact what will be stored; messages become JSON text."""
+        record, messages, answer = item
         redact = self.redact
         if record.get("error") is not None:
             record["error"] = redact(record["error"])
-        values = tuple(record.get(name) for name in COLUMNS)
-        if not self.content:
-            return values, None, None
         text = None
         if messages is not None:
             dumped = [m.model_dump(mode="json", exclude_defaults=True) for m in messages]
             text = redact(json.dumps(dumped, ensure_ascii=False))
-        return values, text, redact(answer)
+        return record, text, redact(answer)
+
+    def _row(self, item: Item) -> Any:
+        record, text, answer = item
+        values = tuple(record.get(name) for name in COLUMNS)
+        return (values, text, answer) if self.content else (values, None, None)
 
     def _run(self) -> None:
         last_prune = 0.0
@@ -126,18 +132,19 @@ class LogWriter:
             if stop:
                 return
 
-    def _write(self, items: list[Item]) -> None:
+    def _write(self, raw: list[Item]) -> None:
+        items = [self._prepare(item) for item in raw]
         try:
-            self.written += self.store.append(self._row(r, m, a) for r, m, a in items)
+            self.written += self.store.append(self._row(item) for item in items)
         except Exception as exc:
             self.failed += len(items)
             log.warning("call log %s: cannot write (%s)", self.store.path, exc)
         for sink in self.sinks:
-            for record, _messages, _answer in items:
+            for record, text, answer in items:
                 try:
-                    sink(record)
+                    sink(record, text, answer)
                 except Exception as exc:
-                    log.warning("call log sink %r failed: %s", sink, exc)
+                    log.warning("call log sink %s failed: %s", type(sink).__name__, exc)
 
     def _too_big(self) -> bool:
         try:
@@ -159,6 +166,10 @@ class LogWriter:
         self.queue.put(None)
         self._thread.join(timeout_s)
         self.store.close()
+        for sink in self.sinks:
+            closing = getattr(sink, "close", None)
+            if closing is not None:
+                closing()
 
 
 class LogHooks:
@@ -166,7 +177,8 @@ class LogHooks:
 
     def __init__(self, writer: LogWriter) -> None:
         self.writer = writer
-        self.content = writer.content
+        #: hand messages and answers to the writer (for the log's content or a sink's)
+        self.capture = writer.content
 
     @hookimpl
     def before_call(self, request: ChatRequest, herd: Herd) -> None:
@@ -187,6 +199,7 @@ class LogHooks:
             "alias": request.alias,
             "provider": response.provider,
             "model": response.model,
+            "request_model": request.model,
             "answered_by": response.alias or request.alias,
             "fallback_from": response.fallback_from,
             "cache_tier": response.cache_tier,
@@ -204,7 +217,7 @@ class LogHooks:
             "stream": request.stream,
             "valid": request.context.get("valid"),
         }
-        if self.content:
+        if self.capture:
             self.writer.put((record, request.messages, response.content))
         else:
             self.writer.put((record, None, None))
@@ -224,6 +237,7 @@ class LogHooks:
             "alias": request.alias,
             "provider": request.provider,
             "model": request.model,
+            "request_model": request.model,
             "latency_s": time.perf_counter() - t0 if t0 is not None else None,
             "error_type": type(error).__name__,
             "error": message[:2000],
@@ -233,4 +247,4 @@ class LogHooks:
             "output_tokens": 0,
             "cache_read_tokens": 0,
         }
-        self.writer.put((record, request.messages if self.content else None, None))
+        self.writer.put((record, request.messages if self.capture else None, None))
