@@ -22,6 +22,7 @@ from modelherd.plugins.observability.logs import log_writer
 from modelherd.plugins.observability.logs.schema import V1, VERSION
 from modelherd.plugins.observability.logs.store import Filters, LogFileError, LogStore
 from modelherd.testing import MockModel, make_herd
+from modelherd.types import ChatRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +80,7 @@ async def test_ok_cache_hit_error_and_fallback_are_all_recorded(tmp_path: Path) 
     assert fallback["fallback_from"] == "primary"
     assert error["outcome"] == "error"
     assert error["error_type"] == "ProviderError"
-    assert error["latency_s"] is not None
+    assert error["latency_s"] is None  # on_error is not told when the call started
     with sqlite3.connect(tmp_path / "logs.db") as db:
         assert db.execute("SELECT count(*) FROM content").fetchone()[0] == 0  # metadata only
         assert db.execute("SELECT error FROM calls WHERE outcome='error'").fetchone() == (
@@ -245,8 +246,9 @@ def test_a_full_queue_drops_instead_of_waiting(tmp_path: Path) -> None:
     blocker.execute("BEGIN EXCLUSIVE")  # the writer waits on the lock: the queue fills
     try:
         started = time.perf_counter()
+        request = ChatRequest(alias="a", provider="p", model="m", messages=[])
         for _ in range(500):
-            writer.put(({"ts": 0.0, "outcome": "ok"}, None, None))
+            writer.put((0.0, None, request, None, ProviderError("x")))
         elapsed = time.perf_counter() - started
     finally:
         blocker.execute("COMMIT")

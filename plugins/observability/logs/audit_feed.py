@@ -82,5 +82,5 @@ def adopt_audit(herd: Herd, hooks: LogHooks) -> AuditFeed | None:
     feed = AuditFeed(writer)
     hooks.writer.sinks.append(feed)
     if writer.include_content:
-        hooks.capture = True
+        hooks.writer.capture = True
     return feed

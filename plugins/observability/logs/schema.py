@@ -36,10 +36,12 @@ ALTER TABLE calls ADD COLUMN saved REAL NOT NULL DEFAULT 0;
 ALTER TABLE calls ADD COLUMN price_source TEXT;
 ALTER TABLE calls ADD COLUMN run_id TEXT;
 ALTER TABLE calls ADD COLUMN stream INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX calls_alias_ts ON calls(alias, ts);
-CREATE INDEX calls_tenant_ts ON calls(tenant, ts);
-CREATE INDEX calls_agent_ts ON calls(agent, ts);
-CREATE INDEX calls_errors_ts ON calls(ts) WHERE outcome = 'error';
+-- one column each: an index entry ends with the rowid, so "WHERE alias = ? ORDER BY id
+-- DESC LIMIT 20" walks the index backwards and stops after 20 rows, with no sort
+CREATE INDEX calls_alias ON calls(alias);
+CREATE INDEX calls_tenant ON calls(tenant);
+CREATE INDEX calls_agent ON calls(agent);
+CREATE INDEX calls_errors ON calls(outcome) WHERE outcome = 'error';
 CREATE INDEX calls_run ON calls(run_id) WHERE run_id IS NOT NULL;
 CREATE TABLE content (call_id INTEGER PRIMARY KEY, messages TEXT, answer TEXT);
 CREATE VIRTUAL TABLE content_fts USING fts5(

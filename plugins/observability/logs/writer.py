@@ -1,10 +1,14 @@
-"""The call path's half (three cheap hooks) and the one background writer.
+"""The call path's half (two cheap hooks) and the one background writer.
 
-On the call path a hook only reads a few attributes into a tuple and puts it on a
-queue (~1-2 µs, bench/logs.py); the writer thread turns the tuples into rows —
-content encoding, secret redaction, the SQLite transaction, pruning — and hands the
-same records to every registered sink (the audit JSONL is one). When the queue is
-full a call is counted in `dropped`, never made to wait.
+On the call path a hook only puts (time, run id, request, response or error) on a
+queue (~1 µs, bench/logs.py). The writer thread does everything else: reading the
+fields, encoding content, scrubbing secrets, the SQLite transaction, pruning, and
+handing the same records to every sink (the audit JSONL is one, audit_feed.py).
+Requests and responses are not changed by the kernel after `after_call`, so reading
+them a few milliseconds later reads what the call produced.
+
+The thread wakes at most every `BATCH_S` and writes everything queued in one
+transaction. A full queue counts the call in `dropped` and never makes it wait.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ if TYPE_CHECKING:
     from modelherd import Herd
 
 log = logging.getLogger("modelherd.logs")
-_T0 = "herd.logs_t0"
+#: how long the writer lets calls gather before one transaction writes them
+BATCH_S = 0.05
 #: names of environment variables whose values are secrets wherever they appear
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-#: what goes on the queue: the record, the request's messages, the answer
-Item = tuple[dict[str, Any], Any, str | None]
-#: called in the writer thread with each record, its messages (JSON text when content
-#: is kept) and the answer
-Sink = Callable[[dict[str, Any], Any, str | None], None]
+#: what the hooks enqueue: wall time, run id, the request, the response or the error
+Event = tuple[float, str | None, ChatRequest, ChatResponse | None, BaseException | None]
+#: a record ready to store: the fields, the messages as JSON text, the answer
+Record = tuple[dict[str, Any], str | None, str | None]
+#: called in the writer thread with each record's fields, messages (JSON) and answer
+Sink = Callable[[dict[str, Any], str | None, str | None], None]
 
 
 def secret_values(env: Mapping[str, str]) -> list[str]:
@@ -53,149 +59,18 @@ class Redactor:
         return self.pattern.sub("[redacted]", text)
 
 
-class LogWriter:
-    """Owns the queue, the thread, and the store. One per herd."""
-
-    def __init__(
-        self,
-        store: LogStore,
-        *,
-        content: bool,
-        retention_s: float,
-        max_bytes: int,
-        queue_max: int,
-        redact: Redactor,
-    ) -> None:
-        self.store = store
-        self.content = content
-        self.retention_s = retention_s
-        self.max_bytes = max_bytes
-        self.redact = redact
-        self.queue: queue.Queue[Item | None] = queue.Queue(maxsize=queue_max)
-        self.sinks: list[Sink] = []
-        self.written = 0
-        self.dropped = 0
-        self.failed = 0
-        self._idle = threading.Event()
-        self._idle.set()
-        self._thread = threading.Thread(target=self._run, name="herd-call-log", daemon=True)
-        self._thread.start()
-
-    # ---- the call path ------------------------------------------------------
-
-    def put(self, item: Item) -> None:
-        self._idle.clear()
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-
-    # ---- the thread ---------------------------------------------------------
-
-    def _prepare(self, item: Item) -> Item:
-        """Redact what will be stored; messages become JSON text."""
-        record, messages, answer = item
-        redact = self.redact
-        if record.get("error") is not None:
-            record["error"] = redact(record["error"])
-        text = None
-        if messages is not None:
-            dumped = [m.model_dump(mode="json", exclude_defaults=True) for m in messages]
-            text = redact(json.dumps(dumped, ensure_ascii=False))
-        return record, text, redact(answer)
-
-    def _row(self, item: Item) -> Any:
-        record, text, answer = item
-        values = tuple(record.get(name) for name in COLUMNS)
-        return (values, text, answer) if self.content else (values, None, None)
-
-    def _run(self) -> None:
-        last_prune = 0.0
-        while True:
-            item = self.queue.get()
-            batch = [item]
-            while len(batch) < 1000:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(entry is None for entry in batch)
-            items = [entry for entry in batch if entry is not None]
-            if items:
-                self._write(items)
-            now = time.monotonic()
-            if now - last_prune > 60 or stop or self._too_big():
-                last_prune = now
-                self._prune()
-            if self.queue.empty():
-                self._idle.set()
-            if stop:
-                return
-
-    def _write(self, raw: list[Item]) -> None:
-        items = [self._prepare(item) for item in raw]
-        try:
-            self.written += self.store.append(self._row(item) for item in items)
-        except Exception as exc:
-            self.failed += len(items)
-            log.warning("call log %s: cannot write (%s)", self.store.path, exc)
-        for sink in self.sinks:
-            for record, text, answer in items:
-                try:
-                    sink(record, text, answer)
-                except Exception as exc:
-                    log.warning("call log sink %s failed: %s", type(sink).__name__, exc)
-
-    def _too_big(self) -> bool:
-        try:
-            return self.store.file_pages_bytes() > self.max_bytes
-        except Exception:
-            return False
-
-    def _prune(self) -> None:
-        try:
-            self.store.prune(self.retention_s, self.max_bytes)
-        except Exception as exc:
-            log.warning("call log %s: cannot prune (%s)", self.store.path, exc)
-
-    def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until everything queued so far is written."""
-        return self._idle.wait(timeout_s)
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        self.queue.put(None)
-        self._thread.join(timeout_s)
-        self.store.close()
-        for sink in self.sinks:
-            closing = getattr(sink, "close", None)
-            if closing is not None:
-                closing()
-
-
-class LogHooks:
-    """The three hooks on the call path; they only build a record and enqueue it."""
-
-    def __init__(self, writer: LogWriter) -> None:
-        self.writer = writer
-        #: hand messages and answers to the writer (for the log's content or a sink's)
-        self.capture = writer.content
-
-    @hookimpl
-    def before_call(self, request: ChatRequest, herd: Herd) -> None:
-        context = request.context
-        if _T0 not in context:
-            context[_T0] = time.perf_counter()
-
-    @hookimpl
-    def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
+def fields(event: Event) -> dict[str, Any]:
+    """The columns (and the audit's extra fields) of one call."""
+    ts, run_id, request, response, error = event
+    if response is not None:
         usage = response.usage
         cost = usage.cost
-        record = {
-            "ts": time.time(),
+        return {
+            "ts": ts,
             "outcome": "ok",
             "tenant": request.tenant,
             "agent": request.agent,
-            "run_id": current_run(),
+            "run_id": run_id,
             "alias": request.alias,
             "provider": response.provider,
             "model": response.model,
@@ -217,34 +92,177 @@ class LogHooks:
             "stream": request.stream,
             "valid": request.context.get("valid"),
         }
-        if self.capture:
-            self.writer.put((record, request.messages, response.content))
-        else:
-            self.writer.put((record, None, None))
+    assert error is not None
+    message = getattr(error, "message", None) or str(error)
+    return {
+        "ts": ts,
+        "outcome": "error",
+        "tenant": request.tenant,
+        "agent": request.agent,
+        "run_id": run_id,
+        "alias": request.alias,
+        "provider": request.provider,
+        "model": request.model,
+        "request_model": request.model,
+        # the kernel does not hand on_error the call's start: no latency for errors
+        "latency_s": None,
+        "error_type": type(error).__name__,
+        "error": message[:2000],
+        "stream": request.stream,
+        "saved": 0.0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_read_tokens": 0,
+    }
+
+
+class LogWriter:
+    """Owns the queue, the thread, and the store. One per herd."""
+
+    def __init__(
+        self,
+        store: LogStore,
+        *,
+        content: bool,
+        retention_s: float,
+        max_bytes: int,
+        queue_max: int,
+        redact: Redactor,
+    ) -> None:
+        self.store = store
+        #: keep prompts and answers in the log
+        self.content = content
+        #: read prompts and answers at all (the log's content, or a sink that wants them)
+        self.capture = content
+        self.retention_s = retention_s
+        self.max_bytes = max_bytes
+        self.queue_max = queue_max
+        self.redact = redact
+        # SimpleQueue: a put is ~0.1 µs where queue.Queue's locks cost several
+        self.queue: queue.SimpleQueue[Event | threading.Event | None] = queue.SimpleQueue()
+        self.sinks: list[Sink] = []
+        self.written = 0
+        self.dropped = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="herd-call-log", daemon=True)
+        self._thread.start()
+
+    # ---- the call path ------------------------------------------------------
+
+    def put(self, event: Event) -> None:
+        if self.queue.qsize() >= self.queue_max:
+            self.dropped += 1
+            return
+        self.queue.put(event)
+
+    # ---- the thread ---------------------------------------------------------
+
+    def _record(self, event: Event) -> Record:
+        record = fields(event)
+        redact = self.redact
+        if record.get("error") is not None:
+            record["error"] = redact(record["error"])
+        if not self.capture:
+            return record, None, None
+        request, response = event[2], event[3]
+        dumped = [m.model_dump(mode="json", exclude_defaults=True) for m in request.messages]
+        text = redact(json.dumps(dumped, ensure_ascii=False))
+        return record, text, redact(response.content) if response is not None else None
+
+    def _run(self) -> None:
+        last_prune = 0.0
+        while True:
+            first = self.queue.get()
+            if first is not None and not isinstance(first, threading.Event):
+                time.sleep(BATCH_S)  # let a batch gather: one wake-up, one transaction
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(entry is None for entry in batch)
+            events = [e for e in batch if e is not None and not isinstance(e, threading.Event)]
+            if events:
+                self._write(events)
+            now = time.monotonic()
+            if now - last_prune > 60 or stop or self._too_big():
+                last_prune = now
+                self._prune()
+            for entry in batch:
+                if isinstance(entry, threading.Event):
+                    entry.set()
+            if stop:
+                return
+
+    def _write(self, events: list[Event]) -> None:
+        try:
+            records = [self._record(event) for event in events]
+        except Exception as exc:  # a field that cannot be read: say so, never crash
+            self.failed += len(events)
+            log.warning("call log: cannot read a call's fields (%s)", exc)
+            return
+        content = self.content
+        try:
+            self.written += self.store.append(
+                (
+                    tuple(record.get(name) for name in COLUMNS),
+                    text if content else None,
+                    answer if content else None,
+                )
+                for record, text, answer in records
+            )
+        except Exception as exc:
+            self.failed += len(records)
+            log.warning("call log %s: cannot write (%s)", self.store.path, exc)
+        for sink in self.sinks:
+            for record, text, answer in records:
+                try:
+                    sink(record, text, answer)
+                except Exception as exc:
+                    log.warning("call log sink %s failed: %s", type(sink).__name__, exc)
+
+    def _too_big(self) -> bool:
+        try:
+            return self.store.file_pages_bytes() > self.max_bytes
+        except Exception:
+            return False
+
+    def _prune(self) -> None:
+        try:
+            self.store.prune(self.retention_s, self.max_bytes)
+        except Exception as exc:
+            log.warning("call log %s: cannot prune (%s)", self.store.path, exc)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued so far is written."""
+        if not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        self.queue.put(done)
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.queue.put(None)
+        self._thread.join(timeout_s)
+        self.store.close()
+        for sink in self.sinks:
+            closing = getattr(sink, "close", None)
+            if closing is not None:
+                closing()
+
+
+class LogHooks:
+    """The two hooks on the call path: each only enqueues what the writer will read."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        self.writer = writer
+
+    @hookimpl
+    def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
+        self.writer.put((time.time(), current_run(), request, response, None))
 
     @hookimpl
     def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
-        if not request.context.get("final"):
-            return
-        t0 = request.context.get(_T0)
-        message = getattr(error, "message", None) or str(error)
-        record = {
-            "ts": time.time(),
-            "outcome": "error",
-            "tenant": request.tenant,
-            "agent": request.agent,
-            "run_id": current_run(),
-            "alias": request.alias,
-            "provider": request.provider,
-            "model": request.model,
-            "request_model": request.model,
-            "latency_s": time.perf_counter() - t0 if t0 is not None else None,
-            "error_type": type(error).__name__,
-            "error": message[:2000],
-            "stream": request.stream,
-            "saved": 0.0,
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "cache_read_tokens": 0,
-        }
-        self.writer.put((record, request.messages if self.capture else None, None))
+        if request.context.get("final"):
+            self.writer.put((time.time(), current_run(), request, None, error))
