@@ -248,7 +248,7 @@ def test_a_full_queue_drops_instead_of_waiting(tmp_path: Path) -> None:
         started = time.perf_counter()
         request = ChatRequest(alias="a", provider="p", model="m", messages=[])
         for _ in range(500):
-            writer.put((0.0, None, request, None, ProviderError("x")))
+            writer.put((0.0, None, request, None, ProviderError("x"), None))
         elapsed = time.perf_counter() - started
     finally:
         blocker.execute("COMMIT")

@@ -35,8 +35,11 @@ log = logging.getLogger("modelherd.logs")
 BATCH_S = 0.05
 #: names of environment variables whose values are secrets wherever they appear
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-#: what the hooks enqueue: wall time, run id, the request, the response or the error
-Event = tuple[float, str | None, ChatRequest, ChatResponse | None, BaseException | None]
+#: what the hooks enqueue: wall time, run id, the request, the response or the error,
+#: and the caller's validate= verdict
+Event = tuple[
+    float, str | None, ChatRequest, ChatResponse | None, BaseException | None, bool | None
+]
 #: a record ready to store: the fields, the messages as JSON text, the answer
 Record = tuple[dict[str, Any], str | None, str | None]
 #: called in the writer thread with each record's fields, messages (JSON) and answer
@@ -61,7 +64,7 @@ class Redactor:
 
 def fields(event: Event) -> dict[str, Any]:
     """The columns (and the audit's extra fields) of one call."""
-    ts, run_id, request, response, error = event
+    ts, run_id, request, response, error, valid = event
     if response is not None:
         usage = response.usage
         cost = usage.cost
@@ -90,7 +93,7 @@ def fields(event: Event) -> dict[str, Any]:
             "price_source": cost.source if cost is not None else None,
             "request_id": response.request_id,
             "stream": request.stream,
-            "valid": request.context.get("valid"),
+            "valid": valid,
         }
     assert error is not None
     message = getattr(error, "message", None) or str(error)
@@ -259,10 +262,12 @@ class LogHooks:
         self.writer = writer
 
     @hookimpl
-    def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
-        self.writer.put((time.time(), current_run(), request, response, None))
+    def after_call(
+        self, request: ChatRequest, response: ChatResponse, herd: Herd, valid: bool | None
+    ) -> None:
+        self.writer.put((time.time(), current_run(), request, response, None, valid))
 
     @hookimpl
-    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd) -> None:
-        if request.context.get("final"):
-            self.writer.put((time.time(), current_run(), request, None, error))
+    def on_error(self, request: ChatRequest, error: BaseException, herd: Herd, final: bool) -> None:
+        if final:
+            self.writer.put((time.time(), current_run(), request, None, error, None))

@@ -45,6 +45,7 @@ from modelherd.plugins.resources.tenants.budget_store import (
     Window,
     to_nano,
 )
+from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,8 +57,8 @@ log = logging.getLogger("modelherd.budgets")
 HOOKS_NAME = "budgets-calls"
 DOCS = "docs/cost.md"
 Period = Literal["daily", "monthly"]
-#: request.context key of the call's budget gate (read by after_call)
-_GATE = "herd.budget_gate"
+#: the call's budget gate, for after_call to hand it the cost
+_GATE = StashKey["_Gate"]()
 
 
 class BudgetLimits(BaseModel):
@@ -196,12 +197,12 @@ class Budgets:
                 f"cannot be counted against it ({why}) — set [models.{request.alias}] price"
             )
         gate = _Gate(self, budgets, request)
-        request.context[_GATE] = gate
+        request.stash[_GATE] = gate
         return gate
 
     @hookimpl
     def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
-        gate = request.context.get(_GATE)
+        gate = request.stash.get(_GATE, None)
         cost = response.usage.cost
         if gate is not None and cost is not None and cost.amount:
             gate.amount = to_nano(cost.amount)
