@@ -403,3 +403,28 @@ async def test_one_writer_feeds_the_audit_jsonl_too(tmp_path: Path) -> None:
         assert db.execute("SELECT count(*) FROM calls").fetchone()[0] == 2
         # the audit wanted content; the call log was not asked to keep it
         assert db.execute("SELECT count(*) FROM content").fetchone()[0] == 0
+
+
+async def test_a_budget_refusal_is_logged_as_an_error(tmp_path: Path) -> None:
+    from modelherd.errors import BudgetExceededError
+    from modelherd.plugins.resources.tenants import budgets
+
+    price = {"input_per_mtok": 0, "output_per_mtok": 100_000}  # 0.10 a call
+    herd = make_herd(
+        {"mock": MockModel()},
+        config={
+            "models": {"mock": {"provider": "mock", "model": "mock-1", "price": price}},
+            "plugins": {
+                "logs": {"path": str(tmp_path / "logs.db")},
+                "budgets": {"tenants": {"t": {"daily": 0.1}}},
+            },
+        },
+        plugins=(cost, budgets, logs),
+    )
+    async with herd:
+        await herd.chat("mock", "hi", tenant="t")
+        with pytest.raises(BudgetExceededError):
+            await herd.chat("mock", "hi again", tenant="t")
+        refused, ok = _rows(herd, tenant="t")
+    assert ok["outcome"] == "ok" and ok["cost"] == pytest.approx(0.1)
+    assert (refused["outcome"], refused["error_type"]) == ("error", "BudgetExceededError")
