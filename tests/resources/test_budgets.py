@@ -95,6 +95,46 @@ async def test_soft_alert_fires_once_at_the_fraction() -> None:
     assert alerts[0].message == "tenant 't' daily budget is 50% spent (0.5000 of 1 USD)"
 
 
+async def test_soft_alert_reaches_the_webhook() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/budget"
+    herd = herd_with({"webhook_url": url, "agents": {"bot": {"daily": 0.2}}})
+    try:
+        async with herd:
+            await herd.chat("m", "hi", agent="bot")
+            await herd.chat("m", "hi", agent="bot")  # 0.2 of 0.2: past 80 %
+            plugin = budgets.budgets_plugin(herd)
+            assert plugin is not None and plugin.webhook is not None
+            plugin.webhook.flush()
+    finally:
+        server.shutdown()
+    (payload,) = received
+    assert payload["source"] == "modelherd"
+    alert = payload["alert"]
+    assert (alert["kpi"], alert["scope"], alert["state"]) == (
+        "budget",
+        "agent 'bot' daily",
+        "firing",
+    )
+    assert alert["value"] == pytest.approx(0.2) and alert["limit"] == 0.2
+
+
 async def test_a_model_without_a_price_cannot_be_called_under_a_budget() -> None:
     models = {"m": {"provider": "mock", "model": "mock-1"}}
     herd = herd_with({"tenants": {"t": {"daily": 1.0}}}, models=models)
