@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from modelherd.types import ChatResponse, Cost, ModelSpec, Price, Usage
+from modelherd.types import ChatResponse, Cost, ModelSpec, Price, Usage, trusted
 
 log = logging.getLogger("modelherd.cost")
 
@@ -205,9 +205,15 @@ class PriceBook:
         """The response's cost; on a cache hit, 0 spent and the upstream cost saved."""
         rates = self.rates(spec, response.model)
         if not rates.known:
-            return Cost(amount=None, currency=rates.currency, source=rates.source)
+            return _cost(None, rates, 0.0)
         tokens = token_cost(rates, response.usage, spec.provider)
         if response.cache_tier is not None:
-            return Cost(amount=0.0, currency=rates.currency, source=rates.source, saved=tokens)
-        amount = tokens + rates.per_hour * response.latency_s / 3600
-        return Cost(amount=amount, currency=rates.currency, source=rates.source)
+            return _cost(0.0, rates, tokens)
+        return _cost(tokens + rates.per_hour * response.latency_s / 3600, rates, 0.0)
+
+
+def _cost(amount: float | None, rates: Rates, saved: float) -> Cost:
+    # every field is ours and typed: skip pydantic's validation on the call path
+    return trusted(
+        Cost, {"amount": amount, "currency": rates.currency, "source": rates.source, "saved": saved}
+    )
