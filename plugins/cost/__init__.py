@@ -29,7 +29,7 @@ class CostSettings(BaseModel):
 
 def cost_hooks(herd: Herd) -> CostHooks | None:
     """The running cost hooks of this herd (None when off or not started)."""
-    if herd._pm is None:
+    if not herd.plugins_loaded:
         return None
     plugin = herd.pm.get_plugin(HOOKS_NAME)
     return plugin if plugin is not None and hasattr(plugin, "book") else None

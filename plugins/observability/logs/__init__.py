@@ -24,7 +24,7 @@ HOOKS_NAME = "logs-calls"
 
 def log_writer(herd: Herd) -> LogWriter | None:
     """The running call-log writer of this herd (None when off or not started)."""
-    if herd._pm is None:
+    if not herd.plugins_loaded:
         return None
     hooks = herd.pm.get_plugin(HOOKS_NAME)
     return getattr(hooks, "writer", None)
@@ -51,7 +51,7 @@ def startup(herd: Herd) -> None:
 
 @hookimpl
 def shutdown(herd: Herd) -> None:
-    if herd._pm is None:
+    if not herd.plugins_loaded:
         return
     hooks = herd.pm.get_plugin(HOOKS_NAME)
     if hooks is not None:

@@ -385,7 +385,7 @@ async def _connect(herd: Herd, plugin: Budgets) -> None:
 
 
 def budgets_plugin(herd: Herd) -> Budgets | None:
-    if herd._pm is None:
+    if not herd.plugins_loaded:
         return None
     plugin = herd.pm.get_plugin(HOOKS_NAME)
     return plugin if isinstance(plugin, Budgets) else None
@@ -393,7 +393,7 @@ def budgets_plugin(herd: Herd) -> Budgets | None:
 
 @hookimpl
 def shutdown(herd: Herd) -> Awaitable[None] | None:
-    if herd._pm is None:
+    if not herd.plugins_loaded:
         return None
     plugin = herd.pm.get_plugin(HOOKS_NAME)
     if plugin is None:
