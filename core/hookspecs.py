@@ -24,6 +24,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
+    from .events import HerdEvent
     from .kernel import Herd
     from .provider import Model
     from .types import ChatRequest, ChatResponse, Metric, ModelSpec
@@ -104,6 +105,17 @@ def on_metric(metric: Metric, herd: Herd) -> None:
 
     Called only when at least one plugin implements it. Must be fast and must not
     raise: buffer and export elsewhere. Not firstresult.
+    """
+
+
+@hookspec
+def track_event(event: HerdEvent, herd: Herd) -> None:
+    """When something happens outside a chat call: a tool run (`ToolExecuted`), an
+    embeddings batch (`EmbeddingsDone`) — typed dataclasses in `modelherd.events`.
+
+    One hook for every kind: look at the event's type, ignore kinds you do not know.
+    Called only when some plugin implements it. Observe only; must not raise.
+    Not firstresult.
     """
 
 

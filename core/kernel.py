@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 from pydantic import BaseModel
@@ -29,7 +29,12 @@ from .errors import (
 from .pipeline import Validator
 from .provider import Model
 from .stash import Stash
-from .types import ChatRequest, ChatResponse, Message, Metric, ModelSpec, trusted
+from .tools import normalize_tool_options, stream_events
+from .types import ChatRequest, ChatResponse, EmbedResponse, Message, Metric, ModelSpec, trusted
+
+if TYPE_CHECKING:
+    from .events import HerdEvent
+    from .tool_loop import ToolRun
 
 hookimpl = pluggy.HookimplMarker("modelherd")
 
@@ -175,7 +180,14 @@ class Herd:
         assert self._pm is not None
         self._has = {
             name: bool(getattr(self._pm.hook, name).get_hookimpls())
-            for name in ("acquire_admission", "before_call", "after_call", "on_error", "on_metric")
+            for name in (
+                "acquire_admission",
+                "before_call",
+                "after_call",
+                "on_error",
+                "on_metric",
+                "track_event",
+            )
         }
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
@@ -368,6 +380,12 @@ class Herd:
         if self._has.get("on_metric"):
             self.hook.on_metric(metric=metric, herd=self)
 
+    def track(self, event: HerdEvent) -> None:
+        """Send one event (a tool run, an embeddings batch) to `track_event` (free when
+        nobody listens)."""
+        if self._has.get("track_event"):
+            self.hook.track_event(event=event, herd=self)
+
     @property
     def wants_metrics(self) -> bool:
         return bool(self._has.get("on_metric"))
@@ -399,6 +417,8 @@ class Herd:
             raise ConfigError(
                 f"cache={cache!r} is not a cache mode — use one of: {', '.join(sorted(_CACHE_MODES))}"
             )
+        if "tools" in options or "tool_choice" in options:
+            options = normalize_tool_options(options)  # once, at the edge (docs/tools.md)
         merged = {**spec.options, **options} if spec.options else options
         # every field is either already validated (spec, messages) or checked above:
         # skipping pydantic's second pass saves several µs on every call
@@ -427,6 +447,8 @@ class Herd:
         messages: MessagesIn = "",
         *,
         validate: Validator | None = None,
+        output_type: Any = None,
+        output_retries: int = 0,
         **kwargs: Any,
     ) -> ChatResponse:
         """Call a model through the whole pipeline; return its ChatResponse.
@@ -435,10 +457,42 @@ class Herd:
         "only"), cache_ttl, timeout (seconds per attempt), priority, and any model
         option (temperature, max_tokens, seed, stop, response_format …).
         `validate(response) -> bool`: an answer that fails it is returned but never
-        cached, and counts against the model's quality KPI.
+        cached, and counts against the model's quality KPI. `tools=` / `tool_choice=`:
+        see docs/tools.md. `output_type=` (a pydantic model or JSON schema): the answer
+        is validated into `response.parsed`, asked again up to `output_retries` times.
         """
+        if output_type is not None:
+            from .structured import chat_typed
+
+            return await chat_typed(
+                self, model, messages, output_type, output_retries, validate, kwargs
+            )
         request = self.build_request(model, messages, **kwargs)
         return await pipeline.chat(self, request, validate)
+
+    async def run_tools(
+        self,
+        model: str | None,
+        messages: MessagesIn,
+        *,
+        tools: Sequence[Any],
+        max_steps: int = 8,
+        **kwargs: Any,
+    ) -> ToolRun:
+        """Call the model, run the tools it chose, send the results back, repeat until
+        it answers without a call (at most `max_steps` calls). See docs/tools.md."""
+        from .tool_loop import run_tools
+
+        return await run_tools(self, model, messages, tools=tools, max_steps=max_steps, **kwargs)
+
+    async def embed(
+        self, model: str | None, texts: str | Sequence[str], **kwargs: Any
+    ) -> EmbedResponse:
+        """Vectors for `texts` (one per text, in order): batched, cached per text,
+        coalesced, admitted and traced like chat calls. See docs/tools.md."""
+        from .embed import embed
+
+        return await embed(self, model, texts, **kwargs)
 
     def chat_sync(
         self, model: str | None = None, messages: MessagesIn = "", **kwargs: Any
@@ -455,13 +509,25 @@ class Herd:
         return await pipeline.chat(self, request, validate)
 
     async def stream(
-        self, model: str | None = None, messages: MessagesIn = "", **kwargs: Any
+        self,
+        model: str | None = None,
+        messages: MessagesIn = "",
+        *,
+        events: bool = False,
+        **kwargs: Any,
     ) -> AsyncIterator[Any]:
         """Yield text chunks as they arrive, then the final ChatResponse.
 
         Retries and fallbacks apply until the first chunk has been yielded; after
         that an error reaches the caller. A cached answer is replayed as one chunk.
+        With `events=True`, yield typed events instead of bare text (`TextDelta`,
+        `ReasoningDelta`, `KeepAlive`, `ToolCallStart/Delta/End`), then the response.
         """
         request = self.build_request(model, messages, stream=True, **kwargs)
+        if events:
+            async for event in stream_events(pipeline.stream(self, request), request):
+                yield event
+            return
         async for item in pipeline.stream(self, request):
-            yield item
+            if type(item) is str or isinstance(item, ChatResponse):
+                yield item

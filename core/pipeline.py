@@ -41,6 +41,7 @@ from .errors import (
 from .provider import Model
 from .retry import retry_delay
 from .stash import Stash, StashKey
+from .tools import check_response, require_tool_support
 from .types import ChatRequest, ChatResponse, Metric
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ async def _chat_admitted(
         _fail(herd, request, exc)
         raise
     response.latency_s = time.perf_counter() - started
+    check_response(request, response)  # tool calls vs the tools' schemas (docs/tools.md)
     valid = _validate(herd, request, response, validate)
     if led and answered_by:
         await _store(herd, request, answered_by[0], key, response, valid)
@@ -125,6 +127,7 @@ async def _call_chain(
 async def _attempts(herd: Herd, request: ChatRequest) -> ChatResponse:
     """One model: before_call, then attempts under the timeout until one succeeds."""
     model = herd.get_model(request.alias)
+    require_tool_support(model, request)  # else skipped, with the reason, for a fallback
     await _prepare(model)
     retries, timeout = _limits(herd, model, request)
     attempt = 0
@@ -211,6 +214,7 @@ async def _stream_admitted(herd: Herd, request: ChatRequest, started: float) -> 
         break
     assert final is not None and answered_by is not None
     final.latency_s = time.perf_counter() - started
+    check_response(request, final)
     await _store(herd, request, answered_by, key, final, None)
     _finish(herd, request, final, None)
     yield final
@@ -219,6 +223,7 @@ async def _stream_admitted(herd: Herd, request: ChatRequest, started: float) -> 
 async def _stream_attempts(herd: Herd, request: ChatRequest) -> AsyncIterator[Any]:
     """One model's stream, retried (like `_attempts`) only until the first chunk."""
     model = herd.get_model(request.alias)
+    require_tool_support(model, request)
     await _prepare(model)
     retries, timeout = _limits(herd, model, request)
     attempt = 0

@@ -19,11 +19,14 @@ from .types import (
     Availability,
     ChatRequest,
     ChatResponse,
+    EmbedResponse,
     Health,
     ModelSpec,
+    StreamEvent,
 )
 
 if TYPE_CHECKING:
+    from .embed import EmbedRequest
     from .kernel import Herd
 
 
@@ -160,7 +163,7 @@ class Model:
     async def chat(self, request: ChatRequest) -> ChatResponse:
         raise NotImplementedError(f"{type(self).__name__} must implement chat()")
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         """Yield text chunks (`str`) and typed events (`ReasoningDelta`, `KeepAlive`,
         `ToolCallStart/Delta/End`), then the final ChatResponse, which holds the whole
         answer and every tool call. Default: one chunk from chat()."""
@@ -176,6 +179,10 @@ class Model:
         if self.supports_tools:
             return None
         return f"the {self.provider} provider does not take tools"
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        """Vectors for `request.texts`, in order (only when `can_embed`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement embed()")
 
     async def health(self) -> Health:
         """A live check, bounded by the caller's timeout. Default: availability only."""

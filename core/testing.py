@@ -21,11 +21,13 @@ import anyio
 import pytest
 
 from .config import HerdConfig
+from .embed import EmbedRequest
 from .kernel import Herd, hookimpl
 from .provider import Model
 from .types import (
     ChatRequest,
     ChatResponse,
+    EmbedResponse,
     ModelSpec,
     StreamEvent,
     ToolCall,
@@ -55,6 +57,7 @@ class MockModel(Model):
     can_stream = True
     supports_schema = True
     supports_tools = True
+    can_embed = True
 
     def __init__(
         self,
@@ -71,6 +74,7 @@ class MockModel(Model):
         self.default = default
         self.queue: collections.deque[Canned] = collections.deque()
         self.history: list[ChatRequest] = []
+        self.embed_history: list[EmbedRequest] = []
         self.closed = False
 
     def enqueue(self, *items: Canned) -> MockModel:
@@ -115,9 +119,7 @@ class MockModel(Model):
             await anyio.sleep(self.latency)
         return self._next(request)
 
-    async def stream(  # type: ignore[override]  # Model.stream gains events with the pipeline
-        self, request: ChatRequest
-    ) -> AsyncIterator[str | StreamEvent | ChatResponse]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         self.history.append(request)
         if self.latency:
             await anyio.sleep(self.latency)
@@ -133,6 +135,21 @@ class MockModel(Model):
                 yield ToolCallDelta(index, raw[start : start + 5])
             yield ToolCallEnd(index, call)
         yield response
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        """Deterministic 4-dimension vectors (a digest of each text); `history` records
+        the request too."""
+        import hashlib
+
+        self.embed_history.append(request)
+        vectors = [
+            [b / 255 for b in hashlib.blake2b(t.encode(), digest_size=4).digest()]
+            for t in request.texts
+        ]
+        usage = Usage(input_tokens=sum(len(t.split()) for t in request.texts))
+        return EmbedResponse(
+            vectors=vectors, model=self.spec.model, provider=self.provider, usage=usage
+        )
 
     async def aclose(self) -> None:
         self.closed = True

@@ -21,19 +21,27 @@ import inspect
 import json
 import re
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 
 from .errors import (
-    BadRequestError,
     BadResponseError,
     ConfigError,
     HerdError,
     MissingDependencyError,
 )
-from .types import StreamEvent, ToolCall, ToolCallDelta, ToolCallEnd, ToolCallStart
+from .types import (
+    ChatRequest,
+    ChatResponse,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+)
 
 #: what OpenAI and Anthropic accept as a function name
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -358,12 +366,6 @@ def parse_call(
     return call
 
 
-def require_tools_support(provider: str, alias: str, supported: bool) -> None:
-    """The error for tools= sent to a model that cannot take them."""
-    if not supported:
-        raise BadRequestError(f"'{alias}' ({provider}) does not take tools — use a model that does")
-
-
 def _pydantic_problems(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '(arguments)'}: {e['msg']}"
@@ -493,12 +495,19 @@ class ToolCallAssembler:
 
     def incomplete(self, vendor: str, alias: str) -> IncompleteToolCallError:
         """The error for a stream that stopped while a call was still arriving."""
-        partial = self.open_calls() or self.calls()
+        open_calls = self.open_calls()
+        partial = open_calls or self.calls()
         names = ", ".join(f"'{c.name}'" for c in partial)
+        if open_calls:
+            where = (
+                f"in the middle of the tool call {names} "
+                f"(arguments so far: {partial[-1].raw_arguments[:80]!r})"
+            )
+        else:
+            where = f"after the tool call {names}, before the answer's end"
         return IncompleteToolCallError(
-            f"{vendor} stream for '{alias}' ended in the middle of the tool call {names} "
-            f"(arguments so far: {partial[-1].raw_arguments[:80]!r}) — the partial call "
-            f"was not returned; the call can be retried",
+            f"{vendor} stream for '{alias}' ended {where} — the partial answer was not "
+            f"returned; the call can be retried",
             partial,
         )
 
@@ -533,3 +542,69 @@ def _check(call: ToolCall, tools: tuple[Tool, ...]) -> str | None:
         names = ", ".join(t.name for t in tools) or "none"
         return f"there is no tool named '{call.name}' (tools: {names})"
     return tool.check_arguments(call.arguments)
+
+
+class ToolsUnsupportedError(HerdError):
+    """The model cannot take this call's tools (its provider has no tool support, or an
+    embedded GGUF has no tool template). In a fallback chain it is skipped with this
+    reason instead of being sent a request it cannot honour."""
+
+    def __init__(self, alias: str, provider: str, reason: str) -> None:
+        super().__init__(
+            f"'{alias}' ({provider}) cannot take tools: {reason} — use a model that does "
+            f"(docs/tools.md), or add one to [models.{alias}] fallbacks"
+        )
+
+
+def normalize_tool_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The call's options with `tools` as Tools and `tool_choice` as a word or a name:
+    checked once at the edge, and what cache keys and providers see."""
+    out = dict(options)
+    tools = as_tools(out.get("tools"))
+    if "tools" in out:
+        out["tools"] = tools if tools else None
+    if out.get("tool_choice") is not None:
+        out["tool_choice"] = as_tool_choice(out["tool_choice"], tools)
+    return out
+
+
+def require_tool_support(model: Any, request: ChatRequest) -> None:
+    """Raise ToolsUnsupportedError when `request` has tools `model` cannot take."""
+    if request.options.get("tools"):
+        reason = model.tools_unsupported(request)
+        if reason:
+            raise ToolsUnsupportedError(request.alias, request.provider, reason)
+
+
+def check_response(request: ChatRequest, response: Any) -> None:
+    """Check the response's calls against the request's tools (sets each call's
+    `error`); a cached answer was checked when it was stored."""
+    if response.tool_calls and response.cache_tier is None:
+        response.tool_calls = check_calls(
+            response.tool_calls, as_tools(request.options.get("tools"))
+        )
+
+
+async def stream_events(items: AsyncIterator[Any], request: ChatRequest) -> AsyncIterator[Any]:
+    """The pipeline's stream as typed events: text as TextDelta, each ToolCallEnd with
+    its call checked against the tools, and — for an answer that arrived whole (a cache
+    hit, a plugin's answer) — its calls announced as start / delta / end."""
+    tools: tuple[Tool, ...] | None = None
+    announced = False
+    async for item in items:
+        if type(item) is str:
+            yield TextDelta(item)
+            continue
+        if isinstance(item, ToolCallEnd):
+            announced = True
+            if tools is None:
+                tools = as_tools(request.options.get("tools"))
+            yield ToolCallEnd(item.index, check_calls([item.call], tools)[0])
+            continue
+        calls = getattr(item, "tool_calls", None)
+        if calls and not announced and isinstance(item, ChatResponse):
+            for index, call in enumerate(calls):
+                yield ToolCallStart(index, call.id, call.name)
+                yield ToolCallDelta(index, call.raw_arguments or json.dumps(call.arguments))
+                yield ToolCallEnd(index, call)
+        yield item

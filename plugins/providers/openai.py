@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from modelherd import hookimpl
 from modelherd.errors import BadResponseError, ConfigError, HerdError
@@ -36,6 +36,10 @@ from modelherd.stash import StashKey
 from modelherd.tools import ToolCallAssembler
 from modelherd.types import ChatRequest, ChatResponse, FinishReason, ModelSpec, StreamEvent, Usage
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from modelherd.embed import EmbedRequest
+    from modelherd.types import EmbedResponse
 
 #: this provider's client pool in each Herd's stash
 _POOL = StashKey[ClientPool]()
@@ -120,6 +124,8 @@ class OpenAIModel(StainlessModel):
     can_stream = True
     supports_schema = True
     supports_tools = True
+    can_embed = True
+    embed_batch_size = 256
     key_env_vars: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
     legacy_key_env_vars: ClassVar[tuple[str, ...]] = ("OPENAI_KEY",)
     Settings = OpenAISettings
@@ -305,6 +311,11 @@ class OpenAIModel(StainlessModel):
             request_id=request_id,
             tool_calls=calls.calls(),
         )
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        from modelherd.plugins.providers.embeddings import openai_embed
+
+        return await openai_embed(self, request)
 
     # ---- errors ----------------------------------------------------------------
 

@@ -38,3 +38,12 @@ def test_the_fixture_example_works() -> None:
     herd = make_herd({"mock": model})
     registered: list[object] = []
     namespace["test_shout"](herd, model, lambda p: registered.append(herd.register_plugin(p)))  # type: ignore[operator]
+
+
+def test_the_tools_agent_example_runs_offline_and_prints_what_the_doc_says(capsys) -> None:  # type: ignore[no-untyped-def]
+    doc = (DOC.parent / "tools.md").read_text(encoding="utf-8")
+    section = doc.split("### A complete agent, offline", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    printed = re.findall(r"It prints:\n\n```\n(.*?)```", section, flags=re.S)[0]
+    exec(compile(code, "tools_agent_example.py", "exec"), {"__name__": "__main__"})
+    assert capsys.readouterr().out == printed

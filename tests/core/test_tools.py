@@ -244,7 +244,7 @@ def test_a_cut_call_is_an_error_holding_the_partial_call() -> None:
     assert error.calls[0].error is not None
     assert str(error) == (
         "OpenAI stream for 'gpt' ended in the middle of the tool call 'get_weather' "
-        '(arguments so far: \'{"city": "Pa\') — the partial call was not returned; '
+        '(arguments so far: \'{"city": "Pa\') — the partial answer was not returned; '
         "the call can be retried"
     )
 

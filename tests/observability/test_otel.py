@@ -418,3 +418,80 @@ def test_the_real_swarm_shows_as_one_tree(receiver: OtlpReceiver) -> None:
     assert all(s.parent_span_id == root.span_id for s in chats)  # members are direct children
     assert [s.name for s in spans].count("invoke_agent swarm") == 1
     assert {attributes(s)["gen_ai.agent.name"] for s in chats} == {"swarm"}
+
+
+def _price(symbol: str) -> float:
+    """The last price of a symbol."""
+    return 97000.0
+
+
+def test_tool_loop_is_execute_tool_spans_under_the_agent_span(receiver: OtlpReceiver) -> None:
+    from modelherd import ToolCall
+
+    model = MockModel().enqueue(
+        [ToolCall(id="c1", name="_price", arguments={"symbol": "BTC-secret"})], "done"
+    )
+    herd = _herd(receiver, {"mock": model})
+
+    async def main() -> None:
+        async with otel.agent_span(herd, "desk"):
+            await herd.run_tools("mock", "price?", tools=[_price])
+        otel.force_flush(herd)
+        await herd.aclose()
+
+    anyio.run(main)
+    spans = receiver.wait_spans(4)
+    names = _by_name(spans)
+    root = names["invoke_agent desk"][0]
+    (tool,) = names["execute_tool _price"]
+    attrs = attributes(tool)
+    assert attrs["gen_ai.operation.name"] == "execute_tool"
+    assert attrs["gen_ai.tool.name"] == "_price"
+    assert attrs["gen_ai.tool.call.id"] == "c1"
+    assert attrs["gen_ai.tool.type"] == "function"
+    assert attrs["gen_ai.tool.description"] == "The last price of a symbol."
+    assert tool.kind == 1  # SPAN_KIND_INTERNAL
+    assert tool.parent_span_id == root.span_id
+    assert len(names["chat mock-1"]) == 2
+    # arguments and results are content: not recorded unless capture_content is on
+    assert b"BTC-secret" not in tool.SerializeToString()
+
+
+def test_tool_arguments_and_results_with_capture_content(receiver: OtlpReceiver) -> None:
+    from modelherd import ToolCall
+
+    model = MockModel().enqueue(
+        [ToolCall(id="c1", name="_price", arguments={"symbol": "BTC"})], "done"
+    )
+    herd = _herd(receiver, {"mock": model}, capture_content=True)
+
+    async def main() -> None:
+        await herd.run_tools("mock", "price?", tools=[_price])
+        otel.force_flush(herd)
+        await herd.aclose()
+
+    anyio.run(main)
+    spans = receiver.wait_spans(3)
+    (tool,) = _by_name(spans)["execute_tool _price"]
+    attrs = attributes(tool)
+    assert attrs["gen_ai.tool.call.arguments"] == '{"symbol": "BTC"}'
+    assert attrs["gen_ai.tool.call.result"] == "97000.0"
+
+
+def test_embeddings_are_spans_of_their_own(receiver: OtlpReceiver) -> None:
+    herd = _herd(receiver)
+
+    async def main() -> None:
+        result = await herd.embed("mock", ["one text", "two"], tenant="acme")
+        assert len(result.vectors) == 2
+        otel.force_flush(herd)
+        await herd.aclose()
+
+    anyio.run(main)
+    (span,) = receiver.wait_spans(1)
+    attrs = attributes(span)
+    assert span.name == "embeddings mock-1"
+    assert attrs["gen_ai.operation.name"] == "embeddings"
+    assert attrs["gen_ai.usage.input_tokens"] == 3
+    assert attrs["herd.embeddings.count"] == 2 and attrs["herd.tenant"] == "acme"
+    assert span.kind == 3  # SPAN_KIND_CLIENT

@@ -16,7 +16,11 @@ from modelherd import (
     ConfigError,
     Herd,
     ImagePart,
+    IncompleteToolCallError,
     Message,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
 )
 from modelherd.plugins.providers import anthropic as anthropic_provider
 from modelherd.plugins.providers import ollama as ollama_provider
@@ -105,7 +109,8 @@ def vendor(request: pytest.FixtureRequest) -> tuple[Vendor, LoopbackServer]:
 def make(vendor: tuple[Vendor, LoopbackServer], herds: list[Herd], model: str) -> Herd:
     v, server = vendor
     table = {**v.table(server), "model": model + v.suffix}
-    herd = provider_herd(v.plugin, {"m": table}, v.env, retries=0)
+    # a generous timeout: the first call imports the SDK, slow on a loaded machine
+    herd = provider_herd(v.plugin, {"m": table}, v.env, retries=0, timeout=30.0)
     herds.append(herd)
     return herd
 
@@ -257,3 +262,56 @@ def test_openai_sends_calls_and_answers_in_its_form(openai_server, herds):
         ],
     }
     assert sent[2] == {"role": "tool", "tool_call_id": "call_0", "content": '{"temp": 21}'}
+
+
+def test_arguments_that_break_the_schema_are_an_error_to_feed_back(vendor, herds):
+    herd = make(vendor, herds, "tools-bad")
+    (call,) = herd.chat_sync("m", "weather?", tools=TOOLS).tool_calls
+    assert not call.ok
+    assert call.error is not None and "city: Field required" in call.error
+    assert "unexpected: Extra inputs are not permitted" in call.error
+    assert Message.tool_error(call).content.startswith("error: city: Field required")
+
+
+def test_streamed_calls_arrive_as_events_and_whole_in_the_response(vendor, herds):
+    herd = make(vendor, herds, "tools-2")
+    events, final = collect(herd, "weather and time?", tools=TOOLS)
+    starts = [e for e in events if isinstance(e, ToolCallStart)]
+    assert [s.name for s in starts] == ["get_weather", "get_time"]
+    assert [s.index for s in starts] == [0, 1]
+    for index, call in enumerate(final.tool_calls):
+        fragments = [
+            e.arguments for e in events if isinstance(e, ToolCallDelta) and e.index == index
+        ]
+        assert "".join(fragments) == call.raw_arguments
+        if vendor[0].name != "ollama":  # Ollama sends each call whole
+            assert len(fragments) > 3
+    ends = [e for e in events if isinstance(e, ToolCallEnd)]
+    assert [e.call for e in ends] == final.tool_calls
+    assert all(c.ok for c in final.tool_calls) and final.finish_reason == "tool_calls"
+    assert all(not isinstance(e, str) for e in events)  # text comes as TextDelta with events=True
+
+
+def test_plain_stream_yields_only_text(vendor, herds):
+    herd = make(vendor, herds, "tools-2")
+
+    async def go() -> list[Any]:
+        return [item async for item in herd.stream("m", "weather?", tools=TOOLS)]
+
+    items = asyncio.run(go())
+    assert all(isinstance(i, str) for i in items[:-1])
+    assert len(items[-1].tool_calls) == 2
+
+
+def test_a_stream_cut_inside_a_call_is_an_error_with_the_partial_call(vendor, herds):
+    herd = make(vendor, herds, "tools-cut")
+    with pytest.raises(IncompleteToolCallError) as info:
+        collect(herd, "weather?", tools=TOOLS)
+    where = (
+        "after the tool call" if vendor[0].name == "ollama" else "in the middle of the tool call"
+    )
+    assert f"ended {where} 'get_weather'" in str(info.value)
+    partial = info.value.calls[-1]
+    assert partial.name == "get_weather"
+    if vendor[0].name != "ollama":
+        assert not partial.ok  # half a JSON object: never presented as a call to run

@@ -62,6 +62,7 @@ class _Call:
         "ended",
         "error",
         "events",
+        "internal",
         "name",
         "parent",
         "primary",
@@ -81,6 +82,8 @@ class _Call:
         self.attempts = 0
         self.ended = False
         self.error = False
+        #: an INTERNAL span (a tool run in this process), not a CLIENT call
+        self.internal = False
         self.events: list[tuple[str, dict[str, Any], int]] = []
 
 
@@ -130,6 +133,7 @@ class OtelPump:
             from opentelemetry.trace import SpanKind, Status, StatusCode
 
             self._client = SpanKind.CLIENT
+            self._internal = SpanKind.INTERNAL
             self._error_status = Status(StatusCode.ERROR)
 
     def drain(self) -> int:
@@ -154,7 +158,7 @@ class OtelPump:
         span = self.tracer.start_span(
             call.name,
             context=call.parent,
-            kind=self._client,
+            kind=self._internal if call.internal else self._client,
             attributes=call.attrs,
             start_time=call.start_ns,
         )
@@ -357,6 +361,59 @@ class OtelHooks:
         call.attrs["herd.attempts"] = call.attempts
         call.error = True
         self._end(call, "error", error_type)
+
+    @hookimpl
+    def track_event(self, event: Any, herd: Herd) -> None:
+        """`execute_tool` spans for tool runs, `embeddings` spans for embedding batches
+        (OTel GenAI conventions); children of the span current where they ran."""
+        if not self.traces:
+            return
+        from modelherd.events import EmbeddingsDone, ToolExecuted
+
+        if isinstance(event, ToolExecuted):
+            attrs: dict[str, Any] = {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": event.name,
+                "gen_ai.tool.call.id": event.call_id,
+                "gen_ai.tool.type": "function",
+            }
+            if event.description:
+                attrs["gen_ai.tool.description"] = event.description
+            if event.agent:
+                attrs["gen_ai.agent.name"] = event.agent
+            if self.capture_content:
+                attrs["gen_ai.tool.call.arguments"] = event.arguments
+                attrs["gen_ai.tool.call.result"] = event.result
+            call = _Call(
+                f"execute_tool {event.name}", "", attrs, self._get_context(), event.start_ns
+            )
+            call.internal = True
+        elif isinstance(event, EmbeddingsDone):
+            attrs = {
+                "gen_ai.operation.name": "embeddings",
+                "gen_ai.provider.name": event.provider,
+                "gen_ai.request.model": event.model,
+                "herd.alias": event.alias,
+                "herd.embeddings.count": event.count,
+                "gen_ai.usage.input_tokens": event.input_tokens,
+            }
+            if event.tenant:
+                attrs["herd.tenant"] = event.tenant
+            call = _Call(
+                f"embeddings {event.model or event.alias}",
+                event.alias,
+                attrs,
+                self._get_context(),
+                event.start_ns,
+            )
+        else:
+            return
+        if event.error_type:
+            call.attrs["error.type"] = event.error_type
+            call.error = True
+        call.ended = True
+        call.end_ns = event.end_ns
+        self._spans.append(call)
 
 
 class OtelMetricSink:

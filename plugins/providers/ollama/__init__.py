@@ -16,7 +16,7 @@ import importlib.util
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.errors import (
@@ -54,6 +54,10 @@ from modelherd.types import (
     Usage,
 )
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from modelherd.embed import EmbedRequest
+    from modelherd.types import EmbedResponse
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 #: this provider's client pool in each Herd's stash
@@ -143,6 +147,7 @@ class OllamaModel(Model):
     can_stream = True
     supports_schema = True
     supports_tools = True
+    can_embed = True
     is_local = True
     Settings = OllamaSettings
 
@@ -294,6 +299,8 @@ class OllamaModel(Model):
             parts.append(tail)
             yield tail
         if final is None:
+            if calls:  # calls came, the answer did not end: it may have had more
+                raise calls.incomplete(f"Ollama at {self.host}", request.alias)
             raise BadResponseError(
                 f"Ollama at {self.host} ended the stream for '{request.alias}' without its "
                 f"final 'done' line — the server stopped mid-answer; the call can be retried"
@@ -309,6 +316,11 @@ class OllamaModel(Model):
             provider_metrics=_durations(final),
             tool_calls=calls.calls(),
         )
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        from modelherd.plugins.providers.embeddings import ollama_embed
+
+        return await ollama_embed(self, request)
 
     # ---- errors ----------------------------------------------------------------
 
