@@ -17,7 +17,9 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelherd.cache")
 
 #: bump when the key layout changes: old entries then simply stop matching
-KEY_VERSION = "v2"
+KEY_VERSION = "v3"
 
 #: options that never change the answer and so stay out of the key
 _NON_OUTPUT_OPTIONS = frozenset(
@@ -107,8 +109,24 @@ def request_key(request: ChatRequest) -> str:
         )
     )
     digest = hashlib.blake2b(payload.encode(), digest_size=20).hexdigest()
-    # the tenant is a readable prefix so a tier can clear one tenant's entries
-    return f"{request.tenant or 'default'}:{digest}"
+    return f"{tenant_namespace(request.tenant)}:{digest}"
+
+
+#: the namespace of calls made without a tenant: no tenant name can produce it, since
+#: named tenants always start with "t=" (so None, "" and "default" are three namespaces)
+NO_TENANT = "-"
+
+
+@lru_cache(maxsize=1024)  # bounded: invented names cannot grow it
+def tenant_namespace(tenant: str | None) -> str:
+    """The readable key prefix of one tenant's entries (a tier can clear one tenant).
+
+    The name is percent-encoded, so no name can reach into another's namespace
+    (`"a:b"`, `"*"`) or into the reserved one.
+    """
+    if tenant is None:
+        return NO_TENANT
+    return "t=" + quote(tenant, safe="")
 
 
 def _message_key(message: Message) -> str:

@@ -33,7 +33,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from modelherd import hookimpl
 from modelherd.cache import CacheTier
-from modelherd.plugins.cache.codec import CorruptEntryError, decode, encode, make_fernet, parse_size
+from modelherd.plugins.cache.codec import (
+    CorruptEntryError,
+    FernetSeal,
+    Seal,
+    decode,
+    encode,
+    make_seal,
+    parse_size,
+)
 from modelherd.types import ChatResponse
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -78,6 +86,8 @@ class DiskSettings(BaseModel):
     max_bytes: int = 512 * 1000**2
     #: env var holding a Fernet key: values are encrypted at rest
     encrypt_key_env: str | None = None
+    #: env var holding the key that signs entries (default: the user's own key file)
+    sign_key_env: str | None = None
     #: how long a store waits for another process's write lock, milliseconds
     busy_timeout_ms: int = 200
 
@@ -105,11 +115,11 @@ class DiskTier(CacheTier):
     name = "disk"
     order = 20
 
-    def __init__(self, settings: DiskSettings, fernet: Any = None) -> None:
+    def __init__(self, settings: DiskSettings, seal: Seal) -> None:
         super().__init__()
         self.settings = settings
         self.path = Path(os.path.expanduser(settings.path)) if settings.path else default_path()
-        self._fernet = fernet
+        self._seal = seal
         self._write_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
@@ -254,7 +264,7 @@ class DiskTier(CacheTier):
         if row[1] is not None and row[1] <= now:
             return None, None  # expired; eviction removes it later
         try:
-            response = decode(key, row[0], self._fernet)
+            response = decode(key, row[0], self._seal)
         except CorruptEntryError as exc:
             self.count("errors")
             self._warn_once(
@@ -282,7 +292,7 @@ class DiskTier(CacheTier):
             return
         else:
             expires = now + ttl
-        blob = encode(key, response, self._fernet)
+        blob = encode(key, response, self._seal)
         if len(blob) > self.settings.max_bytes:
             return
         stored, evicted, failed = await anyio.to_thread.run_sync(
@@ -413,7 +423,7 @@ class DiskTier(CacheTier):
             "path": str(self.path),
             "max_bytes": self.settings.max_bytes,
             "ttl_s": self.settings.ttl,
-            "encrypted": self._fernet is not None,
+            "encrypted": isinstance(self._seal, FernetSeal),
         }
         if self._reader is None:
             out["state"] = "stepped aside"
@@ -457,10 +467,8 @@ def register_cache_tiers(register: Callable[..., None], herd: Herd) -> None:
     settings = load_settings(herd)
     if settings is None or not settings.enabled:
         return
-    fernet = make_fernet(
-        settings.encrypt_key_env, herd.env, f"{herd.config.source}: [plugins.cache_disk]"
-    )
-    register(DiskTier(settings, fernet))
+    seal = make_seal(settings, herd.env, f"{herd.config.source}: [plugins.cache_disk]")
+    register(DiskTier(settings, seal))
 
 
 @hookimpl

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +25,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from modelherd import hookimpl
 from modelherd.cache import CacheTier
 from modelherd.errors import ConfigError, MissingDependencyError
-from modelherd.plugins.cache.codec import CorruptEntryError, decode, encode, make_fernet
+from modelherd.plugins.cache.codec import (
+    CorruptEntryError,
+    FernetSeal,
+    Seal,
+    decode,
+    encode,
+    load_sign_key,
+    make_seal,
+)
 from modelherd.types import ChatResponse
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -34,6 +43,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelherd.cache.redis")
 T = TypeVar("T")
+
+#: the default key prefix: disjoint from the quota keys' (`herd:tenants:`)
+CACHE_PREFIX = "herd:cache:"
+#: the quota plugin's default key prefix (plugins/resources/tenants/settings.py)
+QUOTA_PREFIX = "herd:tenants"
+#: what an entry's name ends with after the prefix: "<namespace>:<40 hex digits>"
+#: (modelherd.cache.request_key); `clear` deletes nothing else, whatever the prefix
+_ENTRY_TAIL = re.compile(rb":[0-9a-f]{40}$")
+
+
+def _user_seal() -> Seal:
+    from modelherd.plugins.cache.codec import HmacSeal
+
+    return HmacSeal(load_sign_key())
 
 
 class RedisSettings(BaseModel):
@@ -47,8 +70,9 @@ class RedisSettings(BaseModel):
     username: str | None = None
     #: env var holding the Redis password (AUTH / ACL)
     password_env: str | None = None
-    #: keys are "<prefix><tenant>:<hash>"
-    prefix: str = "herd:"
+    #: keys are "<prefix><tenant namespace>:<hash>"; must not overlap the quota keys'
+    #: prefix ([plugins.tenants] key_prefix), which `herd cache clear` never touches
+    prefix: str = CACHE_PREFIX
     #: seconds an entry lives unless the call passes cache_ttl=; 0 = no expiry
     ttl: float = 24 * 3600.0
     #: the most one Redis operation may take, seconds
@@ -59,6 +83,9 @@ class RedisSettings(BaseModel):
     warn_interval_s: float = 300.0
     #: env var holding a Fernet key: values are encrypted before they leave the process
     encrypt_key_env: str | None = None
+    #: env var holding the key that signs entries: set the same one on every host that
+    #: shares this Redis (default: this user's own key file, so only this host reads them)
+    sign_key_env: str | None = None
     #: TLS: CA bundle to trust (rediss:// only); default: the system store
     ssl_ca_certs: str | None = None
 
@@ -94,12 +121,12 @@ class RedisTier(CacheTier):
     order = 30
 
     def __init__(
-        self, settings: RedisSettings, password: str | None = None, fernet: Any = None
+        self, settings: RedisSettings, password: str | None = None, seal: Seal | None = None
     ) -> None:
         super().__init__()
         self.settings = settings
         self._password = password
-        self._fernet = fernet
+        self._seal: Seal = seal if seal is not None else _user_seal()
         self._client: Any = None
         self._failures = 0
         self._open_until = 0.0
@@ -227,7 +254,7 @@ class RedisTier(CacheTier):
         if blob is None:
             return None
         try:
-            return decode(key, blob, self._fernet)
+            return decode(key, blob, self._seal)
         except CorruptEntryError as exc:
             self.count("errors")
             if not self._entry_warned:
@@ -245,7 +272,7 @@ class RedisTier(CacheTier):
             ttl = self.settings.ttl
         elif ttl <= 0:
             return
-        blob = encode(key, response, self._fernet)
+        blob = encode(key, response, self._seal)
         full = self.settings.prefix + key
         px = int(ttl * 1000) if ttl > 0 else None
         try:
@@ -256,11 +283,18 @@ class RedisTier(CacheTier):
         self.count("bytes", len(blob))
 
     async def clear(self) -> int:
-        """Delete this prefix's keys (SCAN, never KEYS or FLUSHDB: Redis may be shared)."""
+        """Delete this prefix's cache entries (SCAN, never KEYS or FLUSHDB: Redis may be
+        shared). Only names shaped like an entry go: quota buckets and anything else
+        another program keeps under a similar prefix stay."""
         removed = 0
         client = self._get_client()
         batch: list[bytes] = []
-        async for name in client.scan_iter(match=self.settings.prefix + "*", count=500):
+        async for name in client.scan_iter(
+            match=_glob_escape(self.settings.prefix) + "*", count=500
+        ):
+            raw = name if isinstance(name, bytes) else str(name).encode()
+            if not _ENTRY_TAIL.search(raw):
+                continue
             batch.append(name)
             if len(batch) >= 500:
                 removed += await client.delete(*batch)
@@ -273,8 +307,10 @@ class RedisTier(CacheTier):
         client = self._get_client()
         found = 0
         async with asyncio.timeout(max(self.settings.op_timeout, 5.0)):
-            async for _ in client.scan_iter(match=self.settings.prefix + "*", count=1000):
-                found += 1
+            match = _glob_escape(self.settings.prefix) + "*"
+            async for name in client.scan_iter(match=match, count=1000):
+                raw = name if isinstance(name, bytes) else str(name).encode()
+                found += bool(_ENTRY_TAIL.search(raw))
         return found
 
     def stats(self) -> dict[str, Any]:
@@ -284,7 +320,7 @@ class RedisTier(CacheTier):
             "state": self.state,
             "outages": self.outages,
             "ttl_s": self.settings.ttl,
-            "encrypted": self._fernet is not None,
+            "encrypted": isinstance(self._seal, FernetSeal),
         }
 
     async def aclose(self) -> None:
@@ -295,11 +331,26 @@ class RedisTier(CacheTier):
                 await client.aclose()
 
 
+def _glob_escape(text: str) -> str:
+    """`text` as a literal in a SCAN MATCH pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 def load_settings(herd: Herd) -> RedisSettings | None:
     """The validated table, or None when [plugins.cache_redis] is absent (tier off)."""
     if "cache_redis" not in herd.config.plugins:
         return None
-    return herd.plugin_config("cache_redis", RedisSettings, "docs/cache.md")
+    settings = herd.plugin_config("cache_redis", RedisSettings, "docs/cache.md")
+    tenants = herd.config.plugin_settings("tenants")
+    quota = str(tenants.get("key_prefix", QUOTA_PREFIX)) if "redis_url" in tenants else ""
+    if quota and (settings.prefix.startswith(quota) or quota.startswith(settings.prefix)):
+        # `herd cache clear` would delete the quota buckets (and a tenant's usage)
+        raise ConfigError(
+            f"{herd.config.source}: [plugins.cache_redis] prefix: '{settings.prefix}' overlaps "
+            f"the quota keys' prefix '{quota}' ([plugins.tenants] key_prefix) — use "
+            f'disjoint prefixes, e.g. prefix = "{CACHE_PREFIX}"'
+        )
+    return settings
 
 
 def build_tier(herd: Herd, settings: RedisSettings) -> RedisTier:
@@ -317,8 +368,7 @@ def build_tier(herd: Herd, settings: RedisSettings) -> RedisTier:
                 f"{where} password_env: the environment variable {settings.password_env} "
                 f"is not set — export it (or put it in .env) with the Redis password"
             )
-    fernet = make_fernet(settings.encrypt_key_env, herd.env, where)
-    return RedisTier(settings, password, fernet)
+    return RedisTier(settings, password, make_seal(settings, herd.env, where))
 
 
 @hookimpl

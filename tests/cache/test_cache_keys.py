@@ -100,8 +100,14 @@ def test_tenants_never_share_a_key() -> None:
     a = request_key(req(tenant="alice"))
     b = request_key(req(tenant="bob"))
     assert a != b
-    assert a.startswith("alice:") and b.startswith("bob:")
-    assert request_key(req()).startswith("default:")
+    assert a.startswith("t=alice:") and b.startswith("t=bob:")
+    # no tenant is its own namespace: neither "" nor "default" nor "-" can name it
+    none = request_key(req())
+    assert none.startswith("-:")
+    others = {request_key(req(tenant=t)) for t in ("", "default", "-", "-:x")}
+    assert none not in others and len(others) == 4
+    # a name cannot reach into another namespace either
+    assert request_key(req(tenant="a:b")).startswith("t=a%3Ab:")
 
 
 def test_pydantic_schema_classes_key_by_schema_not_name() -> None:

@@ -136,7 +136,7 @@ def test_a_damaged_entry_is_a_miss_and_one_warning(
     ]
     assert len(model2.history) == 2
     warnings = disk_warnings(caplog)
-    assert len(warnings) == 1 and "cannot be trusted (checksum mismatch)" in warnings[0]
+    assert len(warnings) == 1 and "cannot be trusted (signature mismatch" in warnings[0]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
