@@ -149,6 +149,14 @@ class BudgetExceededError(QuotaExceededError):
         self.resets_at = resets_at
 
 
+class TenantRequiredError(ConfigError):
+    """Tenants are configured and the call names none (and no default_tenant is set)."""
+
+
+class UnknownTenantError(ConfigError):
+    """The call names a tenant that is not configured and unknown_tenant = "reject"."""
+
+
 class OverloadedError(HerdError):
     """The scheduler shed this call to protect higher-priority work."""
 

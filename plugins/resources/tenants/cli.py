@@ -31,7 +31,7 @@ def make_tenants_command() -> click.Command:
 
         from modelherd.errors import ConfigError
         from modelherd.kernel import Herd
-        from modelherd.plugins.resources.tenants.runtime import build_tenants, build_tiers
+        from modelherd.plugins.resources.tenants.settings import load_tenants_config
 
         root = ctx.find_root().params or {}
         try:
@@ -39,8 +39,8 @@ def make_tenants_command() -> click.Command:
                 config_path=config_path or root.get("config_path"), profile=root.get("profile")
             )
             source = herd.config.source
-            tiers = build_tiers(herd.config.tiers, source)
-            tenants = build_tenants(herd.config.tenants, tiers, source)
+            checked = load_tenants_config(herd.config)
+            tiers, tenants = checked.tiers, checked.tenants
         except ConfigError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
@@ -88,10 +88,22 @@ def make_tenants_command() -> click.Command:
                 ", ".join(row["allowed_models"]),
             )
         Console().print(table)
+        settings = checked.settings
         if not tenants:
             click.echo(
                 'no tenants configured: add [tenants.<name>] tier = "basic" to '
-                "plugins.toml (calls without tenant= are never limited)"
+                "plugins.toml (until then no call is limited)"
+            )
+            return
+        if settings.default_tenant:
+            click.echo(f"calls without tenant= count as '{settings.default_tenant}'")
+        else:
+            click.echo("calls without tenant= are refused (set [plugins.tenants] default_tenant)")
+        if settings.unknown_tenant == "reject":
+            click.echo("unconfigured tenants are refused")
+        else:
+            click.echo(
+                f"unconfigured tenants share one '{settings.unknown_tenant}' bucket between them"
             )
 
     return tenants_command

@@ -4,7 +4,9 @@ Each check-and-update is one script, so N replicas calling at once still give a
 tenant its limit, not N times it. Time comes from Redis (`TIME`), not from each
 host's clock. `redis.asyncio` is imported when the first limiter is built.
 
-Keys (all under `prefix`, default `herd:tenants`):
+Keys (all under `prefix`, default `herd:tenants`, disjoint from the cache's
+`herd:cache:`; `{tenant}` is a configured name, or `~unknown` for the one bucket every
+unconfigured tenant shares):
   {prefix}:{tenant}:rpm           hash  request bucket (tokens, ts)
   {prefix}:{tenant}:tpm           hash  token bucket (tokens, ts)
   {prefix}:{tenant}:day:{YYYYMMDD} int  tokens used that UTC day (expires after 2 days)
@@ -43,7 +45,7 @@ else
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(cap / rate) + 60)
-return {ok, tostring(wait)}
+return {ok, tostring(wait), tostring(tokens)}
 """
 
 SLOT_LUA = """
@@ -67,7 +69,7 @@ return used
 
 class RedisLimits:
     """The Redis half of tenant enforcement. Every method may raise redis errors;
-    the caller (tenants.py) falls back to local enforcement when it does."""
+    the caller (runtime.py) falls back to its local share when it does."""
 
     def __init__(self, url: str, prefix: str = "herd:tenants", timeout: float = 1.0) -> None:
         import redis.asyncio as aioredis
@@ -89,12 +91,12 @@ class RedisLimits:
 
     async def bucket(
         self, tenant: str, what: str, rate: float, capacity: float, cost: float, mode: str
-    ) -> float:
-        """Run the bucket script: 0.0 when allowed, else seconds to wait."""
-        ok, wait = await self._bucket(
+    ) -> tuple[float, float]:
+        """Run the bucket script: (0.0 when allowed else seconds to wait, tokens left)."""
+        ok, wait, tokens = await self._bucket(
             keys=[self.key(tenant, what)], args=[rate, capacity, cost, mode]
         )
-        return 0.0 if int(ok) == 1 else max(float(wait), 1e-3)
+        return (0.0 if int(ok) == 1 else max(float(wait), 1e-3)), float(tokens)
 
     async def day_used(self, tenant: str) -> int:
         value = await self.client.get(self.key(tenant, f"day:{utc_day()}"))

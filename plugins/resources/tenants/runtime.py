@@ -10,7 +10,10 @@ plugins.toml:
     daily_tokens = 100000
 
     [plugins.tenants]
+    default_tenant = "alice"                 # calls without tenant= count as alice
+    unknown_tenant = "basic"                 # unconfigured names share ONE basic bucket
     redis_url = "redis://127.0.0.1:6379/0"   # share limits across processes
+    replicas = 4                             # while Redis is down each enforces 1/4
 
 Built-in tiers follow the runbook's isolation table (basic / standard / premium /
 dedicated: 4 / 8 / 16 GB / exclusive memory, standard / guaranteed / premium /
@@ -19,7 +22,9 @@ highest priority), see `DEFAULT_TIERS`. A call over a limit raises
 affected. Rate limits reject at once (with `retry_after`); `max_concurrency` makes
 the call wait for a slot up to `max_wait_s`.
 
-With no `[tenants.*]` table this plugin registers no per-call hook at all.
+Fail closed: with tenants configured, a call without tenant= is refused
+(`TenantRequiredError`) unless `default_tenant` is set; a config error stops the
+command at startup. With no `[tenants.*]` table this plugin registers no per-call hook.
 """
 
 from __future__ import annotations
@@ -32,207 +37,81 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
-from modelherd.errors import ConfigError, QuotaExceededError
+from modelherd.errors import QuotaExceededError, TenantRequiredError, UnknownTenantError
 from modelherd.plugins.resources.tenants import RUNTIME
-from modelherd.plugins.resources.tenants.token_bucket import (
-    DailyCounter,
-    SlotPool,
-    TokenBucket,
-    seconds_to_utc_midnight,
+from modelherd.plugins.resources.tenants.settings import (
+    DEFAULT_TIERS,
+    SHARED_UNKNOWN,
+    TenantsConfig,
+    TenantSpec,
+    TenantsSettings,
+    TierLimits,
+    build_tenants,
+    build_tiers,
+    load_tenants_config,
 )
+from modelherd.plugins.resources.tenants.state import RateLimit, Tenant
+from modelherd.plugins.resources.tenants.token_bucket import seconds_to_utc_midnight
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, Metric
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
     from modelherd.plugins.resources.tenants.redis_limits import RedisLimits
 
+__all__ = [
+    "DEFAULT_TIERS",
+    "Tenant",
+    "Tenants",
+    "TenantsSettings",
+    "TierLimits",
+    "build_tenants",
+    "build_tiers",
+    "start",
+    "stop",
+]
+
 #: tokens the call used, handed from after_call to the admission gate's exit
 _TOKENS_USED = StashKey[int]()
-
 
 log = logging.getLogger("modelherd.tenants")
 
 LOCAL_PROVIDERS = ("llamacpp", "ollama")
 
 
-class TierLimits(BaseModel):
-    """One tier's limits (0 or absent = no limit). Every field may be set per tenant too."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_concurrency: int | None = Field(None, ge=0)
-    requests_per_minute: float | None = Field(None, ge=0)
-    tokens_per_minute: float | None = Field(None, ge=0)
-    daily_tokens: int | None = Field(None, ge=0)
-    #: added to each call's priority (the scheduler serves higher first)
-    priority: int = 0
-    #: aliases this tenant may call; ["*"] = all
-    allowed_models: list[str] = Field(default_factory=lambda: ["*"])
-    #: share of local model memory a model this tenant loads may take (0-1]
-    memory_share: float = Field(1.0, gt=0, le=1)
-    #: seconds of refill a rate bucket holds (the burst allowed after a quiet spell)
-    burst_s: float = Field(2.0, gt=0)
-    #: how long a call may wait for a concurrency slot before it is refused
-    max_wait_s: float = Field(10.0, ge=0)
-
-    @field_validator("max_concurrency", "requests_per_minute", "tokens_per_minute", "daily_tokens")
-    @classmethod
-    def _zero_is_unlimited(cls, value: float | None) -> float | None:
-        # TOML has no null: 0 switches a tier's default limit off
-        return None if value == 0 else value
-
-
-#: after ../shared/runbook-zh.md "多租户资源隔离": 基础/中等/高级/完全隔离
-DEFAULT_TIERS: dict[str, dict[str, Any]] = {
-    # dev/test: CPU 50 %, 4 GB, standard service
-    "basic": {
-        "max_concurrency": 4,
-        "requests_per_minute": 60,
-        "tokens_per_minute": 40_000,
-        "daily_tokens": 500_000,
-        "priority": 0,
-        "memory_share": 0.25,
-    },
-    # small production: CPU 75 %, 8 GB, guaranteed service
-    "standard": {
-        "max_concurrency": 16,
-        "requests_per_minute": 600,
-        "tokens_per_minute": 200_000,
-        "daily_tokens": 5_000_000,
-        "priority": 10,
-        "memory_share": 0.5,
-    },
-    # business critical: CPU 100 %, 16 GB, premium service
-    "premium": {
-        "max_concurrency": 64,
-        "requests_per_minute": 3_000,
-        "tokens_per_minute": 1_000_000,
-        "daily_tokens": 50_000_000,
-        "priority": 20,
-        "memory_share": 1.0,
-    },
-    # sensitive work: exclusive resources, highest priority, no quota
-    "dedicated": {"priority": 30, "memory_share": 1.0},
-}
-
-
-class TenantsSettings(BaseModel):
-    """`[plugins.tenants]`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    redis_url: str | None = None
-    key_prefix: str = "herd:tenants"
-    #: a call naming a tenant that is not configured: "reject", or a tier to apply
-    unknown_tenant: str = "reject"
-    #: seconds before trying Redis again after it failed
-    redis_retry_s: float = Field(30.0, gt=0)
-    #: local model memory the shares refer to; default: total RAM
-    local_memory_gb: float | None = Field(None, gt=0)
-
-
-class Tenant:
-    """A configured tenant and its in-process enforcement state."""
-
-    def __init__(self, name: str, tier: str, limits: TierLimits) -> None:
-        self.name = name
-        self.tier = tier
-        self.limits = limits
-        self.allowed = None if "*" in limits.allowed_models else frozenset(limits.allowed_models)
-        self.rpm = _bucket(limits.requests_per_minute, limits.burst_s)
-        self.tpm = _bucket(limits.tokens_per_minute, limits.burst_s)
-        self.daily = DailyCounter()
-        self.slots = SlotPool(limits.max_concurrency) if limits.max_concurrency else None
-
-
-def _bucket(per_minute: float | None, burst_s: float) -> TokenBucket | None:
-    if per_minute is None:
-        return None
-    rate = per_minute / 60.0
-    return TokenBucket(rate, max(1.0, rate * burst_s))
-
-
-def _first_error(exc: ValidationError) -> tuple[str, str]:
-    first = exc.errors()[0]
-    return ".".join(str(p) for p in first["loc"]), first["msg"]
-
-
-def build_tiers(config_tiers: dict[str, Any], source: str) -> dict[str, TierLimits]:
-    tiers: dict[str, TierLimits] = {}
-    names = list(DEFAULT_TIERS) + [n for n in config_tiers if n not in DEFAULT_TIERS]
-    for name in names:
-        table = config_tiers.get(name, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: [tiers.{name}] must be a table")
-        try:
-            tiers[name] = TierLimits.model_validate({**DEFAULT_TIERS.get(name, {}), **table})
-        except ValidationError as exc:
-            key, msg = _first_error(exc)
-            raise ConfigError(
-                f"{source}: [tiers.{name}] {key}: {msg} — see docs/resources.md for the tier fields"
-            ) from None
-    return tiers
-
-
-def build_tenants(
-    config_tenants: dict[str, Any], tiers: dict[str, TierLimits], source: str
-) -> dict[str, Tenant]:
-    tenants: dict[str, Tenant] = {}
-    for name, table in config_tenants.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: [tenants.{name}] must be a table")
-        overrides = dict(table)
-        tier = str(overrides.pop("tier", "basic"))
-        if tier not in tiers:
-            raise ConfigError(
-                f"{source}: [tenants.{name}] tier: unknown tier '{tier}' — "
-                f"use one of {', '.join(tiers)} or add [tiers.{tier}]"
-            )
-        try:
-            limits = TierLimits.model_validate({**tiers[tier].model_dump(), **overrides})
-        except ValidationError as exc:
-            key, msg = _first_error(exc)
-            raise ConfigError(
-                f"{source}: [tenants.{name}] {key}: {msg} — allowed keys: tier, "
-                f"{', '.join(TierLimits.model_fields)}"
-            ) from None
-        tenants[name] = Tenant(name, tier, limits)
-    return tenants
-
-
-def load_settings(herd: Herd) -> TenantsSettings:
-    try:
-        return TenantsSettings.model_validate(herd.plugin_settings("tenants"))
-    except ValidationError as exc:
-        key, msg = _first_error(exc)
-        raise ConfigError(
-            f"{herd.config.source}: [plugins.tenants] {key}: {msg} — allowed: "
-            f"{', '.join(TenantsSettings.model_fields)}"
-        ) from None
-
-
 class Tenants:
     """The per-call half: registered from `startup` only when tenants are configured."""
 
-    def __init__(
-        self,
-        herd: Herd,
-        settings: TenantsSettings,
-        tenants: dict[str, Tenant],
-        tiers: dict[str, TierLimits],
-    ) -> None:
+    def __init__(self, herd: Herd, config: TenantsConfig) -> None:
         self.herd = herd
-        self.settings = settings
-        self.tenants = tenants
-        self.tiers = tiers
+        self.config = config
+        self.settings = config.settings
+        self.tiers = config.tiers
+        # a process enforces its share only when Redis is there to share with
+        self.share = 1.0 / self.settings.replicas if self.settings.redis_url else 1.0
+        #: configured tenants only: invented names never add an entry (bounded state)
+        self.tenants: dict[str, Tenant] = {
+            name: Tenant.build(spec, self.share) for name, spec in config.tenants.items()
+        }
+        unknown = config.unknown_tier
+        self.unknown: Tenant | None = None
+        if unknown is not None:
+            spec = TenantSpec(SHARED_UNKNOWN, self.settings.unknown_tenant, unknown)
+            self.unknown = Tenant.build(spec, self.share, shared=True)
         self.redis: RedisLimits | None = None
         self.redis_down_until = 0.0
+        #: True from a Redis failure until the local usage is carried back to it
+        self.outage = False
+        self._probing = False
+        self.outages = 0
         self.warned = False
         self.ids = itertools.count()
         self.model_bytes: dict[str, int | None] = {}
         self.local_memory: int | None = None
+
+    def all_tenants(self) -> list[Tenant]:
+        found = list(self.tenants.values())
+        return [*found, self.unknown] if self.unknown is not None else found
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -246,9 +125,11 @@ class Tenants:
         except ImportError:
             self.warned = True
             self.redis_down_until = float("inf")
+            self.outage = True
             log.warning(
                 "tenants: redis_url is set but the redis package is missing — "
-                'pip install "modelherd[redis]"; enforcing quotas per process'
+                'pip install "modelherd[redis]"; enforcing quotas per process%s',
+                _share_note(self.settings.replicas),
             )
             return
         try:
@@ -261,22 +142,90 @@ class Tenants:
             await self.redis.aclose()
             self.redis = None
 
+    # ---- Redis, its outages, and carrying local usage forward ----------------
+
     def _redis_failed(self, exc: BaseException) -> None:
         self.redis_down_until = time.monotonic() + self.settings.redis_retry_s
-        if not self.warned:
+        if self.outage:
+            return
+        self.outage = True
+        self.outages += 1
+        for tenant in self.all_tenants():
+            for limit in (tenant.rpm, tenant.tpm):
+                if limit is not None:
+                    limit.start_local(tenant.share)
+        self._emit_outage(1.0)
+        if not self.warned:  # said once per process; later outages are metrics
             self.warned = True
             log.warning(
-                "tenants: Redis at %s is unreachable (%s: %s) — enforcing quotas per process "
-                "until it is back",
+                "tenants: Redis at %s is unreachable (%s: %s) — enforcing quotas per process%s "
+                "until it is back; what this process admits meanwhile is charged to Redis then",
                 _safe_url(self.settings.redis_url),
                 type(exc).__name__,
                 exc,
+                _share_note(self.settings.replicas),
             )
 
-    def _remote(self) -> RedisLimits | None:
-        if self.redis is None or time.monotonic() < self.redis_down_until:
+    def _emit_outage(self, value: float) -> None:
+        if self.herd.wants_metrics:
+            self.herd.emit(Metric("herd.tenant.redis_fallback", value, "1", "gauge", {}))
+
+    async def _remote(self) -> RedisLimits | None:
+        """Redis when it is usable now; after an outage, first charge it what this
+        process admitted meanwhile. None: enforce the local share."""
+        redis = self.redis
+        if redis is None:
             return None
-        return self.redis
+        if not self.outage:
+            return redis
+        if time.monotonic() < self.redis_down_until or self._probing:
+            return None
+        self._probing = True  # one call probes and carries forward; the others go local
+        try:
+            carried = await self._carry_forward(redis)
+        except Exception as exc:
+            self.outage = False  # so that _redis_failed starts a new local period
+            self._redis_failed(exc)
+            return None
+        finally:
+            self._probing = False
+        self.outage = False
+        self._emit_outage(0.0)
+        log.info(
+            "tenants: Redis at %s is back; charged it %s admitted locally meanwhile",
+            _safe_url(self.settings.redis_url),
+            carried,
+        )
+        return redis
+
+    async def _carry_forward(self, redis: RedisLimits) -> str:
+        requests = tokens = 0.0
+        for tenant in self.all_tenants():
+            if not tenant.has_pending():
+                continue
+            for what, limit in (("rpm", tenant.rpm), ("tpm", tenant.tpm)):
+                if limit is None or not limit.pending:
+                    continue
+                amount, limit.pending = limit.pending, 0.0
+                try:
+                    _, limit.remote_left = await redis.bucket(
+                        tenant.name, what, limit.rate, limit.capacity, amount, "debt"
+                    )
+                except BaseException:
+                    limit.pending += amount
+                    raise
+                if what == "rpm":
+                    requests += amount
+                else:
+                    tokens += amount
+            if tenant.day_pending:
+                amount, tenant.day_pending = tenant.day_pending, 0
+                try:
+                    await redis.day_add(tenant.name, amount)
+                except BaseException:
+                    tenant.day_pending += amount
+                    raise
+        return f"{requests:g} requests and {tokens:g} tokens"
 
     # ---- hooks ---------------------------------------------------------------
 
@@ -284,7 +233,14 @@ class Tenants:
     def acquire_admission(self, request: ChatRequest, herd: Herd) -> Any:
         name = request.tenant
         if name is None:
-            return None
+            name = self.settings.default_tenant
+            if name is None:
+                raise TenantRequiredError(
+                    f"this call names no tenant, and {herd.config.source} configures tenants "
+                    f'({", ".join(self.tenants)}) — pass tenant="<name>" (herd chat '
+                    f'--tenant NAME) or set [plugins.tenants] default_tenant = "<name>"'
+                )
+            request.tenant = name  # counted, cached and logged as the default tenant
         tenant = self.tenants.get(name)
         if tenant is None:
             tenant = self._unknown(name)
@@ -297,14 +253,13 @@ class Tenants:
             request.stash[_TOKENS_USED] = response.usage.total_tokens
 
     def _unknown(self, name: str) -> Tenant:
-        tier = self.settings.unknown_tenant
-        if tier == "reject" or tier not in self.tiers:
-            raise ConfigError(
-                f"unknown tenant '{name}' — add [tenants.{name}] tier = \"basic\" to "
-                f'{self.herd.config.source}, or set [plugins.tenants] unknown_tenant = "basic"'
+        if self.unknown is None:
+            raise UnknownTenantError(
+                f"unknown tenant '{_shown(name)}' — add [tenants.{_shown(name)}] tier = \"basic\" to "
+                f'{self.herd.config.source}, or set [plugins.tenants] unknown_tenant = "basic" '
+                f"(all unconfigured tenants then share one basic bucket)"
             )
-        tenant = self.tenants[name] = Tenant(name, tier, self.tiers[tier])
-        return tenant
+        return self.unknown
 
     # ---- enforcement ---------------------------------------------------------
 
@@ -318,28 +273,36 @@ class Tenants:
                 )
             )
         when = f"retry in {retry_after:.2f}s" if retry_after is not None else "it does not reset"
+        who = (
+            f"unconfigured tenants (sharing one {tenant.tier} bucket)"
+            if tenant.shared
+            else f"tenant '{tenant.name}' ({tenant.tier})"
+        )
         raise QuotaExceededError(
-            f"tenant '{tenant.name}' ({tenant.tier}) is over its {limit} limit ({detail}) — {when}",
-            retry_after=retry_after,
+            f"{who} is over its {limit} limit ({detail}) — {when}", retry_after=retry_after
         )
 
-    async def _bucket(
-        self, tenant: Tenant, what: str, local: TokenBucket, cost: float, mode: str
-    ) -> float:
-        remote = self._remote()
+    async def _take(self, tenant: Tenant, what: str, limit: RateLimit, mode: str) -> float:
+        """One rate check ("take" one request, or "positive": not in token debt)."""
+        remote = await self._remote()
         if remote is not None:
             try:
-                return await remote.bucket(
-                    tenant.name, what, local.rate, local.capacity, cost, mode
+                cost = 1.0 if mode == "take" else 0.0
+                wait, limit.remote_left = await remote.bucket(
+                    tenant.name, what, limit.rate, limit.capacity, cost, mode
                 )
+                return wait
             except Exception as exc:
                 self._redis_failed(exc)
-        if mode == "take":
-            return local.take(cost)
+        return self._take_local(limit, mode)
+
+    def _take_local(self, limit: RateLimit, mode: str) -> float:
         if mode == "positive":
-            return local.wait_positive()
-        local.charge(cost)
-        return 0.0
+            return limit.local.wait_positive()
+        wait = limit.local.take(1.0)
+        if not wait and self.redis is not None:
+            limit.pending += 1.0
+        return wait
 
     async def admit(self, tenant: Tenant, request: ChatRequest) -> None:
         """Every rate and budget check, before the call; raises QuotaExceededError."""
@@ -353,85 +316,95 @@ class Tenants:
             )
         if limits.memory_share < 1.0 and request.provider in LOCAL_PROVIDERS:
             await self._check_memory(tenant, request.alias)
-        if self._remote() is None:
+        if self.redis is None:
             self._admit_local(tenant)  # no awaits on the in-process path
             return
         if tenant.rpm is not None:
-            wait = await self._bucket(tenant, "rpm", tenant.rpm, 1.0, "take")
+            wait = await self._take(tenant, "rpm", tenant.rpm, "take")
             if wait:
                 self._refuse(
                     tenant, "requests_per_minute", f"{limits.requests_per_minute:g}/min", wait
                 )
         if tenant.tpm is not None:
-            wait = await self._bucket(tenant, "tpm", tenant.tpm, 0.0, "positive")
+            wait = await self._take(tenant, "tpm", tenant.tpm, "positive")
             if wait:
                 self._refuse(tenant, "tokens_per_minute", f"{limits.tokens_per_minute:g}/min", wait)
         if limits.daily_tokens is not None:
-            used = await self._day_used(tenant)
-            if used >= limits.daily_tokens:
-                self._refuse(
-                    tenant,
-                    "daily_tokens",
-                    f"{used} of {limits.daily_tokens} tokens used today, resets at 00:00 UTC",
-                    seconds_to_utc_midnight(),
-                )
+            self._check_day(tenant, await self._day_used(tenant))
 
     def _admit_local(self, tenant: Tenant) -> None:
         limits = tenant.limits
         if tenant.rpm is not None:
-            wait = tenant.rpm.take(1.0)
+            wait = self._take_local(tenant.rpm, "take")
             if wait:
                 self._refuse(
                     tenant, "requests_per_minute", f"{limits.requests_per_minute:g}/min", wait
                 )
         if tenant.tpm is not None:
-            wait = tenant.tpm.wait_positive()
+            wait = self._take_local(tenant.tpm, "positive")
             if wait:
                 self._refuse(tenant, "tokens_per_minute", f"{limits.tokens_per_minute:g}/min", wait)
         if limits.daily_tokens is not None:
-            used = tenant.daily.current()
-            if used >= limits.daily_tokens:
-                self._refuse(
-                    tenant,
-                    "daily_tokens",
-                    f"{used} of {limits.daily_tokens} tokens used today, resets at 00:00 UTC",
-                    seconds_to_utc_midnight(),
-                )
+            self._check_day(tenant, tenant.daily.current())
+
+    def _check_day(self, tenant: Tenant, used: int) -> None:
+        budget = tenant.limits.daily_tokens
+        if budget is not None and used >= budget:
+            self._refuse(
+                tenant,
+                "daily_tokens",
+                f"{used} of {budget} tokens used today, resets at 00:00 UTC",
+                seconds_to_utc_midnight(),
+            )
 
     async def _day_used(self, tenant: Tenant) -> int:
-        remote = self._remote()
+        remote = await self._remote()
         if remote is not None:
             try:
-                return await remote.day_used(tenant.name)
+                tenant.day_seen = await remote.day_used(tenant.name)
+                return tenant.day_seen
             except Exception as exc:
                 self._redis_failed(exc)
-        return tenant.daily.current()
+        return tenant.local_day_used()
 
     async def charge(self, tenant: Tenant, tokens: int) -> None:
         """Tokens are known only after the call: charge them, into debt if need be."""
-        if self._remote() is None:
+        if self.redis is None:
             if tenant.tpm is not None:
-                tenant.tpm.charge(float(tokens))
+                tenant.tpm.local.charge(float(tokens))
             if tenant.limits.daily_tokens is not None:
                 tenant.daily.add(tokens)
             return
+        remote = await self._remote()
         if tenant.tpm is not None:
-            await self._bucket(tenant, "tpm", tenant.tpm, float(tokens), "debt")
+            limit = tenant.tpm
+            charged = False
+            if remote is not None:
+                try:
+                    _, limit.remote_left = await remote.bucket(
+                        tenant.name, "tpm", limit.rate, limit.capacity, float(tokens), "debt"
+                    )
+                    charged = True
+                except Exception as exc:
+                    self._redis_failed(exc)
+                    remote = None
+            if not charged:
+                limit.local.charge(float(tokens))
+                limit.pending += float(tokens)
         if tenant.limits.daily_tokens is not None:
-            remote = self._remote()
             if remote is not None:
                 try:
                     await remote.day_add(tenant.name, tokens)
                     return
                 except Exception as exc:
                     self._redis_failed(exc)
-            tenant.daily.add(tokens)
+            tenant.day_pending += tokens
 
     async def acquire_slot(self, tenant: Tenant, call_id: str) -> str | None:
         """Wait for a concurrency slot: "local", "redis", or None when none freed in time."""
         limit = tenant.limits.max_concurrency
         assert limit is not None and tenant.slots is not None
-        remote = self._remote()
+        remote = await self._remote()
         if remote is not None:
             deadline = time.monotonic() + tenant.limits.max_wait_s
             lease = (self.herd.config.herd.timeout + 5) * (self.herd.config.herd.retries + 1)
@@ -541,6 +514,20 @@ class _Gate:
             await self.owner.charge(self.tenant, int(tokens))
 
 
+def _share_note(replicas: int) -> str:
+    if replicas == 1:
+        return (
+            " (replicas = 1: each process allows the whole limit; set [plugins.tenants] replicas)"
+        )
+    return f" (each allows 1/{replicas} of each limit: replicas = {replicas})"
+
+
+def _shown(name: str) -> str:
+    """A caller-chosen name, safe to print in one line (bounded, no control chars)."""
+    text = "".join(c if c.isprintable() else "?" for c in name[:64])
+    return text + ("…" if len(name) > 64 else "")
+
+
 def _safe_url(url: str | None) -> str:
     """The Redis URL without its password (never log secrets)."""
     if not url:
@@ -554,18 +541,10 @@ def _safe_url(url: str | None) -> str:
 
 
 def start(herd: Herd) -> Awaitable[None] | None:
-    """The plugin's startup: register the per-call half only when tenants exist."""
+    """The plugin's startup: check the whole config, then register the per-call half."""
     if not herd.config.tenants:
         return None
-    source = herd.config.source
-    settings = load_settings(herd)
-    tiers = build_tiers(herd.config.tiers, source)
-    if settings.unknown_tenant != "reject" and settings.unknown_tenant not in tiers:
-        raise ConfigError(
-            f"{source}: [plugins.tenants] unknown_tenant: '{settings.unknown_tenant}'"
-            f' is not a tier — use "reject" or one of {", ".join(tiers)}'
-        )
-    plugin = Tenants(herd, settings, build_tenants(herd.config.tenants, tiers, source), tiers)
+    plugin = Tenants(herd, load_tenants_config(herd.config))
     herd.register_plugin(plugin, name="tenants-calls")
     herd.stash[RUNTIME] = plugin  # for shutdown
     return plugin.connect()

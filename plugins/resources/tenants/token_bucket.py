@@ -1,8 +1,8 @@
 """In-process limit primitives: a token bucket, a UTC-day counter, a waiting slot pool.
 
-These are the single-process enforcement of tenant quotas (plugins/resources/tenants/__init__.py);
-redis_limits.py implements the same three with atomic Redis scripts so that
-several processes share one limit.
+These are the single-process enforcement of tenant quotas (runtime.py), and each
+process's share of a limit while Redis is down; redis_limits.py implements the same
+three with atomic Redis scripts so that several processes share one limit.
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ class TokenBucket:
         """Take `cost` tokens even into debt (tokens known only after the call)."""
         self._refill(time.monotonic())
         self.tokens -= cost
+
+    def refill_to(self, tokens: float) -> None:
+        """Start from `tokens` now (what was left of the shared bucket, for our share)."""
+        self.stamp = time.monotonic()
+        self.tokens = min(self.capacity, tokens)
 
 
 def seconds_to_utc_midnight(now: datetime | None = None) -> float:
