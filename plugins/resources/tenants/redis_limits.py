@@ -89,6 +89,11 @@ class RedisLimits:
     async def ping(self) -> None:
         await self.client.ping()
 
+    async def reset(self) -> None:
+        """Drop pooled connections: after an outage they are dead, and each would fail
+        once (a second outage, spurious) before the pool noticed."""
+        await self.client.connection_pool.disconnect()
+
     async def bucket(
         self, tenant: str, what: str, rate: float, capacity: float, cost: float, mode: str
     ) -> tuple[float, float]:

@@ -182,10 +182,10 @@ class Tenants:
             return None
         self._probing = True  # one call probes and carries forward; the others go local
         try:
+            await redis.reset()
             carried = await self._carry_forward(redis)
         except Exception as exc:
-            self.outage = False  # so that _redis_failed starts a new local period
-            self._redis_failed(exc)
+            self._redis_failed(exc)  # still down: wait redis_retry_s again
             return None
         finally:
             self._probing = False
@@ -544,10 +544,17 @@ def start(herd: Herd) -> Awaitable[None] | None:
     """The plugin's startup: check the whole config, then register the per-call half."""
     if not herd.config.tenants:
         return None
+    return _start(herd)
+
+
+async def _start(herd: Herd) -> None:
+    # checked inside the awaitable: the kernel awaits it outside its per-plugin error
+    # isolation, so a wrong quota config stops `herd.start()` (exit 2 in the CLI)
+    # instead of being recorded as one more broken plugin while calls go unlimited
     plugin = Tenants(herd, load_tenants_config(herd.config))
     herd.register_plugin(plugin, name="tenants-calls")
     herd.stash[RUNTIME] = plugin  # for shutdown
-    return plugin.connect()
+    await plugin.connect()
 
 
 def stop(herd: Herd) -> Awaitable[None] | None:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 DOCS = "docs/resources.md"
 #: the default Redis key prefix of the quota buckets; the cache's is "herd:cache:"
 QUOTA_PREFIX = "herd:tenants"
+#: the Redis cache tier's default prefix (plugins/cache/redis.py)
+CACHE_PREFIX = "herd:cache:"
 #: the name every unconfigured tenant shares (unknown_tenant = "<tier>"): configured
 #: names cannot take it (see TENANT_NAME)
 SHARED_UNKNOWN = "~unknown"
@@ -217,4 +219,20 @@ def load_tenants_config(config: HerdConfig) -> TenantsConfig:
         )
     if not settings.key_prefix:
         raise ConfigError(f'{where} key_prefix: must not be empty — e.g. "{QUOTA_PREFIX}"')
+    _check_prefixes(config, settings, where)
     return TenantsConfig(settings, tiers, tenants)
+
+
+def _check_prefixes(config: HerdConfig, settings: TenantsSettings, where: str) -> None:
+    """Quota keys and cache keys must not overlap, or `herd cache clear` (which deletes
+    the cache prefix) would reset every tenant's usage."""
+    if settings.redis_url is None or "cache_redis" not in config.plugins:
+        return
+    cache = str(config.plugin_settings("cache_redis").get("prefix", CACHE_PREFIX))
+    quota = settings.key_prefix
+    if cache.startswith(quota) or quota.startswith(cache):
+        raise ConfigError(
+            f"{where} key_prefix: '{quota}' overlaps the cache's prefix '{cache}' "
+            f"([plugins.cache_redis] prefix) — use disjoint prefixes, e.g. the defaults "
+            f'key_prefix = "{QUOTA_PREFIX}" and prefix = "{CACHE_PREFIX}"'
+        )
