@@ -4,11 +4,14 @@
     .venv/bin/python bench/cache.py --json     # for scripts
 
 Measures, end to end through `herd.chat` (build request, key, lookup, copy, hooks):
-- a hit in L1 (memory), L2 (disk, SQLite WAL; also with Fernet encryption) and
+- a hit in L1 (memory), L2 (disk, SQLite WAL; also with Fernet encryption, and signed
+  vs the unauthenticated checksum of earlier versions, interleaved) and
   L3 (Redis on loopback; a
   redis-server is started on a free port when the binary exists), each next to
   the same run's baseline: the same MockModel called directly, and the miss path;
 - `request_key` alone (it is on every cached call);
+- the entry codec alone: HMAC-SHA256 signing (encode + decode) against the old
+  unauthenticated BLAKE2b checksum, the ratio printed;
 - coalescing: 100 identical concurrent calls on a 50 ms MockModel;
 - the hit rate of a skewed workload (Zipf-like, 200 prompts, 5000 calls) on L1.
 Targets (issue 4): L1 p50 <= 25 µs, L2 <= 300 µs, L3 <= 500 µs; 100 concurrent
@@ -37,10 +40,12 @@ from typing import Any
 
 from modelherd.cache import request_key
 from modelherd.kernel import Herd
+from modelherd.plugins.cache import codec
 from modelherd.plugins.cache import disk as cache_disk
 from modelherd.plugins.cache import memory as cache_memory
 from modelherd.plugins.cache import redis as cache_redis
 from modelherd.testing import MockModel, make_herd
+from modelherd.types import ChatResponse
 
 TARGETS_US = {"memory": 25.0, "disk": 300.0, "redis": 500.0}
 
@@ -101,6 +106,84 @@ async def bench_tier(
             ),
         )
     return {"hit_p50_us": p50(hits), "miss_p50_us": p50(misses)}
+
+
+class ChecksumSeal:
+    """The unauthenticated format of earlier versions (BLAKE2b checksum): the baseline
+    the HMAC's cost is measured against. Bench only — the tiers no longer accept it."""
+
+    def seal(self, body: bytes) -> bytes:
+        import hashlib
+
+        return b"H1" + hashlib.blake2b(body, digest_size=16).digest() + body
+
+    def open(self, blob: bytes) -> bytes:
+        import hashlib
+
+        body = blob[18:]
+        if hashlib.blake2b(body, digest_size=16).digest() != blob[2:18]:
+            raise codec.CorruptEntryError("checksum mismatch")
+        return body
+
+
+async def bench_signed_vs_unsigned_disk(folder: str, n: int) -> dict[str, float]:
+    """Disk hits with signed entries and with the unsigned checksum of earlier versions
+    (that seal swapped in), interleaved call by call so both see the same machine load."""
+    signed, _ = herd_for(
+        {"cache_memory": {"enabled": False}, "cache_disk": {"path": folder + "/s.db"}}
+    )
+    unsigned, _ = herd_for(
+        {"cache_memory": {"enabled": False}, "cache_disk": {"path": folder + "/u.db"}}
+    )
+    real = cache_disk.make_seal
+    cache_disk.make_seal = lambda *a, **k: ChecksumSeal()  # type: ignore[assignment]
+    try:
+        await unsigned.start()
+    finally:
+        cache_disk.make_seal = real
+    await signed.start()
+    samples: dict[str, list[float]] = {"signed": [], "unsigned": []}
+    herds = {"signed": signed, "unsigned": unsigned}
+    try:
+        for herd in herds.values():
+            await herd.chat("mock", PROMPT, temperature=0)
+        gc.disable()
+        for i in range(n + 200):
+            for name, herd in herds.items():
+                start = time.perf_counter_ns()
+                hit = await herd.chat("mock", PROMPT, temperature=0)
+                if i >= 200:  # after a warm-up
+                    samples[name].append((time.perf_counter_ns() - start) / 1000)
+                assert hit.cache_tier == "disk"
+    finally:
+        gc.enable()
+        for herd in herds.values():
+            await herd.aclose()
+    signed_us, unsigned_us = p50(samples["signed"]), p50(samples["unsigned"])
+    return {
+        "signed_hit_p50_us": signed_us,
+        "unsigned_hit_p50_us": unsigned_us,
+        "ratio": signed_us / unsigned_us,
+    }
+
+
+def bench_codec(n: int) -> dict[str, float]:
+    """encode + decode of one typical entry, signed vs the old checksum, interleaved."""
+    response = ChatResponse(content="The answer is 42. " * 8, model="m", provider="mock")
+    key = "-:" + "0" * 40
+    seals = {"hmac": codec.HmacSeal(b"k" * 32), "checksum": ChecksumSeal()}
+    samples: dict[str, list[float]] = {name: [] for name in seals}
+    gc.disable()
+    try:
+        for _ in range(n):
+            for name, seal in seals.items():
+                start = time.perf_counter_ns()
+                codec.decode(key, codec.encode(key, response, seal), seal)
+                samples[name].append((time.perf_counter_ns() - start) / 1000)
+    finally:
+        gc.enable()
+    hmac_us, plain_us = p50(samples["hmac"]), p50(samples["checksum"])
+    return {"hmac_p50_us": hmac_us, "checksum_p50_us": plain_us, "ratio": hmac_us / plain_us}
 
 
 async def bench_direct(n: int) -> dict[str, float]:
@@ -193,10 +276,12 @@ async def main_async(n: int) -> dict[str, Any]:
     out["baseline"] = await bench_direct(n)
     out["memory"] = await bench_tier("memory", {}, n)
     with tempfile.TemporaryDirectory() as tmp:
+        # the signing key file goes to a throw-away data dir, not the user's
+        os.environ["XDG_DATA_HOME"] = str(Path(tmp) / "data")
         db = str(Path(tmp) / "bench.sqlite3")
-        out["disk"] = await bench_tier(
-            "disk", {"cache_memory": {"enabled": False}, "cache_disk": {"path": db}}, n // 2
-        )
+        disk_only = {"cache_memory": {"enabled": False}, "cache_disk": {"path": db}}
+        out["disk"] = await bench_tier("disk", disk_only, n // 2)
+        out["disk signed vs unsigned"] = await bench_signed_vs_unsigned_disk(tmp, n // 2)
         key = "T1mM0fQm2yXH3Rzw3b1bSg8u8Qv5m7P9l8b7v2n4k1c="  # throw-away bench key
         out["disk+fernet"] = await bench_tier(
             "disk",
@@ -224,6 +309,7 @@ async def main_async(n: int) -> dict[str, Any]:
             finally:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+    out["codec"] = bench_codec(n)
     out["coalesce"] = await bench_coalesce()
     out["hit_rate"] = await bench_hit_rate()
     direct = out["baseline"]["direct_p50_us"]
@@ -261,6 +347,16 @@ def render(data: dict[str, Any]) -> None:
             f"{row['miss_p50_us']:>8.1f}µs {row['hit_vs_direct_model_call']:>10.2f}x "
             f"{row['miss_over_hit']:>8.2f}x  {'yes' if row['ok'] else 'NO'}"
         )
+    sig = data["disk signed vs unsigned"]
+    print(
+        f"disk hit, interleaved: signed (HMAC-SHA256) p50 {sig['signed_hit_p50_us']:.1f} µs "
+        f"vs unsigned checksum (before) {sig['unsigned_hit_p50_us']:.1f} µs: {sig['ratio']:.2f}x"
+    )
+    cod = data["codec"]
+    print(
+        f"entry codec alone (encode + decode): HMAC {cod['hmac_p50_us']:.2f} µs vs "
+        f"checksum {cod['checksum_p50_us']:.2f} µs: {cod['ratio']:.2f}x"
+    )
     enc = data["disk+fernet"]
     print(
         f"disk with Fernet encryption: hit p50 {enc['hit_p50_us']:.1f} µs, "
