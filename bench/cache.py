@@ -277,7 +277,7 @@ async def main_async(n: int) -> dict[str, Any]:
     out["memory"] = await bench_tier("memory", {}, n)
     with tempfile.TemporaryDirectory() as tmp:
         # the signing key file goes to a throw-away data dir, not the user's
-        os.environ["XDG_DATA_HOME"] = str(Path(tmp) / "data")
+        os.environ["HERD_DATA_DIR"] = str(Path(tmp) / "data")
         db = str(Path(tmp) / "bench.sqlite3")
         disk_only = {"cache_memory": {"enabled": False}, "cache_disk": {"path": db}}
         out["disk"] = await bench_tier("disk", disk_only, n // 2)

@@ -144,9 +144,11 @@ def make_fernet(env_var: str | None, env: Mapping[str, str], where: str) -> Any:
 
 
 def sign_key_path() -> Path:
-    import platformdirs
+    """`cache.key` in the user data dir (`$HERD_DATA_DIR`, else the platform's), beside
+    the trust store."""
+    from modelherd.trust import data_dir
 
-    return Path(platformdirs.user_data_dir("modelherd")) / "cache.key"
+    return data_dir() / "cache.key"
 
 
 def load_sign_key(path: Path | None = None) -> bytes:

@@ -119,7 +119,7 @@ def test_another_users_entries_are_misses_unless_they_share_a_sign_key(
     writer, _ = herd_with(redis_tables(redis_server), answer="from the writer")
     assert ask(writer) == ("from the writer", None)
     # another user (or host): another data dir, another key — a miss, never an answer
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "other-user"))
+    monkeypatch.setenv("HERD_DATA_DIR", str(tmp_path / "other-user"))
     reader, _ = herd_with(redis_tables(redis_server), answer="the reader's own")
     assert ask(reader) == ("the reader's own", None)
     # hosts meant to share one cache name the same key: then they read each other's
@@ -127,7 +127,7 @@ def test_another_users_entries_are_misses_unless_they_share_a_sign_key(
     tables = redis_tables(redis_server, sign_key_env="HERD_SIGN_KEY", prefix="herd:shared:")
     host_a, _ = herd_with(tables, answer="host a", env=shared)
     assert ask(host_a) == ("host a", None)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "third-user"))
+    monkeypatch.setenv("HERD_DATA_DIR", str(tmp_path / "third-user"))
     host_b, model_b = herd_with(tables, answer="host b", env=shared)
     assert ask(host_b) == ("host a", "redis") and not model_b.history
 
