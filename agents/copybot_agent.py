@@ -26,7 +26,14 @@ from .caveats import model_note
 from .market_data import fetch_candles
 from .portfolio import Fill, load_portfolio, save_portfolio
 from .swarm_agent import SwarmAgent, SwarmResult
-from .trading_agent import ACTIONS, Action, DecisionSettings, gate, position_prompt
+from .trading_agent import (
+    ACTIONS,
+    Action,
+    DecisionSettings,
+    TradeAnswer,
+    gate,
+    position_prompt,
+)
 
 SYSTEM = (
     "You decide whether to copy a position that a tracked fund holds. Answer BUY to "
@@ -154,6 +161,7 @@ class CopyBotAgent(Agent):
                 context=context,
                 save=False,
                 agent=self.name,
+                output_type=TradeAnswer,
             )
 
         async with anyio.create_task_group() as tg:

@@ -212,8 +212,11 @@ class SwarmAgent(Agent):
         on_update: UpdateCallback | None = None,
         save: bool | None = None,
         agent: str | None = None,
+        output_type: type[BaseModel] | None = None,
     ) -> SwarmResult:
-        """Ask every member `question` (plus `context`) and return the consensus."""
+        """Ask every member `question` (plus `context`) and return the consensus.
+        `output_type`: members that take JSON schemas answer in that pydantic model
+        (validated by the kernel before the answer votes; docs/tools.md)."""
         s = self.settings
         labels = list(labels) if labels is not None else s.labels
         self.check_aliases()
@@ -267,7 +270,10 @@ class SwarmAgent(Agent):
             if member.seed is not None:
                 options.update(seed=member.seed, temperature=s.temperature)
             if s.structured and self._supports_schema(member.alias):
-                options["response_format"] = {"type": "json_schema", "schema": schema}
+                if output_type is not None:
+                    options["output_type"] = output_type
+                else:
+                    options["response_format"] = {"type": "json_schema", "schema": schema}
             t0 = time.perf_counter()
             try:
                 # no deadline on this scope: one watchdog cancels late members (a timer

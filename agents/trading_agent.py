@@ -16,7 +16,7 @@ from typing import Any, Literal
 import anyio
 from modelherd import Agent, AgentSettings
 from modelherd.errors import ConfigError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import features, storage
 from .caveats import model_note
@@ -98,6 +98,20 @@ class TradingSettings(DecisionSettings):
     allow_add: bool = False
     #: run the risk agent ([agents.risk]) after each round
     risk: bool = True
+
+
+class TradeAnswer(BaseModel):
+    """One model's decision as it must answer it: sent as the swarm members'
+    `output_type` (native structured output), each answer validated before it votes.
+    Confidence may come back null (the gate then says "came without a confidence");
+    the schema still asks for all three fields."""
+
+    model_config = ConfigDict(json_schema_extra={"required": ["action", "confidence", "reasoning"]})
+
+    action: Action
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    # bounded so a chatty model cannot run out of tokens mid-JSON
+    reasoning: str = Field(default="", max_length=160)
 
 
 class Decision(BaseModel):
@@ -219,6 +233,7 @@ class TradingAgent(Agent):
                 context=context,
                 save=False,
                 agent=self.name,
+                output_type=TradeAnswer,
             )
             asked[sym] = (result, time.perf_counter() - t0)
 

@@ -202,3 +202,24 @@ def test_a_market_data_plugin_wins_over_the_bundled_sample(herd_factory: Any) ->
     assert xyz.price == 10.0  # served by the plugin
     assert btc.price != 10.0  # the plugin returned None: the bundled sample answered
     assert [a[0] for a in feed.asked] == ["XYZ", "BTC"]
+
+
+def test_decisions_are_typed_outputs_and_answers_outside_the_schema_never_vote(
+    herd_factory: Any,
+) -> None:
+    # "HOLD" is no action and 1.7 is no confidence: the kernel's output_type check
+    # refuses both before they can vote; the third member's valid answer decides
+    models = {
+        "a": mock("a", answer("HOLD", 0.9, "action")),
+        "b": mock("b", answer("BUY", 1.7, "action")),
+        "c": mock("c", answer("SELL", 0.9, "action")),
+    }
+    herd = herd_factory(models, {"trading": {"models": list(models), "samples": 1}})
+    decision = trade(herd, ["BTC"]).decisions[0]
+    fmt = models["a"].history[0].options["response_format"]
+    assert fmt["name"] == "TradeAnswer"
+    assert fmt["schema"]["required"] == ["action", "confidence", "reasoning"]
+    assert decision.votes == {"SELL": 1.0}
+    errors = {m["alias"]: m["error"] for m in decision.members}
+    assert "does not fit TradeAnswer" in errors["a"] and "action: Input should be" in errors["a"]
+    assert "confidence: Input should be less than or equal to 1" in errors["b"]
