@@ -320,3 +320,20 @@ def test_tool_results_in_messages_reach_the_model_as_given() -> None:
     )
     sent = model.history[0].messages
     assert sent[2].tool_call_id == "c1" and sent[2].content == "97000"
+
+
+def test_identical_tool_calls_in_flight_share_one_upstream_call() -> None:
+    model = MockModel(latency=0.05).enqueue([call("c1", symbol="BTC")], "unused")
+    herd = make_herd({"desk": model})
+
+    async def both() -> list[ChatResponse]:
+        return list(
+            await asyncio.gather(
+                herd.chat("desk", "same", tools=[get_price]),
+                herd.chat("desk", "same", tools=[get_price]),
+            )
+        )
+
+    first, second = asyncio.run(both())
+    assert len(model.history) == 1
+    assert first.tool_calls == second.tool_calls and first.tool_calls is not second.tool_calls

@@ -315,3 +315,16 @@ def test_a_stream_cut_inside_a_call_is_an_error_with_the_partial_call(vendor, he
     assert partial.name == "get_weather"
     if vendor[0].name != "ollama":
         assert not partial.ok  # half a JSON object: never presented as a call to run
+
+
+def test_a_full_tool_loop_through_each_vendor(vendor, herds):
+    herd = make(vendor, herds, "tools-2")
+
+    async def go() -> Any:
+        return await herd.run_tools("m", "weather and time?", tools=TOOLS, max_steps=3)
+
+    run = asyncio.run(go())
+    assert run.steps == 2
+    assert [r.call.name for r in run.executed] == ["get_weather", "get_time"]
+    assert run.content == "results: text: 21 C; text: 12:00"
+    assert [m.role for m in run.messages] == ["user", "assistant", "tool", "tool", "assistant"]
