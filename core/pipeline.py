@@ -80,9 +80,11 @@ async def _chat_admitted(
     key = cache.key_for(request) if cache is not None else coalesce_key(request)
     answered_by: list[ChatRequest] = []
     try:
-        hit = await _lookup(herd, request, key, started)
-        if hit is not None:
-            return hit
+        # the guard keeps the common miss path free of a coroutine (bench/overhead.py)
+        if (key is not None and cache is not None) or request.cache == "only":
+            hit = await _lookup(herd, request, key, started)
+            if hit is not None:
+                return hit
         if key is not None:
             # a follower got the leader's answer: only the leader stores it
             response, led = await herd._coalescer.run_led(
@@ -95,8 +97,8 @@ async def _chat_admitted(
         raise
     response.latency_s = time.perf_counter() - started
     check_response(request, response)  # tool calls vs the tools' schemas (docs/tools.md)
-    valid = _validate(herd, request, response, validate)
-    if led and answered_by:
+    valid = _validate(herd, request, response, validate) if validate is not None else None
+    if led and cache is not None and answered_by:
         await _store(herd, request, answered_by[0], key, response, valid)
     _finish(herd, request, response, valid)
     return response
@@ -128,19 +130,23 @@ async def _attempts(herd: Herd, request: ChatRequest) -> ChatResponse:
     """One model: before_call, then attempts under the timeout until one succeeds."""
     model = herd.get_model(request.alias)
     require_tool_support(model, request)  # else skipped, with the reason, for a fallback
-    await _prepare(model)
+    if not model.prepared:
+        await _prepare(model)
     retries, timeout = _limits(herd, model, request)
+    has_before_call = herd._has.get("before_call")
     attempt = 0
     while True:
-        answered = _before_call(herd, request)
-        if answered is not None:
-            return answered
+        if has_before_call:
+            answered = herd.hook.before_call(request=request, herd=herd)
+            if answered is not None:
+                return answered  # type: ignore[no-any-return]
         try:
             # asyncio.timeout costs a few µs; anyio's cancel scope costs ~4x that,
             # and this runs on every call (bench/overhead.py)
             async with asyncio.timeout(timeout):
                 response = await model.chat(request)
-            _check_complete(request, response)
+            if response.finish_reason == "unknown":
+                _check_complete(request, response)
             response.attempts = attempt + 1
             if not response.alias:
                 response.alias = request.alias
@@ -224,7 +230,8 @@ async def _stream_attempts(herd: Herd, request: ChatRequest) -> AsyncIterator[An
     """One model's stream, retried (like `_attempts`) only until the first chunk."""
     model = herd.get_model(request.alias)
     require_tool_support(model, request)
-    await _prepare(model)
+    if not model.prepared:
+        await _prepare(model)
     retries, timeout = _limits(herd, model, request)
     attempt = 0
     while True:
@@ -331,10 +338,8 @@ async def _store(
 
 
 def _validate(
-    herd: Herd, request: ChatRequest, response: ChatResponse, validate: Validator | None
-) -> bool | None:
-    if validate is None:
-        return None
+    herd: Herd, request: ChatRequest, response: ChatResponse, validate: Validator
+) -> bool:
     try:
         valid = bool(validate(response))
     except Exception:
@@ -441,9 +446,8 @@ def _before_call(herd: Herd, request: ChatRequest) -> ChatResponse | None:
 
 async def _prepare(model: Model) -> None:
     """Import the SDK and build clients once, outside the first attempt's timeout."""
-    if not model.prepared:
-        await model.prepare()
-        model.prepared = True
+    await model.prepare()
+    model.prepared = True
 
 
 def _limits(herd: Herd, model: Model, request: ChatRequest) -> tuple[int, float]:

@@ -50,7 +50,7 @@ def _defaults(cls: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
     if found is None:
         plain: dict[str, Any] = {}
         factories: dict[str, Any] = {}
-        for name, info in cls.model_fields.items():
+        for name, info in cls.__pydantic_fields__.items():
             if info.default_factory is not None:
                 factories[name] = info.default_factory
             elif info.default is not PydanticUndefined:
@@ -67,7 +67,8 @@ def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
     caller supplies with the right type — never for user input. Fields the caller
     leaves out get their declared default (a field added later cannot break callers).
     """
-    if len(values) != len(cls.model_fields):
+    # __pydantic_fields__, not model_fields: the latter is a slow class property (~5 µs)
+    if len(values) != len(cls.__pydantic_fields__):
         plain, factories = _defaults(cls)
         values = {**plain, **values}
         for name, factory in factories.items():
