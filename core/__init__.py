@@ -40,7 +40,8 @@ from .errors import (
 )
 from .kernel import Herd, hookimpl
 from .provider import Model, ProviderSettings, SamplingOptions
-from .tools import IncompleteToolCallError, Tool, ToolArgumentsError
+from .tool_stream import IncompleteToolCallError
+from .tools import Tool, ToolArgumentsError
 from .types import (
     Availability,
     ChatRequest,

@@ -29,7 +29,8 @@ from .errors import (
 from .pipeline import Validator
 from .provider import Model
 from .stash import Stash
-from .tools import normalize_tool_options, stream_events
+from .tool_stream import stream_events
+from .tools import normalize_tool_options
 from .types import ChatRequest, ChatResponse, EmbedResponse, Message, Metric, ModelSpec, trusted
 
 if TYPE_CHECKING:

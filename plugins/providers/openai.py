@@ -33,7 +33,7 @@ from modelherd.plugins.providers.stainless import StainlessModel
 from modelherd.plugins.providers.think import ThinkSplitter, split_think
 from modelherd.provider import CommonOptionRanges, ProviderSettings
 from modelherd.stash import StashKey
-from modelherd.tools import ToolCallAssembler
+from modelherd.tool_stream import ToolCallAssembler
 from modelherd.types import ChatRequest, ChatResponse, FinishReason, ModelSpec, StreamEvent, Usage
 from pydantic import BaseModel, Field
 

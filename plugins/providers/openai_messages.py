@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from modelherd.errors import BadRequestError
-from modelherd.tools import Tool, ToolCallAssembler, as_tool_choice, as_tools, wire_call
+from modelherd.tool_stream import ToolCallAssembler
+from modelherd.tools import Tool, as_tool_choice, as_tools, wire_call
 from modelherd.types import ImagePart, Message, StreamEvent, TextPart, ToolCall
 
 #: options this module turns into wire fields (the provider passes the rest through)

@@ -7,11 +7,10 @@ from typing import Annotated, Literal
 
 import pytest
 from modelherd.errors import ConfigError
+from modelherd.tool_stream import IncompleteToolCallError, ToolCallAssembler
 from modelherd.tools import (
-    IncompleteToolCallError,
     Tool,
     ToolArgumentsError,
-    ToolCallAssembler,
     as_tool_choice,
     as_tools,
     check_calls,

@@ -42,7 +42,7 @@ from modelherd.plugins.providers.ollama.messages import (
 from modelherd.plugins.providers.think import ThinkSplitter, split_think
 from modelherd.provider import Model, ProviderSettings, SamplingOptions
 from modelherd.stash import StashKey
-from modelherd.tools import ToolCallAssembler
+from modelherd.tool_stream import ToolCallAssembler
 from modelherd.types import (
     Availability,
     ChatRequest,

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from modelherd.errors import BadRequestError
-from modelherd.tools import ToolCallAssembler, as_tool_choice, as_tools, wire_call
+from modelherd.tool_stream import ToolCallAssembler
+from modelherd.tools import as_tool_choice, as_tools, wire_call
 from modelherd.types import Message, StreamEvent, ToolCall
 
 TOOL_OPTIONS = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
