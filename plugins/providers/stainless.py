@@ -99,6 +99,28 @@ class StainlessModel(Model):
     def _bad_body(self, request: ChatRequest, what: str) -> BadResponseError:
         raise NotImplementedError
 
+    # ---- preparation (once, before the first attempt) ----------------------------
+
+    async def prepare(self) -> None:
+        """Import the SDK and its response types in a worker thread, then build this
+        loop's client. The pipeline awaits this before the first attempt's timeout
+        starts: importing `anthropic` takes about a second, which a `timeout=1` first
+        call used to spend — with the event loop blocked — before sending anything."""
+        import anyio
+
+        await anyio.to_thread.run_sync(self._import_sdk)
+        self.client()  # the pooled client belongs to the running loop: made here, not there
+
+    def _import_sdk(self) -> None:
+        try:
+            importlib.import_module(self.sdk)
+        except ImportError:
+            raise MissingDependencyError(
+                self.sdk, self.sdk, f"the {self.provider} provider"
+            ) from None
+        if type(self)._types is None:
+            type(self)._types = self._load_types()
+
     # ---- availability (no network) ---------------------------------------------
 
     @classmethod

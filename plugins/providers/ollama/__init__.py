@@ -185,6 +185,14 @@ class OllamaModel(Model):
     def client(self) -> Any:
         return pool_of(self.herd, _POOL).get(self.host, self._new_client, self)
 
+    async def prepare(self) -> None:
+        """Import the client (and httpx) in a worker thread, then build this loop's
+        client — before the first attempt's timeout starts, off the event loop."""
+        import anyio
+
+        await anyio.to_thread.run_sync(_import_client)
+        self.client()
+
     def _new_client(self) -> Any:
         try:
             import ollama
@@ -422,6 +430,14 @@ class OllamaModel(Model):
         from modelherd.plugins.providers.ollama.admin import unload
 
         return await unload(self.client(), self.name)
+
+
+def _import_client() -> None:
+    try:
+        import ollama  # noqa: F401
+        from modelherd.plugins.providers.ollama import status  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("ollama", "ollama", "the ollama provider") from None
 
 
 def close_tags(name: str, pulled: list[str]) -> list[str]:
