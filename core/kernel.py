@@ -523,8 +523,15 @@ class Herd:
         that an error reaches the caller. A cached answer is replayed as one chunk.
         With `events=True`, yield typed events instead of bare text (`TextDelta`,
         `ReasoningDelta`, `KeepAlive`, `ToolCallStart/Delta/End`), then the response.
+        `timeout` is an idle timeout (any event from the server restarts it, reasoning
+        and pings included); `deadline=` seconds bounds the whole stream.
         """
+        deadline = kwargs.pop("deadline", None)
         request = self.build_request(model, messages, stream=True, **kwargs)
+        if deadline is not None:
+            if not isinstance(deadline, int | float) or deadline <= 0:
+                raise ConfigError(f"deadline={deadline!r} is not a number of seconds > 0")
+            request.stash[pipeline.DEADLINE] = float(deadline)
         if events:
             async for event in stream_events(pipeline.stream(self, request), request):
                 yield event

@@ -42,7 +42,7 @@ from .provider import Model
 from .retry import retry_delay
 from .stash import Stash, StashKey
 from .tools import check_response, require_tool_support
-from .types import ChatRequest, ChatResponse, Metric
+from .types import ChatRequest, ChatResponse, KeepAlive, Metric, ReasoningDelta
 
 if TYPE_CHECKING:
     from .kernel import Herd
@@ -52,6 +52,10 @@ Validator = Callable[[ChatResponse], bool]
 #: the caller's own options and timeout, which a fallback request is rebuilt from
 #: (set by `Herd.build_request` only when the alias has fallbacks)
 CALLER = StashKey[tuple[dict[str, Any], float | None]]()
+
+#: `herd.stream(..., deadline=S)`: seconds the whole stream may take, retries and
+#: fallbacks included (the per-item timeout is an idle timeout)
+DEADLINE = StashKey[float]()
 
 _LOOKUP_MODES = frozenset({"default", "no-store", "only"})
 _STORE_MODES = frozenset({"default", "no-cache"})
@@ -192,15 +196,18 @@ async def _stream_admitted(herd: Herd, request: ChatRequest, started: float) -> 
     answered_by: ChatRequest | None = None
     errors: list[tuple[str, HerdError]] = []
     candidates = _candidates(herd, request)
+    deadline = request.stash.get(DEADLINE, None)
+    ends = None if deadline is None else asyncio.get_running_loop().time() + deadline
     for index, alias in enumerate(candidates):
         attempt_request = _request_for(herd, request, alias)
         emitted = False
         try:
-            async for item in _stream_attempts(herd, attempt_request):
+            async for item in _stream_attempts(herd, attempt_request, ends, deadline):
                 if isinstance(item, ChatResponse):
                     final = item
                 else:
-                    emitted = True
+                    # reasoning and keep-alives are not the answer: a fallback may follow
+                    emitted = emitted or not isinstance(item, KeepAlive | ReasoningDelta)
                     yield item
         except HerdError as exc:
             errors.append((alias, exc))
@@ -226,13 +233,19 @@ async def _stream_admitted(herd: Herd, request: ChatRequest, started: float) -> 
     yield final
 
 
-async def _stream_attempts(herd: Herd, request: ChatRequest) -> AsyncIterator[Any]:
-    """One model's stream, retried (like `_attempts`) only until the first chunk."""
+async def _stream_attempts(
+    herd: Herd, request: ChatRequest, ends: float | None = None, deadline: float | None = None
+) -> AsyncIterator[Any]:
+    """One model's stream, retried (like `_attempts`) only until the first chunk of the
+    answer. `timeout` is an idle timeout: any item restarts it — text, reasoning, a
+    provider's KeepAlive (a ping, an empty chunk; only `events=True` callers see it). `ends` (loop
+    time) is when the whole stream's `deadline` (seconds) runs out, if one was asked for."""
     model = herd.get_model(request.alias)
     require_tool_support(model, request)
     if not model.prepared:
         await _prepare(model)
     retries, timeout = _limits(herd, model, request)
+    loop = asyncio.get_running_loop()
     attempt = 0
     while True:
         answered = _before_call(herd, request)
@@ -246,7 +259,8 @@ async def _stream_attempts(herd: Herd, request: ChatRequest) -> AsyncIterator[An
         try:
             while True:
                 # the timeout bounds the wait for each item, not the whole stream
-                async with asyncio.timeout(timeout):
+                wait = timeout if ends is None else min(timeout, ends - loop.time())
+                async with asyncio.timeout(wait):
                     try:
                         item = await iterator.__anext__()
                     except StopAsyncIteration:
@@ -256,11 +270,13 @@ async def _stream_attempts(herd: Herd, request: ChatRequest) -> AsyncIterator[An
                     item.attempts = attempt + 1
                     if not item.alias:
                         item.alias = request.alias
-                else:
-                    emitted = True
+                elif not isinstance(item, KeepAlive | ReasoningDelta):
+                    emitted = True  # the caller has answer text: no retry after this
                 yield item
             return
         except Exception as exc:
+            if ends is not None and isinstance(exc, TimeoutError) and loop.time() >= ends:
+                exc = _deadline_error(request, deadline or 0.0)
             error = _attempt_error(herd, request, exc, timeout, streaming=True)
         finally:
             # a timeout, an error or a caller that went away: let the provider close
@@ -435,6 +451,18 @@ def _check_complete(request: ChatRequest, response: ChatResponse) -> None:
             f"'{request.alias}' ({request.provider}) returned an unfinished answer (no finish "
             f"reason) — retrying; if it persists, a proxy or the server is cutting answers short"
         )
+
+
+def _deadline_error(request: ChatRequest, deadline: float) -> HerdError:
+    """The whole stream ran out of time: final (retrying cannot give time back)."""
+    error = CallTimeoutError(
+        f"'{request.alias}' ({request.provider}) did not finish streaming within its "
+        f"deadline of {deadline:g}s — pass a larger deadline= (the idle timeout, which "
+        f"any event from the server restarts, did not fire)"
+    )
+    error.retryable = False
+    error.fallback_ok = False
+    return error
 
 
 def _before_call(herd: Herd, request: ChatRequest) -> ChatResponse | None:

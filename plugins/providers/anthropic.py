@@ -36,7 +36,15 @@ from modelherd.plugins.providers.keys import key_fingerprint
 from modelherd.plugins.providers.stainless import StainlessModel
 from modelherd.provider import CommonOptionRanges, ProviderSettings
 from modelherd.stash import StashKey
-from modelherd.types import ChatRequest, ChatResponse, FinishReason, StreamEvent, Usage
+from modelherd.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    KeepAlive,
+    ReasoningDelta,
+    StreamEvent,
+    Usage,
+)
 from pydantic import Field
 
 #: this provider's client pool in each Herd's stash
@@ -60,6 +68,10 @@ OPTIONS = frozenset(
         "extra_body",
     }
 )
+
+#: yielded for an event with nothing to show (a ping, a block start, a signature): the
+#: server is alive, so the pipeline's idle timeout restarts
+ALIVE = KeepAlive()
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -142,10 +154,11 @@ class AnthropicModel(StainlessModel):
 
     @staticmethod
     def _load_types() -> tuple[Any, Any]:
-        from anthropic import AsyncStream
         from anthropic.types import Message, RawMessageStreamEvent
+        from modelherd.plugins.providers.anthropic_pings import stream_class
 
-        return (Message, AsyncStream[RawMessageStreamEvent])
+        # the SDK's own AsyncStream drops pings; this one hands them on (as KeepAlive)
+        return (Message, stream_class(RawMessageStreamEvent))
 
     # ---- request ---------------------------------------------------------------
 
@@ -274,22 +287,29 @@ class AnthropicModel(StainlessModel):
         try:
             async for event in stream:
                 kind = event.type
+                quiet = True  # nothing to hand on from this event (a ping, a block start …)
                 if kind == "content_block_delta":
                     delta = event.delta
                     if delta.type == "text_delta":
                         parts.append(delta.text)
+                        quiet = False
                         yield delta.text
                     elif delta.type == "thinking_delta":
                         thinking.append(delta.thinking)
+                        quiet = False
+                        yield ReasoningDelta(delta.thinking)
                     elif delta.type == "input_json_delta":
                         for item in calls.delta(event.index, delta.partial_json):
+                            quiet = False
                             yield item
                 elif kind == "content_block_start":
                     for item in calls.start(event.index, event.content_block):
+                        quiet = False
                         yield item
                 elif kind == "content_block_stop":
                     end = calls.stop(event.index)
                     if end is not None:
+                        quiet = False
                         yield end
                 elif kind == "message_start":
                     message = event.message
@@ -299,6 +319,8 @@ class AnthropicModel(StainlessModel):
                 elif kind == "message_delta":
                     stop = event.delta.stop_reason or stop
                     usage.update({k: v for k, v in _usage_fields(event.usage).items() if v})
+                if quiet:
+                    yield ALIVE  # any event from the server resets the idle timeout
         except Exception as exc:
             if calls.assembler.open_calls():  # cut in the middle of a call: never half a call
                 error = calls.assembler.incomplete("Anthropic", request.alias)

@@ -34,7 +34,16 @@ from modelherd.plugins.providers.think import ThinkSplitter, split_think
 from modelherd.provider import CommonOptionRanges, ProviderSettings
 from modelherd.stash import StashKey
 from modelherd.tool_stream import ToolCallAssembler
-from modelherd.types import ChatRequest, ChatResponse, FinishReason, ModelSpec, StreamEvent, Usage
+from modelherd.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    KeepAlive,
+    ModelSpec,
+    ReasoningDelta,
+    StreamEvent,
+    Usage,
+)
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
@@ -65,6 +74,10 @@ OPTIONS = frozenset(
         "extra_body",
     }
 )
+
+#: yielded for a chunk with nothing to show (a role-only or usage chunk): the server is
+#: alive, so the pipeline's idle timeout restarts; one instance serves every chunk
+ALIVE = KeepAlive()
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -262,22 +275,33 @@ class OpenAIModel(StainlessModel):
                 if chunk.usage is not None:
                     usage = chunk.usage
                 model = chunk.model or model
+                quiet = True  # nothing to hand on from this chunk (so far)
                 for choice in chunk.choices:
                     delta = choice.delta
                     if delta is not None:
                         extra = getattr(delta, "reasoning_content", None)
                         if extra:
                             reasoning_parts.append(extra)
+                            quiet = False
+                            yield ReasoningDelta(extra)
                         if delta.content:
                             text = splitter.feed(delta.content)
+                            thought = splitter.take_reasoning()
+                            if thought:  # <think> text inside the content
+                                quiet = False
+                                yield ReasoningDelta(thought)
                             if text:
                                 parts.append(text)
+                                quiet = False
                                 yield text
                         if delta.tool_calls:
                             for event in feed_stream_calls(calls, delta.tool_calls):
+                                quiet = False
                                 yield event
                     if choice.finish_reason:
                         finish = choice.finish_reason
+                if quiet:
+                    yield ALIVE  # any event from the server resets the idle timeout
         except Exception as exc:
             if calls and finish is None:  # cut in the middle of a call: never half a call
                 error = calls.incomplete(self.vendor, request.alias)

@@ -33,7 +33,7 @@ def _partial_suffix(text: str, tag: str) -> int:
 class ThinkSplitter:
     """Feed chunks in order; `feed` returns the visible part, `reasoning` collects the rest."""
 
-    __slots__ = ("_buf", "_in_think", "_parts", "_started", "_strip")
+    __slots__ = ("_buf", "_in_think", "_parts", "_started", "_strip", "_taken")
 
     def __init__(self) -> None:
         self._buf = ""
@@ -42,12 +42,22 @@ class ThinkSplitter:
         self._started = False
         #: drop the blank lines models put after </think>, even across chunks
         self._strip = False
+        #: how many reasoning parts `take_reasoning` has handed out
+        self._taken = 0
 
     @property
     def reasoning(self) -> str | None:
         if not self._started:
             return None
         return "".join(self._parts).strip()
+
+    def take_reasoning(self) -> str:
+        """The reasoning text fed since the last call (a stream hands it on as it comes)."""
+        if self._taken == len(self._parts):
+            return ""
+        new = "".join(self._parts[self._taken :])
+        self._taken = len(self._parts)
+        return new
 
     def feed(self, chunk: str) -> str:
         if not self._buf and not self._in_think and not self._strip and "<" not in chunk:

@@ -6,7 +6,8 @@ model), `err-429` (retry-after 7), `flaky-529` (overloaded once, then OK), `err-
 `stream-error` (an `event: error` mid-stream), `drop` (the connection dies mid-stream),
 `thinker` (a thinking block before the text), `unfinished` (a 200 with stop_reason
 null), `reset` (TCP RST, no response), `cut-body` (a body shorter than its
-Content-Length), `echo-key` (a 400 that echoes the key back). Anything else echoes the last user turn
+Content-Length), `echo-key` (a 400 that echoes the key back), `slow-think` / `slow-pings` (streams
+that think — thinking deltas / only pings — for ~0.9 s before the text). Anything else echoes the last user turn
 (image blocks as `[image/png]` or `[<url>]`).
 
 Tools (Anthropic's `tool_use` / `tool_result` blocks): with `tools` in the request and
@@ -28,6 +29,9 @@ from aiohttp import web
 from .loopback import Recorder, cut_off, sample_for_schema
 
 API_KEY = "sk-ant-test-0123456789abcdef"
+#: `slow-think` / `slow-pings` streams: this many thinking deltas (or pings), this far apart
+THINK_STEPS = 6
+THINK_EVERY_S = 0.15
 MODELS = ["claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5", "echo-claude"]
 
 
@@ -206,6 +210,8 @@ def make_app(recorder: Recorder) -> web.Application:
         uses = tool_uses_for(body)
         if uses:
             return await _stream_uses(request, response, send, uses, model)
+        if model in ("slow-think", "slow-pings"):  # thinking (or only pings) for a while
+            await _think_slowly(send, pings_only=model == "slow-pings")
         await send(
             "content_block_start",
             {
@@ -308,6 +314,25 @@ def make_app(recorder: Recorder) -> web.Application:
         )
         await send("message_stop", {"type": "message_stop"})
         return response
+
+    async def _think_slowly(send: Any, *, pings_only: bool) -> None:
+        """THINK_STEPS thinking deltas (or pings) THINK_EVERY_S apart, before the text."""
+        if not pings_only:
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            start = {"type": "content_block_start", "index": 0, "content_block": block}
+            await send("content_block_start", start)
+        for _ in range(THINK_STEPS):
+            if pings_only:
+                await send("ping", {"type": "ping"})
+            else:
+                delta = {"type": "thinking_delta", "thinking": "step "}
+                await send(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": delta},
+                )
+            await asyncio.sleep(THINK_EVERY_S)
+        if not pings_only:
+            await send("content_block_stop", {"type": "content_block_stop", "index": 0})
 
     async def models(request: web.Request) -> web.Response:
         recorder.add(request, {})

@@ -8,7 +8,8 @@ Chat scenarios by model: `qwen3:latest` answers with a <think> block,
 `midstream:latest` sends an error line mid-stream, `unfinished:latest` answers a
 non-stream call with done false. Faults in front of the model (a proxy's answers):
 `busy:latest` 429 with Retry-After 30, `flaky-busy:latest` 503 (Retry-After 0.05)
-once, `locked:latest` 401, `reset:latest` a TCP RST, `cut-body:latest` a short body. Text is escaped the way Ollama
+once, `locked:latest` 401, `reset:latest` a TCP RST, `cut-body:latest` a short body. `slow-think:latest` streams `thinking` lines for
+~0.9 s before the answer. Text is escaped the way Ollama
 escapes it (`<` as \\u003c). Pulling `nope` fails mid-stream like the real server.
 
 Tools (Ollama's `message.tool_calls`, arguments as objects, no ids): with `tools` in
@@ -32,6 +33,9 @@ from aiohttp import web
 from .loopback import Recorder, cut_off, sample_for_schema, vector_for
 
 GB = 1_000_000_000
+#: `slow-think:latest` streams this many `thinking` lines, this far apart, then answers
+THINK_STEPS = 6
+THINK_EVERY_S = 0.15
 
 
 def _details(family: str, params: str, quant: str) -> dict[str, Any]:
@@ -60,6 +64,7 @@ INITIAL = {
     "nomic-embed-text:latest": (GB // 4, _details("nomic-bert", "137M", "F16"), 2048),
     "unfinished:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
     "flaky-busy:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
+    "slow-think:latest": (GB, _details("qwen3", "1B", "Q8_0"), 8192),
 }
 PULLABLE = {"phi4:latest": (int(9.1 * GB), _details("phi3", "14.7B", "Q4_K_M"), 16384)}
 
@@ -271,6 +276,12 @@ def make_app(recorder: Recorder) -> web.Application:
             return web.Response(text=_dumps(out), content_type="application/json")
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
+        if name == "slow-think:latest":  # a reasoning model thinking for a while
+            for _ in range(THINK_STEPS):
+                message = {"role": "assistant", "content": "", "thinking": "step "}
+                line = {"model": name, "created_at": _now(), "message": message, "done": False}
+                await response.write((_dumps(line) + "\n").encode())
+                await asyncio.sleep(THINK_EVERY_S)
         if thinking:
             await response.write(
                 (

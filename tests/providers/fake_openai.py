@@ -7,7 +7,8 @@ OK), `err-500`, `slow` (answers after 3 s), `malformed` (bad JSON, JSON content 
 [DONE]), `midstream-error` (an error object inside the stream), `reason` (a <think>
 block), `unfinished` (a 200 with finish_reason null), `reset` (TCP RST, no response),
 `cut-body` (a 200 whose body stops short of its Content-Length), `echo-key` (a 400
-that echoes the Authorization header). Any other model answers "echo: <last user message>" (images as
+that echoes the Authorization header), `slow-think` / `slow-tags` (streams that reason
+for ~0.9 s — reasoning_content deltas / `<think>` text — before answering). Any other model answers "echo: <last user message>" (images as
 `[image/png]`).
 
 Tools (OpenAI's `tool_calls` wire format): with `tools` in the request and no `tool`
@@ -31,6 +32,9 @@ from aiohttp import web
 from .loopback import Recorder, cut_off, sample_for_schema, vector_for
 
 API_KEY = "sk-test-key-0123456789abcdef"
+#: `slow-think` / `slow-tags` streams: this many reasoning deltas, this far apart
+THINK_STEPS = 6
+THINK_EVERY_S = 0.15
 MODELS = ["gpt-5.4", "gpt-5.4-mini", "gpt-4o", "deepseek-chat", "echo-model"]
 
 
@@ -246,6 +250,8 @@ def make_app(recorder: Recorder) -> web.Application:
         calls = tool_calls_for(body)
         if calls:
             return await _stream_calls(response, send, base, body, calls)
+        if model in ("slow-think", "slow-tags"):  # a reasoning model thinking for a while
+            await _think_slowly(send, base, tags=model == "slow-tags")
         answer = _answer(body)
         for i in range(0, len(answer), 4):
             await send(
@@ -279,6 +285,17 @@ def make_app(recorder: Recorder) -> web.Application:
             )
         await send("[DONE]")
         return response
+
+    async def _think_slowly(send: Any, base: dict[str, Any], *, tags: bool) -> None:
+        """THINK_STEPS reasoning deltas THINK_EVERY_S apart: DeepSeek's reasoning_content,
+        or (tags) `<think>` text inside content, as DeepSeek-R1 on vLLM sends it."""
+        steps = ["<think>"] * tags + ["step "] * THINK_STEPS + ["</think>"] * tags
+        for step in steps:
+            field = "content" if tags else "reasoning_content"
+            delta = {field: step}
+            await send({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            if step == "step ":
+                await asyncio.sleep(THINK_EVERY_S)
 
     async def _stream_calls(
         response: web.StreamResponse,

@@ -49,7 +49,9 @@ from modelherd.types import (
     ChatResponse,
     FinishReason,
     Health,
+    KeepAlive,
     ModelSpec,
+    ReasoningDelta,
     StreamEvent,
     Usage,
 )
@@ -58,6 +60,10 @@ from pydantic import ValidationError
 if TYPE_CHECKING:
     from modelherd.embed import EmbedRequest
     from modelherd.types import EmbedResponse
+
+#: yielded for a stream line with nothing to show: the server is alive, so the
+#: pipeline's idle timeout restarts
+ALIVE = KeepAlive()
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 #: this provider's client pool in each Herd's stash
@@ -286,18 +292,29 @@ class OllamaModel(Model):
         try:
             async for part in await self.client().chat(**kwargs, stream=True):
                 message = part.message
+                quiet = True  # nothing to hand on from this line (so far)
                 if message.thinking:
                     thinking.append(message.thinking)
+                    quiet = False
+                    yield ReasoningDelta(message.thinking)
                 if message.content:
                     text = splitter.feed(message.content)
+                    thought = splitter.take_reasoning()
+                    if thought:  # <think> text inside the content
+                        quiet = False
+                        yield ReasoningDelta(thought)
                     if text:
                         parts.append(text)
+                        quiet = False
                         yield text
                 if message.tool_calls:
                     for event in feed_stream_calls(calls, message):
+                        quiet = False
                         yield event
                 if part.done:
                     final = part
+                elif quiet:
+                    yield ALIVE  # any line from the server resets the idle timeout
         except Exception as exc:
             error = await self.map_error(exc, request, kwargs["model"])
         if error is not None:
