@@ -148,7 +148,6 @@ class DiskTier(CacheTier):
 
     def _open_inner(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._open_once()
         except sqlite3.DatabaseError as exc:
             if not _is_corruption(exc):
@@ -162,8 +161,29 @@ class DiskTier(CacheTier):
         except OSError as exc:
             self._step_aside(exc)
 
+    def _make_private(self) -> None:
+        """The file holds prompts' answers: 0600 in a folder we create 0700. SQLite
+        gives its -wal and -shm files the database file's mode, so creating that file
+        first (or tightening ours) covers all three."""
+        folder = self.path.parent
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            info = os.fstat(fd)
+            if info.st_mode & 0o077 and info.st_uid == os.getuid():
+                os.fchmod(fd, 0o600)  # written by an older version as 0644
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            with contextlib.suppress(OSError):
+                if side.stat().st_mode & 0o077 and side.stat().st_uid == os.getuid():
+                    side.chmod(0o600)
+
     def _open_once(self) -> None:
         self._close_connections()
+        self._make_private()
         writer = self._connect()
         try:
             writer.execute("PRAGMA journal_mode=WAL")

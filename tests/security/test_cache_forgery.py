@@ -239,3 +239,19 @@ def test_a_short_or_missing_sign_key_env_is_one_line(tmp_path: Path) -> None:
             f"p.toml: [plugins.cache_disk] sign_key_env: the environment variable HERD_SIGN_KEY {state}"
         )
         assert "short" not in message.replace("shorter", "")  # the value is never echoed
+
+
+def test_the_disk_cache_file_is_private(tmp_path: Path) -> None:
+    """Others on the host can neither read the answers nor plant entries (was 0644)."""
+    db = tmp_path / "new-folder" / "responses.sqlite3"
+    herd, _ = herd_with(disk_tables(db))
+    ask(herd)
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    # a file an older version left 0644 is tightened when it is opened
+    db.chmod(0o644)
+    herd2, _ = herd_with(disk_tables(db), answer="never asked")
+    assert ask(herd2) == ("NOTHING", "disk")
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600

@@ -380,3 +380,36 @@ def test_herd_cache_clear_command_keeps_quota_usage(
     assert "redis: removed 1 entries" in out
     assert client.exists("herd:tenants:alice:rpm", "herd:tenants:alice:day:20260101") == 2
     client.close()
+
+
+async def test_default_tenant_calls_are_charged_to_its_money_budget_too() -> None:
+    from modelherd.errors import BudgetExceededError
+    from modelherd.plugins import cost
+    from modelherd.plugins.resources.tenants import budgets
+
+    # one output token at 100 000 per million: each call costs exactly 0.10
+    models = {
+        "m": {
+            "provider": "mock",
+            "model": "mock-1",
+            "price": {"input_per_mtok": 0, "output_per_mtok": 100_000},
+        }
+    }
+    herd = make_herd(
+        {"m": MockModel()},
+        config={
+            "models": models,
+            "tenants": {"alice": {"tier": "premium"}},
+            "plugins": {
+                "tenants": {"default_tenant": "alice"},
+                "budgets": {"tenants": {"alice": {"daily": 0.2}}},
+            },
+        },
+        # the entry points' order (budgets before tenants), as `herd` loads them
+        plugins=(cost, budgets, tenants_plugin),
+    )
+    async with herd:
+        await herd.chat("m", "one")  # no tenant= : alice's call, alice's money
+        await herd.chat("m", "two", tenant="alice")
+        with pytest.raises(BudgetExceededError, match=r"^tenant 'alice' daily budget is spent"):
+            await herd.chat("m", "three")
