@@ -261,7 +261,9 @@ class Message(BaseModel):
     @classmethod
     def tool_result(cls, call: ToolCall, result: Any) -> Message:
         """The `tool` message answering `call` with `result` (a string, or JSON-encoded)."""
-        if not isinstance(result, str):
+        if isinstance(result, BaseModel):
+            result = result.model_dump_json()
+        elif not isinstance(result, str):
             import json
 
             result = json.dumps(result, ensure_ascii=False, default=str)

@@ -337,3 +337,21 @@ def test_identical_tool_calls_in_flight_share_one_upstream_call() -> None:
     first, second = asyncio.run(both())
     assert len(model.history) == 1
     assert first.tool_calls == second.tool_calls and first.tool_calls is not second.tool_calls
+
+
+def test_the_embedded_model_refuses_tools_before_loading_anything() -> None:
+    from modelherd import Herd
+    from modelherd.config import HerdConfig
+    from modelherd.plugins.providers import llamacpp
+
+    config = HerdConfig.model_validate(
+        {"herd": {"default_model": "local"}, "models": {"local": {"provider": "llamacpp"}}}
+    )
+    herd = Herd(config, env={}, load_entry_points=False, plugins=(llamacpp,))
+    with pytest.raises(ToolsUnsupportedError) as info:
+        herd.chat_sync("local", "price?", tools=[get_price])
+    assert str(info.value) == (
+        "'local' (llamacpp) cannot take tools: the llamacpp provider does not take tools — "
+        "use a model that does (docs/tools.md), or add one to [models.local] fallbacks"
+    )
+    herd.close()
