@@ -1,0 +1,274 @@
+"""OpenAI-compatible routes: POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models.
+
+Wire format as the openai SDK reads it: a `chat.completion` object, or SSE
+`chat.completion.chunk` events ending in `data: [DONE]`; with
+`stream_options.include_usage` a last chunk with `choices: []` carries the usage.
+An error after the stream started is a `data: {"error": …}` event and no [DONE], which
+the SDK raises as an APIError (a stream that just stopped would look complete).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+from modelherd.plugins.serve.auth import Principal, Refusal
+from modelherd.plugins.serve.errors import error_body, refusal_for
+from modelherd.plugins.serve.gateway import Gateway, open_stream
+from modelherd.types import ChatResponse, Message
+
+#: OpenAI request fields passed to the herd as call options (providers map them)
+PASSED = (
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "frequency_penalty",
+    "presence_penalty",
+    "reasoning_effort",
+)
+#: fields accepted and without effect here (or handled by the route itself)
+ACCEPTED = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "parallel_tool_calls",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "logprobs",
+        *PASSED,
+    }
+)
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+
+
+def _text(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise Refusal(
+                    400,
+                    "unsupported_content",
+                    f"{where}: content part of type '{kind}' is not supported by this gateway "
+                    f"yet — send text parts",
+                )
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    raise Refusal(400, "invalid_content", f"{where}: content must be a string or a list of parts")
+
+
+def parse_messages(raw: Any) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise Refusal(400, "invalid_messages", '"messages" must be a non-empty list')
+    messages: list[Message] = []
+    for index, item in enumerate(raw):
+        where = f"messages[{index}]"
+        if not isinstance(item, dict):
+            raise Refusal(400, "invalid_messages", f"{where} must be an object")
+        role = _ROLES.get(str(item.get("role")))
+        if role is None:
+            raise Refusal(
+                400,
+                "invalid_role",
+                f"{where}.role {item.get('role')!r} is not one of {', '.join(_ROLES)}",
+            )
+        if item.get("tool_calls"):
+            raise Refusal(
+                400,
+                "unsupported_tool_calls",
+                f"{where}: assistant tool_calls in the history are not supported by this "
+                f"gateway yet",
+            )
+        messages.append(Message(role=role, content=_text(item.get("content"), where)))
+    return messages
+
+
+def parse_options(body: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(k for k in body if k not in ACCEPTED)
+    if unknown:
+        raise Refusal(
+            400, "unsupported_parameter", f"unsupported parameter(s): {', '.join(unknown)}"
+        )
+    if body.get("n") not in (None, 1):
+        raise Refusal(
+            400, "unsupported_parameter", "n > 1 is not supported — send n separate requests"
+        )
+    if body.get("logprobs"):
+        raise Refusal(400, "unsupported_parameter", "logprobs are not supported by this gateway")
+    options = {k: body[k] for k in PASSED if body.get(k) is not None}
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        options["max_tokens"] = max_tokens
+    return options
+
+
+def _usage(response: ChatResponse) -> dict[str, Any]:
+    usage = response.usage
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.cache_read_tokens:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
+    return out
+
+
+def _finish(response: ChatResponse) -> str:
+    return response.finish_reason if response.finish_reason != "unknown" else "stop"
+
+
+def completion(response: ChatResponse, completion_id: str, alias: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": response.content, "refusal": None}
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": alias,
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(response)}
+        ],
+        "usage": _usage(response),
+        "system_fingerprint": None,
+    }
+
+
+def _chunk(
+    completion_id: str, created: int, alias: str, delta: dict[str, Any], finish: str | None
+) -> bytes:
+    body = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": alias,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def chat_completions(
+    gateway: Gateway, request: web.Request, principal: Principal, body: dict[str, Any]
+) -> web.StreamResponse:
+    alias = gateway.check_model(principal, body.get("model"))
+    request["herd.model"] = alias
+    messages = parse_messages(body.get("messages"))
+    options = parse_options(body)
+    completion_id = f"chatcmpl-{request['herd.request_id']}"
+    if not body.get("stream"):
+        response = await gateway.chat(principal, alias, messages, options)
+        return web.json_response(
+            completion(response, completion_id, alias),
+            headers={"x-herd-cache": response.cache_tier or "miss"},
+        )
+    stream_options = body.get("stream_options") or {}
+    include_usage = bool(isinstance(stream_options, dict) and stream_options.get("include_usage"))
+    first, items = await open_stream(gateway.stream(principal, alias, messages, options))
+    created = int(time.time())
+    out = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await out.prepare(request)
+    await out.write(
+        _chunk(completion_id, created, alias, {"role": "assistant", "content": ""}, None)
+    )
+    final: ChatResponse | None = None
+    try:
+        item: str | ChatResponse | None = first
+        while item is not None:
+            if isinstance(item, ChatResponse):
+                final = item
+            elif item:
+                if "herd.first_chunk" not in request:
+                    request["herd.first_chunk"] = time.perf_counter()
+                await out.write(_chunk(completion_id, created, alias, {"content": item}, None))
+            item = await anext(items, None)
+    except (ConnectionResetError, OSError):
+        raise
+    except Exception as exc:
+        refusal = refusal_for(exc)
+        request["herd.status"] = refusal.status
+        data = json.dumps(error_body("openai", refusal))
+        await out.write(f"data: {data}\n\n".encode())
+        return out
+    finally:
+        await items.aclose()
+    assert final is not None
+    await out.write(_chunk(completion_id, created, alias, {}, _finish(final)))
+    if include_usage:
+        usage = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": alias,
+            "choices": [],
+            "usage": _usage(final),
+        }
+        await out.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+    await out.write(b"data: [DONE]\n\n")
+    await out.write_eof()
+    return out
+
+
+async def list_models(gateway: Gateway, principal: Principal) -> web.Response:
+    created = int(gateway.started_at)
+    data = [
+        {"id": alias, "object": "model", "created": created, "owned_by": "modelherd"}
+        for alias in gateway.aliases(principal)
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def embeddings(
+    gateway: Gateway, request: web.Request, principal: Principal, body: dict[str, Any]
+) -> web.Response:
+    embed = getattr(gateway.herd, "embed", None)
+    if embed is None:
+        raise Refusal(
+            501,
+            "not_implemented",
+            "embeddings are not available in this modelherd version (herd.embed is missing)",
+        )
+    alias = gateway.check_model(principal, body.get("model"))
+    request["herd.model"] = alias
+    raw = body.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts) or not texts:
+        raise Refusal(400, "invalid_input", '"input" must be a string or a list of strings')
+    result = await embed(alias, texts, tenant=principal.tenant)
+    vectors = getattr(result, "vectors", result)
+    usage = getattr(result, "usage", None)
+    tokens = getattr(usage, "input_tokens", 0) if usage is not None else 0
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": list(v)}
+                for i, v in enumerate(vectors)
+            ],
+            "model": alias,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
