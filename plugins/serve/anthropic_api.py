@@ -17,6 +17,7 @@ from modelherd.plugins.serve.auth import Principal, Refusal
 from modelherd.plugins.serve.errors import error_body, refusal_for
 from modelherd.plugins.serve.gateway import Gateway, open_stream
 from modelherd.plugins.serve.openai_api import parse_messages
+from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, REQUEST_ID, STREAM_STATUS
 from modelherd.types import ChatResponse, Message
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -97,9 +98,9 @@ async def messages(
     gateway: Gateway, request: web.Request, principal: Principal, body: dict[str, Any]
 ) -> web.StreamResponse:
     alias = gateway.check_model(principal, body.get("model"))
-    request["herd.model"] = alias
+    request[MODEL] = alias
     msgs, options = parse(body)
-    message_id = f"msg_{request['herd.request_id']}"
+    message_id = f"msg_{request[REQUEST_ID]}"
     if not body.get("stream"):
         response = await gateway.chat(principal, alias, msgs, options)
         return web.json_response(
@@ -139,8 +140,8 @@ async def messages(
             if isinstance(item, ChatResponse):
                 final = item
             elif item:
-                if "herd.first_chunk" not in request:
-                    request["herd.first_chunk"] = time.perf_counter()
+                if FIRST_CHUNK not in request:
+                    request[FIRST_CHUNK] = time.perf_counter()
                 delta = {"type": "text_delta", "text": item}
                 await out.write(
                     _event(
@@ -153,7 +154,7 @@ async def messages(
         raise
     except Exception as exc:
         refusal = refusal_for(exc)
-        request["herd.status"] = refusal.status
+        request[STREAM_STATUS] = refusal.status
         await out.write(_event("error", error_body("anthropic", refusal)))
         return out
     finally:

@@ -22,6 +22,7 @@ from modelherd.plugins.serve import anthropic_api, ollama_api, openai_api
 from modelherd.plugins.serve.auth import Principal, Refusal, bearer
 from modelherd.plugins.serve.errors import Dialect, error_response, refusal_for
 from modelherd.plugins.serve.gateway import Gateway
+from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, PRINCIPAL, REQUEST_ID, STREAM_STATUS
 
 GATEWAY_KEY = web.AppKey("herd.gateway", Gateway)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -46,7 +47,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     gateway = request.app[GATEWAY_KEY]
     given = request.headers.get("x-request-id", "")
     request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:24]
-    request["herd.request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     route = _route_name(request)
     dialect = dialect_for(request.path)
@@ -78,23 +79,23 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = error_response(dialect, refusal_for(exc))
         finally:
             if route not in ("/metrics", "/healthz", "/readyz"):
-                caller: Principal | None = request.get("herd.principal")
+                caller: Principal | None = request.get(PRINCIPAL)
                 tenant = caller.tenant if caller is not None else "-"
-                model = request.get("herd.model", "-")
-                final_status = request.get("herd.status") or (
+                model = request.get(MODEL, "-")
+                final_status = request.get(STREAM_STATUS) or (
                     response.status if response is not None else status
                 )
                 gateway.metrics.answered(
                     route, model, tenant, int(final_status), time.perf_counter() - started
                 )
-                first = request.get("herd.first_chunk")
+                first = request.get(FIRST_CHUNK)
                 if first is not None:
                     gateway.metrics.first_token.labels(
                         route, gateway.metrics.models(model)
                     ).observe(first - started)
         if span is not None and response is not None:
             span.set_attribute("http.response.status_code", response.status)
-            principal = request.get("herd.principal")
+            principal = request.get(PRINCIPAL)
             if principal is not None:
                 span.set_attribute("herd.tenant", principal.tenant)
     assert response is not None
@@ -102,7 +103,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = request.get("herd.request_id")
+    request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers["x-request-id"] = request_id
         if request.path.startswith("/v1/messages"):
@@ -113,7 +114,7 @@ async def _principal(request: web.Request) -> Principal:
     gateway = request.app[GATEWAY_KEY]
     token = bearer(request.headers.get("Authorization"), request.headers.get("x-api-key"))
     principal = await gateway.auth.authenticate(token)
-    request["herd.principal"] = principal
+    request[PRINCIPAL] = principal
     return principal
 
 

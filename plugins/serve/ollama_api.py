@@ -18,6 +18,7 @@ from modelherd.plugins.serve.auth import Principal, Refusal
 from modelherd.plugins.serve.errors import error_body, refusal_for
 from modelherd.plugins.serve.gateway import Gateway, open_stream
 from modelherd.plugins.serve.openai_api import parse_messages
+from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, STREAM_STATUS
 from modelherd.types import ChatResponse
 
 #: Ollama `options` renamed to the herd's common names; the rest pass as they are
@@ -81,7 +82,7 @@ async def chat(
     gateway: Gateway, request: web.Request, principal: Principal, body: dict[str, Any]
 ) -> web.StreamResponse:
     alias = gateway.check_model(principal, body.get("model"))
-    request["herd.model"] = alias
+    request[MODEL] = alias
     messages = parse_messages(body.get("messages"))
     options = parse_options(body)
     if body.get("stream") is False:
@@ -100,8 +101,8 @@ async def chat(
             if isinstance(item, ChatResponse):
                 final = item
             elif item:
-                if "herd.first_chunk" not in request:
-                    request["herd.first_chunk"] = time.perf_counter()
+                if FIRST_CHUNK not in request:
+                    request[FIRST_CHUNK] = time.perf_counter()
                 await out.write(
                     _line(
                         {
@@ -117,7 +118,7 @@ async def chat(
         raise
     except Exception as exc:
         refusal = refusal_for(exc)
-        request["herd.status"] = refusal.status
+        request[STREAM_STATUS] = refusal.status
         await out.write(_line(error_body("ollama", refusal)))
         return out
     finally:

@@ -17,6 +17,7 @@ from aiohttp import web
 from modelherd.plugins.serve.auth import Principal, Refusal
 from modelherd.plugins.serve.errors import error_body, refusal_for
 from modelherd.plugins.serve.gateway import Gateway, open_stream
+from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, REQUEST_ID, STREAM_STATUS
 from modelherd.types import ChatResponse, Message
 
 #: OpenAI request fields passed to the herd as call options (providers map them)
@@ -173,10 +174,10 @@ async def chat_completions(
     gateway: Gateway, request: web.Request, principal: Principal, body: dict[str, Any]
 ) -> web.StreamResponse:
     alias = gateway.check_model(principal, body.get("model"))
-    request["herd.model"] = alias
+    request[MODEL] = alias
     messages = parse_messages(body.get("messages"))
     options = parse_options(body)
-    completion_id = f"chatcmpl-{request['herd.request_id']}"
+    completion_id = f"chatcmpl-{request[REQUEST_ID]}"
     if not body.get("stream"):
         response = await gateway.chat(principal, alias, messages, options)
         return web.json_response(
@@ -201,15 +202,15 @@ async def chat_completions(
             if isinstance(item, ChatResponse):
                 final = item
             elif item:
-                if "herd.first_chunk" not in request:
-                    request["herd.first_chunk"] = time.perf_counter()
+                if FIRST_CHUNK not in request:
+                    request[FIRST_CHUNK] = time.perf_counter()
                 await out.write(_chunk(completion_id, created, alias, {"content": item}, None))
             item = await anext(items, None)
     except (ConnectionResetError, OSError):
         raise
     except Exception as exc:
         refusal = refusal_for(exc)
-        request["herd.status"] = refusal.status
+        request[STREAM_STATUS] = refusal.status
         data = json.dumps(error_body("openai", refusal))
         await out.write(f"data: {data}\n\n".encode())
         return out
@@ -252,7 +253,7 @@ async def embeddings(
             "embeddings are not available in this modelherd version (herd.embed is missing)",
         )
     alias = gateway.check_model(principal, body.get("model"))
-    request["herd.model"] = alias
+    request[MODEL] = alias
     raw = body.get("input")
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts) or not texts:
