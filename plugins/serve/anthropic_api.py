@@ -16,8 +16,8 @@ from aiohttp import web
 from modelherd.plugins.serve.auth import Principal, Refusal
 from modelherd.plugins.serve.errors import error_body, refusal_for
 from modelherd.plugins.serve.gateway import Gateway, open_stream
-from modelherd.plugins.serve.openai_api import parse_messages
 from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, REQUEST_ID, STREAM_STATUS
+from modelherd.plugins.serve.wire import anthropic_messages
 from modelherd.types import ChatResponse, Message
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -67,7 +67,7 @@ def parse(body: dict[str, Any]) -> tuple[list[Message], dict[str, Any]]:
             options[ours] = body[name]
     if body.get("tools"):
         options["tools"] = body["tools"]
-    return _system(body.get("system")) + parse_messages(body.get("messages")), options
+    return _system(body.get("system")) + anthropic_messages(body.get("messages")), options
 
 
 def _usage(response: ChatResponse) -> dict[str, int]:
@@ -83,11 +83,22 @@ def message(response: ChatResponse, message_id: str, alias: str) -> dict[str, An
         "type": "message",
         "role": "assistant",
         "model": alias,
-        "content": [{"type": "text", "text": response.content}],
+        "content": _blocks(response),
         "stop_reason": _STOP.get(response.finish_reason, "end_turn"),
         "stop_sequence": None,
         "usage": _usage(response),
     }
+
+
+def _blocks(response: ChatResponse) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    if response.content or not response.tool_calls:
+        blocks.append({"type": "text", "text": response.content})
+    blocks += [
+        {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
+        for c in response.tool_calls
+    ]
+    return blocks
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -135,11 +146,11 @@ async def messages(
     )
     final: ChatResponse | None = None
     try:
-        item: str | ChatResponse | None = first
+        item: Any = first
         while item is not None:
             if isinstance(item, ChatResponse):
                 final = item
-            elif item:
+            elif isinstance(item, str) and item:
                 if FIRST_CHUNK not in request:
                     request[FIRST_CHUNK] = time.perf_counter()
                 delta = {"type": "text_delta", "text": item}
@@ -161,6 +172,24 @@ async def messages(
         await items.aclose()
     assert final is not None
     await out.write(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    for index, call in enumerate(final.tool_calls, start=1):
+        block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+        await out.write(
+            _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
+        )
+        partial = {"type": "input_json_delta", "partial_json": json.dumps(call.arguments)}
+        await out.write(
+            _event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": partial},
+            )
+        )
+        await out.write(
+            _event("content_block_stop", {"type": "content_block_stop", "index": index})
+        )
     await out.write(
         _event(
             "message_delta",

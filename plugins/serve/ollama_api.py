@@ -17,8 +17,8 @@ from aiohttp import web
 from modelherd.plugins.serve.auth import Principal, Refusal
 from modelherd.plugins.serve.errors import error_body, refusal_for
 from modelherd.plugins.serve.gateway import Gateway, open_stream
-from modelherd.plugins.serve.openai_api import parse_messages
 from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, STREAM_STATUS
+from modelherd.plugins.serve.wire import ollama_messages
 from modelherd.types import ChatResponse
 
 #: Ollama `options` renamed to the herd's common names; the rest pass as they are
@@ -59,10 +59,16 @@ def parse_options(body: dict[str, Any]) -> dict[str, Any]:
 
 def _final(alias: str, response: ChatResponse, content: str) -> dict[str, Any]:
     nanos = int(response.latency_s * 1e9)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if response.tool_calls:
+        message["tool_calls"] = [
+            {"function": {"index": i, "name": c.name, "arguments": c.arguments}}
+            for i, c in enumerate(response.tool_calls)
+        ]
     return {
         "model": alias,
         "created_at": _now(),
-        "message": {"role": "assistant", "content": content},
+        "message": message,
         "done": True,
         "done_reason": response.finish_reason if response.finish_reason != "unknown" else "stop",
         "total_duration": nanos,
@@ -83,7 +89,7 @@ async def chat(
 ) -> web.StreamResponse:
     alias = gateway.check_model(principal, body.get("model"))
     request[MODEL] = alias
-    messages = parse_messages(body.get("messages"))
+    messages = ollama_messages(body.get("messages"))
     options = parse_options(body)
     if body.get("stream") is False:
         response = await gateway.chat(principal, alias, messages, options)
@@ -96,11 +102,11 @@ async def chat(
     await out.prepare(request)
     final: ChatResponse | None = None
     try:
-        item: str | ChatResponse | None = first
+        item: Any = first
         while item is not None:
             if isinstance(item, ChatResponse):
                 final = item
-            elif item:
+            elif isinstance(item, str) and item:
                 if FIRST_CHUNK not in request:
                     request[FIRST_CHUNK] = time.perf_counter()
                 await out.write(

@@ -18,7 +18,8 @@ from modelherd.plugins.serve.auth import Principal, Refusal
 from modelherd.plugins.serve.errors import error_body, refusal_for
 from modelherd.plugins.serve.gateway import Gateway, open_stream
 from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, REQUEST_ID, STREAM_STATUS
-from modelherd.types import ChatResponse, Message
+from modelherd.plugins.serve.wire import openai_messages, openai_tool_calls
+from modelherd.types import ChatResponse, TextDelta, ToolCallDelta, ToolCallStart
 
 #: OpenAI request fields passed to the herd as call options (providers map them)
 PASSED = (
@@ -51,60 +52,6 @@ ACCEPTED = frozenset(
         *PASSED,
     }
 )
-_ROLES = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "assistant": "assistant",
-    "tool": "tool",
-}
-
-
-def _text(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: list[str] = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise Refusal(
-                    400,
-                    "unsupported_content",
-                    f"{where}: content part of type '{kind}' is not supported by this gateway "
-                    f"yet — send text parts",
-                )
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise Refusal(400, "invalid_content", f"{where}: content must be a string or a list of parts")
-
-
-def parse_messages(raw: Any) -> list[Message]:
-    if not isinstance(raw, list) or not raw:
-        raise Refusal(400, "invalid_messages", '"messages" must be a non-empty list')
-    messages: list[Message] = []
-    for index, item in enumerate(raw):
-        where = f"messages[{index}]"
-        if not isinstance(item, dict):
-            raise Refusal(400, "invalid_messages", f"{where} must be an object")
-        role = _ROLES.get(str(item.get("role")))
-        if role is None:
-            raise Refusal(
-                400,
-                "invalid_role",
-                f"{where}.role {item.get('role')!r} is not one of {', '.join(_ROLES)}",
-            )
-        if item.get("tool_calls"):
-            raise Refusal(
-                400,
-                "unsupported_tool_calls",
-                f"{where}: assistant tool_calls in the history are not supported by this "
-                f"gateway yet",
-            )
-        messages.append(Message(role=role, content=_text(item.get("content"), where)))
-    return messages
 
 
 def parse_options(body: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +91,9 @@ def _finish(response: ChatResponse) -> str:
 
 def completion(response: ChatResponse, completion_id: str, alias: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": response.content, "refusal": None}
+    if response.tool_calls:
+        message["tool_calls"] = openai_tool_calls(response.tool_calls)
+        message["content"] = response.content or None
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -170,12 +120,26 @@ def _chunk(
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
+def _delta(item: Any) -> dict[str, Any] | None:
+    """The chunk delta for one stream item: text, or a tool-call event; None to skip."""
+    if isinstance(item, str):
+        return {"content": item} if item else None
+    if isinstance(item, TextDelta):
+        return {"content": item.text} if item.text else None
+    if isinstance(item, ToolCallStart):
+        call = {"id": item.id, "type": "function", "function": {"name": item.name, "arguments": ""}}
+        return {"tool_calls": [{"index": item.index, **call}]}
+    if isinstance(item, ToolCallDelta):
+        return {"tool_calls": [{"index": item.index, "function": {"arguments": item.arguments}}]}
+    return None  # reasoning, keep-alives, tool-call ends: nothing on the OpenAI wire
+
+
 async def chat_completions(
     gateway: Gateway, request: web.Request, principal: Principal, body: dict[str, Any]
 ) -> web.StreamResponse:
     alias = gateway.check_model(principal, body.get("model"))
     request[MODEL] = alias
-    messages = parse_messages(body.get("messages"))
+    messages = openai_messages(body.get("messages"))
     options = parse_options(body)
     completion_id = f"chatcmpl-{request[REQUEST_ID]}"
     if not body.get("stream"):
@@ -196,15 +160,19 @@ async def chat_completions(
         _chunk(completion_id, created, alias, {"role": "assistant", "content": ""}, None)
     )
     final: ChatResponse | None = None
+    streamed_calls = False
     try:
-        item: str | ChatResponse | None = first
+        item: Any = first
         while item is not None:
             if isinstance(item, ChatResponse):
                 final = item
-            elif item:
-                if FIRST_CHUNK not in request:
-                    request[FIRST_CHUNK] = time.perf_counter()
-                await out.write(_chunk(completion_id, created, alias, {"content": item}, None))
+            else:
+                delta = _delta(item)
+                if delta is not None:
+                    if FIRST_CHUNK not in request:
+                        request[FIRST_CHUNK] = time.perf_counter()
+                    streamed_calls = streamed_calls or "tool_calls" in delta
+                    await out.write(_chunk(completion_id, created, alias, delta, None))
             item = await anext(items, None)
     except (ConnectionResetError, OSError):
         raise
@@ -217,6 +185,11 @@ async def chat_completions(
     finally:
         await items.aclose()
     assert final is not None
+    if final.tool_calls and not streamed_calls:
+        # the stream carried no tool-call events: send each whole call as one delta
+        for index, call in enumerate(openai_tool_calls(final.tool_calls)):
+            delta = {"tool_calls": [{"index": index, **call}]}
+            await out.write(_chunk(completion_id, created, alias, delta, None))
     await out.write(_chunk(completion_id, created, alias, {}, _finish(final)))
     if include_usage:
         usage = {

@@ -107,10 +107,16 @@ def test_unsupported_parameters_are_a_400_not_ignored(gateway: GatewayServer) ->
         c.chat.completions.create(
             model="mock",
             messages=[
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "/etc/x"}}]}
             ],
         )
-    assert "content part of type 'image_url' is not supported" in info.value.message
+    assert "image_url.url must be an http(s) URL or a data:image/" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        c.chat.completions.create(
+            model="mock",
+            messages=[{"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]}],  # type: ignore[list-item]
+        )
+    assert "content part of type 'file' is not supported" in info.value.message
 
 
 def test_unknown_model_is_404_model_not_found(gateway: GatewayServer) -> None:
@@ -174,3 +180,104 @@ def test_an_error_mid_stream_is_an_error_event_never_a_complete_answer(
             got.append(chunk.choices[0].delta.content or "")
     assert "".join(got) == "partial "
     assert "dropped the stream" in str(info.value)
+
+
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+
+
+def test_images_tool_calls_and_tool_answers_become_herd_messages(gateway: GatewayServer) -> None:
+    from modelherd.types import ImagePart
+
+    client(gateway, gateway.key()).chat.completions.create(
+        model="mock",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": PNG}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "look", "arguments": '{"zoom": 2}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "a red dot"},
+        ],
+    )
+    model = gateway.herd.get_model("mock")
+    assert isinstance(model, MockModel)
+    user, assistant, tool = model.history[-1].messages
+    assert user.text == "what is this?" and isinstance(user.images[0], ImagePart)
+    assert user.images[0].media_type == "image/png"
+    assert assistant.tool_calls[0].name == "look"
+    assert assistant.tool_calls[0].arguments == {"zoom": 2}
+    assert tool.role == "tool" and tool.tool_call_id == "call_1" and tool.text == "a red dot"
+
+
+def _calls_answer() -> ChatResponse:
+    from modelherd.types import ToolCall
+
+    return ChatResponse(
+        content="",
+        model="mock-1",
+        provider="mock",
+        finish_reason="tool_calls",
+        tool_calls=[
+            ToolCall(
+                id="call_a",
+                name="quote",
+                arguments={"symbol": "BTC"},
+                raw_arguments='{"symbol": "BTC"}',
+            ),
+            ToolCall(
+                id="call_b",
+                name="quote",
+                arguments={"symbol": "ETH"},
+                raw_arguments='{"symbol": "ETH"}',
+            ),
+        ],
+    )
+
+
+def test_tool_calls_come_back_in_json_and_as_stream_deltas(
+    make_gateway: Callable[..., GatewayServer],
+) -> None:
+    model = MockModel().enqueue(_calls_answer(), _calls_answer())
+    server = make_gateway({"mock": model})
+    c = client(server, server.key())
+    answer = c.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x"}])
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert [(t.id, t.function.name, json.loads(t.function.arguments)) for t in calls] == [  # type: ignore[union-attr]
+        ("call_a", "quote", {"symbol": "BTC"}),
+        ("call_b", "quote", {"symbol": "ETH"}),
+    ]
+    chunks = list(
+        c.chat.completions.create(
+            model="mock", messages=[{"role": "user", "content": "y"}], stream=True
+        )
+    )
+    # as OpenAI streams them: the first delta of a call has its id and name, the
+    # arguments may come in fragments under the same index
+    rebuilt: dict[int, dict[str, str]] = {}
+    for ch in chunks:
+        for d in (ch.choices[0].delta.tool_calls if ch.choices else None) or []:
+            call = rebuilt.setdefault(d.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] = call["id"] or (d.id or "")
+            if d.function is not None:
+                call["name"] = call["name"] or (d.function.name or "")
+                call["arguments"] += d.function.arguments or ""
+    assert [(c["id"], c["name"], json.loads(c["arguments"])) for c in rebuilt.values()] == [
+        ("call_a", "quote", {"symbol": "BTC"}),
+        ("call_b", "quote", {"symbol": "ETH"}),
+    ]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
