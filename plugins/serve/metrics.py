@@ -53,7 +53,7 @@ class LabelLimiter:
         self._lock = threading.Lock()
 
     def __call__(self, value: str | None) -> str:
-        if not value:
+        if not value or value == "-":  # "no model / no tenant yet" is not a value
             return "-"
         if value in self._seen:
             return value

@@ -1,0 +1,169 @@
+"""Operations: health, /metrics, request ids, size limits, slow clients, draining, traces."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from modelherd.testing import MockModel
+
+from .gateway_server import GatewayServer
+
+pytestmark = pytest.mark.timeout(60)
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def ask(server: GatewayServer, key: str, **kw: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}", **kw.pop("headers", {})}
+    return httpx.post(
+        f"{server.url}/v1/chat/completions",
+        headers=headers,
+        json={"model": kw.pop("model", "mock"), "messages": MSG, **kw},
+        timeout=10,
+    )
+
+
+def test_healthz_and_readyz(gateway: GatewayServer) -> None:
+    assert httpx.get(f"{gateway.url}/healthz", timeout=5).json() == {"status": "ok"}
+    ready = httpx.get(f"{gateway.url}/readyz", timeout=5)
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready" and body["keys"] == {"store": "file", "ok": True}
+    assert body["models"]["mock"] == {"ok": True}
+
+
+def test_metrics_by_model_and_tenant_with_bounded_labels(
+    make_gateway: Callable[..., GatewayServer],
+) -> None:
+    server = make_gateway(label_limit=2)
+    for tenant in ("alice", "bob", "carol", "dave"):
+        assert ask(server, server.key(tenant)).status_code == 200
+    assert ask(server, "hk_000000000000_" + "x" * 43).status_code == 401
+    text = httpx.get(f"{server.url}/metrics", timeout=5).text
+    route = 'route="/v1/chat/completions"'
+    assert (
+        f'herd_gateway_requests_total{{model="mock",{route},status="200",tenant="alice"}} 1.0'
+        in text
+    )
+    assert (
+        f'herd_gateway_requests_total{{model="mock",{route},status="200",tenant="bob"}} 1.0' in text
+    )
+    # tenants past the label limit share one series instead of growing the cardinality
+    assert (
+        f'herd_gateway_requests_total{{model="mock",{route},status="200",tenant="other"}} 2.0'
+        in text
+    )
+    assert 'tenant="carol"' not in text
+    assert f'herd_gateway_requests_total{{model="-",{route},status="401",tenant="-"}} 1.0' in text
+    assert 'herd_gateway_tokens_total{model="mock",tenant="alice",type="output"} 1.0' in text
+    assert 'herd_gateway_cache_lookups_total{model="mock",tier="miss"} 4.0' in text
+    assert "herd_gateway_request_duration_seconds_bucket" in text
+    assert "herd_gateway_in_flight 0.0" in text
+    assert text.count("hk_") == 0  # keys never reach the metrics
+
+
+def test_request_id_is_echoed_or_made(gateway: GatewayServer) -> None:
+    key = gateway.key()
+    given = ask(gateway, key, headers={"x-request-id": "trace-me-123"})
+    assert given.headers["x-request-id"] == "trace-me-123"
+    assert given.json()["id"] == "chatcmpl-trace-me-123"
+    made = ask(gateway, key, headers={"x-request-id": "bad id with spaces"})
+    assert len(made.headers["x-request-id"]) == 24 and " " not in made.headers["x-request-id"]
+    refused = httpx.get(f"{gateway.url}/v1/models", timeout=5)
+    assert refused.status_code == 401 and refused.headers["x-request-id"]
+
+
+def test_body_and_header_size_limits(make_gateway: Callable[..., GatewayServer]) -> None:
+    model = MockModel()
+    server = make_gateway({"mock": model}, max_body_bytes=2000, max_header_bytes=1024)
+    key = server.key()
+    big = ask(server, key, messages=[{"role": "user", "content": "x" * 5000}])
+    assert big.status_code == 413
+    assert big.json()["error"]["type"] == "invalid_request_error"
+    huge_header = ask(server, key, headers={"x-junk": "y" * 4000})
+    assert huge_header.status_code in (400, 431)
+    assert model.history == []  # neither reached the model
+
+
+def test_a_slow_client_is_dropped_with_408(make_gateway: Callable[..., GatewayServer]) -> None:
+    server = make_gateway(client_timeout_s=0.5)
+    key = server.key()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model":'
+            ).encode()
+        )
+        started = time.monotonic()
+        reply = sock.recv(4096).decode()
+        waited = time.monotonic() - started
+    assert reply.startswith("HTTP/1.1 408")
+    assert "did not arrive within 0.5s" in reply
+    assert waited < 3
+
+
+def test_draining_lets_the_inflight_stream_finish_and_refuses_new_work(
+    make_gateway: Callable[..., GatewayServer],
+) -> None:
+    server = make_gateway({"mock": MockModel(latency=1.0, default="slow but complete")})
+    key = server.key()
+    lines: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST",
+            f"{server.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "mock", "messages": MSG, "stream": True},
+            timeout=10,
+        ) as response:
+            lines.extend(line for line in response.iter_lines() if line)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    time.sleep(0.3)  # the stream is in flight, waiting on the model
+    took = server.drain()
+    thread.join(10)
+    assert lines[-1] == "data: [DONE]"
+    assert "complete" in "".join(lines)
+    assert 0.5 < took < 5
+    with pytest.raises(httpx.ConnectError):
+        ask(server, key)
+
+
+def test_server_span_continues_the_clients_traceparent(
+    make_gateway: Callable[..., GatewayServer],
+) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    pytest.importorskip("opentelemetry.proto")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "observability"))
+    from modelherd.plugins.observability import otel
+    from otlp_receiver import OtlpReceiver, attributes
+
+    with OtlpReceiver() as receiver:
+        table = {"enabled": True, "endpoint": receiver.endpoint, "export_interval_s": 60}
+        server = make_gateway(config={"plugins": {"otel": table}}, plugins=(otel,))
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        parent = "00f067aa0ba902b7"
+        answer = ask(
+            server, server.key("alice"), headers={"traceparent": f"00-{trace_id}-{parent}-01"}
+        )
+        assert answer.status_code == 200
+        assert otel.force_flush(server.herd)
+        spans = receiver.wait_spans(2)
+    by_name = {s.name: s for s in spans}
+    http = by_name["POST /v1/chat/completions"]
+    assert http.trace_id.hex() == trace_id and http.parent_span_id.hex() == parent
+    assert http.kind == 2  # SPAN_KIND_SERVER
+    assert attributes(http)["http.response.status_code"] == 200
+    assert attributes(http)["herd.tenant"] == "alice"
+    chat = by_name["chat mock-1"]
+    assert chat.trace_id == http.trace_id and chat.parent_span_id == http.span_id
