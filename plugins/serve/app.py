@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import uuid
@@ -24,6 +25,7 @@ from modelherd.plugins.serve.errors import Dialect, error_response, refusal_for
 from modelherd.plugins.serve.gateway import Gateway
 from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, PRINCIPAL, REQUEST_ID, STREAM_STATUS
 
+log = logging.getLogger("modelherd.serve")
 GATEWAY_KEY = web.AppKey("herd.gateway", Gateway)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,6 +78,9 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             status = 499  # the client went away
             raise
         except Exception as exc:
+            # a bug of ours: the type and message go to the log, never the traceback's
+            # locals (they may hold a key); the client gets a 500 without details
+            log.error("serve: %s %s failed: %s: %s", request.method, route, type(exc).__name__, exc)
             response = error_response(dialect, refusal_for(exc))
         finally:
             if route not in ("/metrics", "/healthz", "/readyz"):

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 
 from modelherd.plugins.serve.keys import KeyRecord, KeyStore, RedisKeyStore, token_hash, token_id
+
+log = logging.getLogger("modelherd.serve")
 
 #: compared against when the key id is unknown, so a miss costs what a hit costs
 _DUMMY_HASH = "0" * 64
@@ -67,10 +70,20 @@ class Authenticator:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[1] < self.cache_s:
             return cached[0]
-        if isinstance(self.store, RedisKeyStore):
-            record = await self.store.aget(key_id)
-        else:
-            record = self.store.get(key_id)
+        try:
+            if isinstance(self.store, RedisKeyStore):
+                record = await self.store.aget(key_id)
+            else:
+                record = self.store.get(key_id)
+        except Exception as exc:
+            # fail closed, but say it is ours and passing: no key is trusted unread
+            log.warning("serve: the key store failed: %s", type(exc).__name__)
+            raise Refusal(
+                503,
+                "keys_unavailable",
+                f"the gateway cannot read its key store right now ({type(exc).__name__}) — retry",
+                1.0,
+            ) from None
         if len(self._cache) > 10_000:  # bounded: random ids must not grow it forever
             self._cache.clear()
         self._cache[key_id] = (record, now)

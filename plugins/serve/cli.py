@@ -64,6 +64,10 @@ def make_serve_command() -> click.Command:
                 herd, host=host, port=port, workers=workers, certfile=certfile, keyfile=keyfile
             )
             ssl_context(settings)  # a bad certificate is a config error before any worker starts
+            if settings.workers > 1 and settings.port == 0:
+                raise ConfigError(
+                    "--workers needs a fixed --port (port 0 would give each worker its own)"
+                )
             from modelherd.plugins.serve.keys import open_store
 
             store = open_store(settings, herd.env)
