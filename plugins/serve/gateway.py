@@ -35,12 +35,14 @@ class Gateway:
         self.in_flight = 0
         self.draining = False
         self.started_at = time.time()
+        self.started = False
 
     async def start(self) -> None:
         await self.herd.start()
         from modelherd.plugins.serve.tracing import tracer_for
 
         self.tracer = tracer_for(self.herd)
+        self.started = True
 
     # ---- models ------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from modelherd.plugins.serve.keys import RedisKeyStore
 
 async def readiness(gateway: Gateway, deep: bool = False) -> tuple[dict[str, Any], bool]:
     herd = gateway.herd
-    checks: dict[str, Any] = {"started": herd._started, "draining": gateway.draining}
+    checks: dict[str, Any] = {"started": gateway.started, "draining": gateway.draining}
     store = gateway.auth.store
     try:
         if isinstance(store, RedisKeyStore):
@@ -52,7 +52,7 @@ async def readiness(gateway: Gateway, deep: bool = False) -> tuple[dict[str, Any
             getattr(t, "name", type(t).__name__) for t in getattr(cache, "tiers", [])
         ]
     any_model = any(m.get("ok") for m in models.values())
-    ok = bool(herd._started and not gateway.draining and checks["keys"]["ok"] and any_model)
+    ok = bool(gateway.started and not gateway.draining and checks["keys"]["ok"] and any_model)
     checks["status"] = "ready" if ok else "not ready"
     if ok and not all(m.get("ok") for m in models.values()):
         checks["status"] = "degraded"

@@ -106,7 +106,7 @@ def test_another_tenants_cached_answer_is_never_served(
 def test_over_quota_is_429_with_retry_after(make_gateway: Callable[..., GatewayServer]) -> None:
     config = {
         "tenants": {
-            "alice": {"tier": "basic", "requests_per_minute": 60, "burst_s": 1.0},
+            "alice": {"tier": "basic", "requests_per_minute": 6, "burst_s": 10.0},
             "bob": {"tier": "basic"},
         }
     }
