@@ -167,3 +167,25 @@ def test_server_span_continues_the_clients_traceparent(
     assert attributes(http)["herd.tenant"] == "alice"
     chat = by_name["chat mock-1"]
     assert chat.trace_id == http.trace_id and chat.parent_span_id == http.span_id
+
+
+def test_breaker_state_is_a_metric(make_gateway: Callable[..., GatewayServer]) -> None:
+    from modelherd import ProviderError
+    from modelherd.plugins.observability import alerts
+
+    broken = MockModel().enqueue(*[ProviderError("upstream 500")] * 50)
+    server = make_gateway(
+        {"mock": broken, "spare": MockModel(default="from the spare")},
+        config={
+            "herd": {"retries": 0},
+            "models": {"mock": {"provider": "mock", "fallbacks": ["spare"]}},
+            "plugins": {"alerts": {"breaker_failures": 2, "status_file": False}},
+        },
+        plugins=(alerts,),
+    )
+    key = server.key()
+    for _ in range(3):
+        answer = ask(server, key)
+        assert answer.json()["choices"][0]["message"]["content"] == "from the spare"
+    text = httpx.get(f"{server.url}/metrics", timeout=5).text
+    assert 'herd_breaker_state{model="mock"} 2.0' in text
