@@ -43,6 +43,8 @@ def refusal_for(exc: BaseException) -> Refusal:
         return exc
     message = str(exc)
     retry = getattr(exc, "retry_after", None)
+    if isinstance(exc, herd_errors.BudgetExceededError):
+        return Refusal(429, "budget_exceeded", message, retry)
     if isinstance(exc, herd_errors.QuotaExceededError):
         if retry is None:  # a limit that never resets (allowed models, memory share)
             return Refusal(403, "model_not_allowed", message)

@@ -108,9 +108,9 @@ class GatewayMetrics:
             registry=reg,
         )
         self.cost = prom.Counter(
-            "herd_gateway_cost_usd",
-            "Priced cost of answers served, when the pipeline priced them",
-            ["model", "tenant"],
+            "herd_gateway_cost",
+            "Priced cost of upstream answers served, in `currency` (when the cost plugin priced them)",
+            ["model", "tenant", "currency"],
             registry=reg,
         )
         self.cache = prom.Counter(
@@ -167,10 +167,10 @@ class GatewayMetrics:
             usage = response.usage
             self.tokens.labels(model, tenant, "input").inc(usage.input_tokens)
             self.tokens.labels(model, tenant, "output").inc(usage.output_tokens)
-        cost = getattr(response, "cost", None)
-        amount = getattr(cost, "total", cost)
+        cost = getattr(response.usage, "cost", None)
+        amount = getattr(cost, "amount", None)
         if isinstance(amount, int | float) and amount > 0 and response.cache_tier is None:
-            self.cost.labels(model, tenant).inc(float(amount))
+            self.cost.labels(model, tenant, str(getattr(cost, "currency", "USD"))[:8]).inc(amount)
 
     # ---- from the pipeline -----------------------------------------------------
 

@@ -162,3 +162,28 @@ def test_admin_routes_need_an_admin_key(gateway: GatewayServer) -> None:
     assert ask(gateway, new_key).status_code == 401
     bad = httpx.post(url, headers=auth, json={"tenant": "a b"}, timeout=5)
     assert bad.status_code == 400 and "must be letters, digits" in bad.text
+
+
+def test_a_spent_budget_is_429_budget_exceeded_with_retry_after(
+    make_gateway: Callable[..., GatewayServer],
+) -> None:
+    from modelherd.errors import BudgetExceededError
+
+    class Spent:
+        __name__ = "spent"
+
+        @hookimpl
+        def acquire_admission(self, request: Any, herd: Any) -> Any:
+            raise BudgetExceededError(
+                "tenant 'alice' daily budget of 5.00 USD is spent — resets at 00:00 UTC",
+                budget="tenant 'alice' daily",
+                resets_at=time.time() + 3600,
+                retry_after=3600.0,
+            )
+
+    server = make_gateway(plugins=(Spent(),))
+    spent = ask(server, server.key())
+    assert spent.status_code == 429
+    assert spent.headers["Retry-After"] == "3600"
+    assert spent.json()["error"]["code"] == "budget_exceeded"
+    assert "daily budget of 5.00 USD is spent" in spent.json()["error"]["message"]
