@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models.
+"""OpenAI-compatible routes: POST /v1/chat/completions, POST /v1/embeddings (through
+`herd.embed`: batched, cached per text, admitted like chat), GET /v1/models.
 
 Wire format as the openai SDK reads it: a `chat.completion` object, or SSE
 `chat.completion.chunk` events ending in `data: [DONE]`; with
@@ -215,32 +216,54 @@ async def list_models(gateway: Gateway, principal: Principal) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
+_EMBED_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "float":
+        return vector
+    import base64
+    import struct
+
+    # what OpenAI sends for encoding_format="base64" (the openai SDK's default): the
+    # little-endian float32 array, base64-encoded
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
 async def embeddings(
     gateway: Gateway, request: web.Request, principal: Principal, body: dict[str, Any]
 ) -> web.Response:
-    embed = getattr(gateway.herd, "embed", None)
-    if embed is None:
+    unknown = sorted(k for k in body if k not in _EMBED_FIELDS)
+    if unknown:
         raise Refusal(
-            501,
-            "not_implemented",
-            "embeddings are not available in this modelherd version (herd.embed is missing)",
+            400, "unsupported_parameter", f"unsupported parameter(s): {', '.join(unknown)}"
         )
     alias = gateway.check_model(principal, body.get("model"))
     request[MODEL] = alias
     raw = body.get("input")
     texts = [raw] if isinstance(raw, str) else raw
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts) or not texts:
-        raise Refusal(400, "invalid_input", '"input" must be a string or a list of strings')
-    result = await embed(alias, texts, tenant=principal.tenant)
-    vectors = getattr(result, "vectors", result)
-    usage = getattr(result, "usage", None)
-    tokens = getattr(usage, "input_tokens", 0) if usage is not None else 0
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise Refusal(
+            400, "invalid_input", '"input" must be a string or a non-empty list of strings'
+        )
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise Refusal(400, "invalid_encoding", 'encoding_format must be "float" or "base64"')
+    options = {"dimensions": body["dimensions"]} if body.get("dimensions") else {}
+    gateway.in_flight += 1
+    gateway.metrics.in_flight.inc()
+    try:
+        result = await gateway.herd.embed(alias, texts, tenant=principal.tenant, **options)
+    finally:
+        gateway.in_flight -= 1
+        gateway.metrics.in_flight.dec()
+    tokens = result.usage.input_tokens
     return web.json_response(
         {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": list(v)}
-                for i, v in enumerate(vectors)
+                {"object": "embedding", "index": i, "embedding": _encode(list(v), encoding)}
+                for i, v in enumerate(result.vectors)
             ],
             "model": alias,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
