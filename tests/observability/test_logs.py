@@ -80,7 +80,7 @@ async def test_ok_cache_hit_error_and_fallback_are_all_recorded(tmp_path: Path) 
     assert fallback["fallback_from"] == "primary"
     assert error["outcome"] == "error"
     assert error["error_type"] == "ProviderError"
-    assert error["latency_s"] is None  # on_error is not told when the call started
+    assert error["latency_s"] is not None and error["latency_s"] >= 0
     with sqlite3.connect(tmp_path / "logs.db") as db:
         assert db.execute("SELECT count(*) FROM content").fetchone()[0] == 0  # metadata only
         assert db.execute("SELECT error FROM calls WHERE outcome='error'").fetchone() == (
@@ -248,7 +248,7 @@ def test_a_full_queue_drops_instead_of_waiting(tmp_path: Path) -> None:
         started = time.perf_counter()
         request = ChatRequest(alias="a", provider="p", model="m", messages=[])
         for _ in range(500):
-            writer.put((0.0, None, request, None, ProviderError("x"), None))
+            writer.put((0.0, None, request, None, ProviderError("x"), None, None))
         elapsed = time.perf_counter() - started
     finally:
         blocker.execute("COMMIT")

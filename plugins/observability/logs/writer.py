@@ -1,7 +1,7 @@
 """The call path's half (two cheap hooks) and the one background writer.
 
-On the call path a hook only puts (time, run id, request, response or error) on a
-queue (~1 µs, bench/logs.py). The writer thread does everything else: reading the
+On the call path the hooks only note when the first attempt started and put (time,
+run id, request, response or error) on a queue (~1-3 µs, bench/logs.py). The writer thread does everything else: reading the
 fields, encoding content, scrubbing secrets, the SQLite transaction, pruning, and
 handing the same records to every sink (the audit JSONL is one, audit_feed.py).
 Requests and responses are not changed by the kernel after `after_call`, so reading
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from modelherd import hookimpl
 from modelherd.plugins.observability.logs.store import COLUMNS, LogStore
 from modelherd.runs import current_run
+from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
@@ -36,10 +37,18 @@ BATCH_S = 0.05
 #: names of environment variables whose values are secrets wherever they appear
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 #: what the hooks enqueue: wall time, run id, the request, the response or the error,
-#: and the caller's validate= verdict
+#: the caller's validate= verdict, and a failed call's latency
 Event = tuple[
-    float, str | None, ChatRequest, ChatResponse | None, BaseException | None, bool | None
+    float,
+    str | None,
+    ChatRequest,
+    ChatResponse | None,
+    BaseException | None,
+    bool | None,
+    float | None,
 ]
+#: when the call's first attempt started (for the latency of calls that fail)
+_T0 = StashKey[float]()
 #: a record ready to store: the fields, the messages as JSON text, the answer
 Record = tuple[dict[str, Any], str | None, str | None]
 #: called in the writer thread with each record's fields, messages (JSON) and answer
@@ -64,7 +73,7 @@ class Redactor:
 
 def fields(event: Event) -> dict[str, Any]:
     """The columns (and the audit's extra fields) of one call."""
-    ts, run_id, request, response, error, valid = event
+    ts, run_id, request, response, error, valid, failed_after = event
     if response is not None:
         usage = response.usage
         cost = usage.cost
@@ -107,8 +116,8 @@ def fields(event: Event) -> dict[str, Any]:
         "provider": request.provider,
         "model": request.model,
         "request_model": request.model,
-        # the kernel does not hand on_error the call's start: no latency for errors
-        "latency_s": None,
+        # from the first attempt (None when refused before any attempt, by admission)
+        "latency_s": failed_after,
         "error_type": type(error).__name__,
         "error": message[:2000],
         "stream": request.stream,
@@ -256,18 +265,26 @@ class LogWriter:
 
 
 class LogHooks:
-    """The two hooks on the call path: each only enqueues what the writer will read."""
+    """The hooks on the call path: a start time, and enqueueing what the writer reads."""
 
     def __init__(self, writer: LogWriter) -> None:
         self.writer = writer
 
     @hookimpl
+    def before_call(self, request: ChatRequest, herd: Herd) -> None:
+        stash = request.stash
+        if _T0 not in stash:
+            stash[_T0] = time.perf_counter()
+
+    @hookimpl
     def after_call(
         self, request: ChatRequest, response: ChatResponse, herd: Herd, valid: bool | None
     ) -> None:
-        self.writer.put((time.time(), current_run(), request, response, None, valid))
+        self.writer.put((time.time(), current_run(), request, response, None, valid, None))
 
     @hookimpl
     def on_error(self, request: ChatRequest, error: BaseException, herd: Herd, final: bool) -> None:
         if final:
-            self.writer.put((time.time(), current_run(), request, None, error, None))
+            t0 = request.stash.get(_T0, None)
+            latency = time.perf_counter() - t0 if t0 is not None else None
+            self.writer.put((time.time(), current_run(), request, None, error, None, latency))
