@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +53,10 @@ _LIST_COLUMNS = (
     "fallback_from, cache_tier, input_tokens, output_tokens, latency_s, cost, currency, "
     "saved, error_type"
 )
+#: the group-by expression per `herd usage --by`; unary + keeps SQLite from walking the
+#: alias index for the grouping (a random row lookup per call) instead of the ts range
 GROUPS = {
-    "model": "alias",
+    "model": "+alias",
     "provider": "provider",
     "tenant": "coalesce(tenant, '-')",
     "agent": "coalesce(agent, '-')",
@@ -260,33 +262,33 @@ class LogStore:
                     "error_rate": (errors or 0) / calls if calls else 0.0,
                 }
             )
-        latencies = self._latencies(key, where, args)
+        percentiles = self._percentiles(key, where, args)
         for row in out:
-            values = latencies.get(row[group], [])
-            row["p50_s"] = _percentile(values, 0.50)
-            row["p95_s"] = _percentile(values, 0.95)
+            ranks = percentiles.get(row[group], {})
+            row["p50_s"] = ranks.get("p50_s")
+            row["p95_s"] = ranks.get("p95_s")
         return out
 
-    def _latencies(self, key: str, where: str, args: list[Any]) -> dict[Any, list[float]]:
+    def _percentiles(self, key: str, where: str, args: list[Any]) -> dict[Any, dict[str, float]]:
+        """p50 and p95 latency per group (nearest rank). The rows come back unsorted and
+        are sorted per group in Python: faster here than SQLite's ORDER BY or a window
+        function over the same rows (bench/logs.py)."""
         extra = " AND " if where else " WHERE "
-        sql = (
-            f"SELECT {key} AS k, latency_s FROM calls{where}{extra}latency_s IS NOT NULL "
-            f"ORDER BY k, latency_s"
-        )
-        found: dict[Any, list[float]] = {}
+        sql = f"SELECT {key}, latency_s FROM calls{where}{extra}latency_s IS NOT NULL"
+        groups: dict[Any, list[float]] = {}
         for k, latency in self.db.execute(sql, args):
-            found.setdefault(k, []).append(latency)
+            groups.setdefault(k, []).append(latency)
+        found: dict[Any, dict[str, float]] = {}
+        for k, values in groups.items():
+            values.sort()
+            n = len(values)
+            found[k] = {
+                "p50_s": round(values[(50 * n + 99) // 100 - 1], 6),
+                "p95_s": round(values[(95 * n + 99) // 100 - 1], 6),
+            }
         return found
 
     @staticmethod
     def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending list (None when empty)."""
-    if not ordered:
-        return None
-    rank = max(1, -(-int(q * 1000) * len(ordered) // 1000))  # ceil(q * n)
-    return round(ordered[min(rank, len(ordered)) - 1], 6)
