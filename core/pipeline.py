@@ -52,6 +52,8 @@ Validator = Callable[[ChatResponse], bool]
 #: the caller's own options and timeout, which a fallback request is rebuilt from
 #: (set by `Herd.build_request` only when the alias has fallbacks)
 CALLER = StashKey[tuple[dict[str, Any], float | None]]()
+#: perf_counter() when the call entered the pipeline (on_error observers time failures)
+STARTED = StashKey[float]()
 
 #: `herd.stream(..., deadline=S)`: seconds the whole stream may take, retries and
 #: fallbacks included (the per-item timeout is an idle timeout)
@@ -68,7 +70,7 @@ async def chat(herd: Herd, request: ChatRequest, validate: Validator | None) -> 
     """The whole call: admission, cache, coalescing, attempts, validation, hooks."""
     if not herd._started:
         await herd.start()
-    started = time.perf_counter()
+    started = request.stash[STARTED] = time.perf_counter()
     if herd._has.get("acquire_admission"):
         async with AsyncExitStack() as stack:
             await _admit(herd, request, stack)
@@ -171,7 +173,7 @@ async def stream(herd: Herd, request: ChatRequest) -> AsyncIterator[Any]:
     """Yield what the model streams (text chunks, events), then the final ChatResponse."""
     if not herd._started:
         await herd.start()
-    started = time.perf_counter()
+    started = request.stash[STARTED] = time.perf_counter()
     async with AsyncExitStack() as stack:
         if herd._has.get("acquire_admission"):
             await _admit(herd, request, stack)

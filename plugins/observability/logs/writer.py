@@ -1,7 +1,7 @@
 """The call path's half (two cheap hooks) and the one background writer.
 
-On the call path the hooks only note when the first attempt started and put (time,
-run id, request, response or error) on a queue (~1-3 µs, bench/logs.py). The writer thread does everything else: reading the
+On the call path a hook only puts (time, run id, request, response or error) on a
+queue (~1-2 µs, bench/logs.py). The writer thread does everything else: reading the
 fields, encoding content, scrubbing secrets, the SQLite transaction, pruning, and
 handing the same records to every sink (the audit JSONL is one, audit_feed.py).
 Requests and responses are not changed by the kernel after `after_call`, so reading
@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
+from modelherd.pipeline import STARTED
 from modelherd.plugins.observability.logs.store import COLUMNS, LogStore
 from modelherd.runs import current_run
-from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
@@ -47,8 +47,7 @@ Event = tuple[
     bool | None,
     float | None,
 ]
-#: when the call's first attempt started (for the latency of calls that fail)
-_T0 = StashKey[float]()
+
 #: a record ready to store: the fields, the messages as JSON text, the answer
 Record = tuple[dict[str, Any], str | None, str | None]
 #: called in the writer thread with each record's fields, messages (JSON) and answer
@@ -116,7 +115,7 @@ def fields(event: Event) -> dict[str, Any]:
         "provider": request.provider,
         "model": request.model,
         "request_model": request.model,
-        # from the first attempt (None when refused before any attempt, by admission)
+        # from when the call entered the pipeline to the failure
         "latency_s": failed_after,
         "error_type": type(error).__name__,
         "error": message[:2000],
@@ -265,16 +264,10 @@ class LogWriter:
 
 
 class LogHooks:
-    """The hooks on the call path: a start time, and enqueueing what the writer reads."""
+    """The two hooks on the call path: each only enqueues what the writer will read."""
 
     def __init__(self, writer: LogWriter) -> None:
         self.writer = writer
-
-    @hookimpl
-    def before_call(self, request: ChatRequest, herd: Herd) -> None:
-        stash = request.stash
-        if _T0 not in stash:
-            stash[_T0] = time.perf_counter()
 
     @hookimpl
     def after_call(
@@ -285,6 +278,6 @@ class LogHooks:
     @hookimpl
     def on_error(self, request: ChatRequest, error: BaseException, herd: Herd, final: bool) -> None:
         if final:
-            t0 = request.stash.get(_T0, None)
+            t0 = request.stash.get(STARTED, None)
             latency = time.perf_counter() - t0 if t0 is not None else None
             self.writer.put((time.time(), current_run(), request, None, error, None, latency))
