@@ -428,3 +428,4 @@ async def test_a_budget_refusal_is_logged_as_an_error(tmp_path: Path) -> None:
         refused, ok = _rows(herd, tenant="t")
     assert ok["outcome"] == "ok" and ok["cost"] == pytest.approx(0.1)
     assert (refused["outcome"], refused["error_type"]) == ("error", "BudgetExceededError")
+    assert refused["latency_s"] is not None  # timed from the call's start in the pipeline
