@@ -37,6 +37,8 @@ class CliState:
         self._announced = False
         #: implicit files skipped as untrusted (core/trust.py), for `herd doctor`
         self.skipped: list[Any] = []
+        #: set by commands that list hook failures themselves (plugins, doctor)
+        self.quiet_hook_failures = False
 
     def herd(self) -> Any:
         if self._herd is None:
@@ -47,8 +49,25 @@ class CliState:
             env, env_skipped = load_env_checked()
             self.skipped = [*config.skipped, *env_skipped]
             self._announce(self.skipped)
-            self._herd = Herd(config, env=env, strict=self.strict)
+            herd = Herd(config, env=env, strict=self.strict)
+            herd.pm  # noqa: B018 - load plugins now: every [plugins.x] table is checked
+            self._herd = herd
         return self._herd
+
+    def report_hook_failures(self) -> None:
+        """At the end of a command: one warning line per plugin hook that raised while
+        it ran (`herd plugins` / `herd doctor` list them; --strict makes them fatal)."""
+        herd = self._herd
+        if herd is None or self.quiet_hook_failures:
+            return
+        for record in herd.plugin_records:
+            for hook, error in record.failed_hooks.items():
+                if hook in _RUNTIME_HOOKS:
+                    click.echo(
+                        f"warning: plugin '{record.name}' failed: {error} — fix or disable "
+                        f"it (`herd plugins` shows it; --strict makes it fatal)",
+                        err=True,
+                    )
 
     def _announce(self, skipped: list[Any]) -> None:
         """Say once per command, in one line, which implicit files were skipped."""
@@ -67,7 +86,12 @@ class CliState:
             from .kernel import Herd
 
             self.config_error = exc
-            return Herd(HerdConfig(), strict=self.strict)
+            return Herd(HerdConfig(), env=dict(os.environ), strict=self.strict)
+
+
+#: hooks that run while a command works (not at plugin load): a failure there is
+#: news to the user of that command
+_RUNTIME_HOOKS = frozenset({"startup", "after_call", "shutdown"})
 
 
 class HerdGroup(click.Group):
@@ -142,6 +166,7 @@ def make_cli() -> HerdGroup:
         """modelherd: one layer for every model behind your agents."""
         if ctx.obj is None:  # resolving the command (plugin commands) may have made it
             ctx.obj = CliState(config_path, profile, strict)
+        ctx.call_on_close(ctx.obj.report_hook_failures)
 
     assert isinstance(group, HerdGroup)
     from .trust_cli import trust_cmd, untrust_cmd
@@ -159,11 +184,13 @@ def make_cli() -> HerdGroup:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Installed plugins: name, version, hooks, load errors."""
-    herd = _state(ctx).herd_for_commands()
-    herd.pm  # noqa: B018 - load plugins
+    """Installed plugins: name, version, hooks, load and startup errors."""
+    state = _state(ctx)
+    state.quiet_hook_failures = True
+    herd = state.herd()
     herd.providers  # noqa: B018 - registration failures are recorded too
     herd.agents  # noqa: B018
+    start_and_close(herd)  # a plugin whose startup raises is shown as failed
     records = sorted(herd.plugin_records, key=lambda r: r.name)
     if as_json:
         _print_json([vars(r) for r in records])
@@ -183,6 +210,21 @@ def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
     _console().print(table)
 
 
+def start_and_close(herd: Any, timeout: float = 10.0) -> None:
+    """Run the plugins' startup hooks once (then close), so that their failures are
+    recorded; bounded, since a startup may open connections."""
+    import anyio
+
+    async def probe() -> None:
+        try:
+            with anyio.move_on_after(timeout):
+                await herd.start()
+        finally:
+            await herd.aclose()
+
+    anyio.run(probe)
+
+
 # ---- herd models ---------------------------------------------------------------
 
 
@@ -199,11 +241,10 @@ def _model_rows(herd: Any) -> list[dict[str, Any]]:
             "fallbacks": spec.fallbacks,
         }
         if cls is None:
-            row.update(
-                available=False,
-                reason=f"provider '{spec.provider}' is not installed or failed to load",
-                fix="run `herd doctor`",
-            )
+            from .doctor import missing_provider
+
+            message, mistake = missing_provider(herd, spec)
+            row.update(available=False, reason=message, fix="", config_error=mistake)
         else:
             try:
                 avail = cls.availability(spec, herd.env)
@@ -255,6 +296,7 @@ def models_cmd(ctx: click.Context, check: bool, timeout: float, as_json: bool) -
         _print_json(
             {"profile": herd.config.active_profile, "config": herd.config.source, "models": rows}
         )
+        _exit_on_config_errors(rows)
         return
     from rich.markup import escape
     from rich.table import Table
@@ -274,6 +316,15 @@ def models_cmd(ctx: click.Context, check: bool, timeout: float, as_json: bool) -
             cells.append(_health_cell(row.get("health")))
         table.add_row(*cells)
     _console().print(table)
+    _exit_on_config_errors(rows)
+
+
+def _exit_on_config_errors(rows: list[dict[str, Any]]) -> None:
+    """An alias naming an unknown provider is a config error: say it (as `herd chat`
+    would) after the table, and exit 2."""
+    for row in rows:
+        if row.get("config_error"):
+            raise ConfigError(row["reason"])
 
 
 def _health_cell(health: dict[str, Any] | None) -> str:
@@ -446,8 +497,10 @@ def doctor_cmd(ctx: click.Context, timeout: float, as_json: bool) -> None:
         warnings = sum(1 for f in findings if f["level"] == "warning")
         summary = f"\n{len(problems)} problem(s)" if problems else "\n[green]no problems[/green]"
         if warnings:
-            summary += f", {warnings} warning(s) (optional providers you may not use)"
+            summary += f", {warnings} warning(s) (things you may not use; see each fix)"
         console.print(summary, highlight=False)
+    if any(f["area"] == "config" for f in problems):
+        ctx.exit(2)  # the config itself is wrong: the exit code every command uses for it
     if problems:
         ctx.exit(1)
 

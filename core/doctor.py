@@ -14,8 +14,22 @@ def _finding(area: str, level: str, message: str, fix: str = "") -> Finding:
     return {"area": area, "level": level, "message": message, "fix": fix}
 
 
+def missing_provider(herd: Any, spec: Any) -> tuple[str, bool]:
+    """(what to say about an alias whose provider is not registered, whether it is a
+    config mistake). Unknown is a mistake ("did you mean" — what `herd chat` says);
+    while some plugin is disabled or failed, the provider may be one of its, so it is
+    reported as unavailable, not as a typo."""
+    message: str = herd._unknown_provider_message(spec)
+    blocked = [r for r in herd.plugin_records if r.status != "loaded"]
+    named = any(r.name == spec.provider for r in blocked)
+    return message, not blocked and not named
+
+
 def run_doctor(state: Any, timeout: float) -> list[Finding]:
+    from .cli import start_and_close
+
     findings: list[Finding] = []
+    state.quiet_hook_failures = True  # they are findings here
     try:
         herd = state.herd()
     except HerdError as exc:
@@ -33,6 +47,10 @@ def run_doctor(state: Any, timeout: float) -> list[Finding]:
                 f"review {skipped.shown}, then run `herd trust` to use it (docs/security.md)",
             )
         )
+    try:
+        start_and_close(herd)  # startup hooks run: a plugin failing there is a finding
+    except HerdError as exc:  # a setting only checked at startup (e.g. an OTEL_* variable)
+        findings.append(_finding("config", "error", exc.message))
     findings += _plugin_findings(herd)
     findings += _key_findings(herd)
     findings += _model_findings(herd, timeout)
@@ -47,8 +65,19 @@ def _plugin_findings(herd: Any) -> list[Finding]:
     loaded = [r.name for r in herd.plugin_records if r.status == "loaded"]
     out.append(_finding("plugins", "ok", f"{len(loaded)} loaded: {', '.join(sorted(loaded))}"))
     for record in herd.plugin_records:
-        if record.status == "failed":
-            dist = f" ({record.distribution} {record.version})" if record.distribution else ""
+        dist = f" ({record.distribution} {record.version})" if record.distribution else ""
+        if record.failed_hooks:
+            for error in record.failed_hooks.values():
+                out.append(
+                    _finding(
+                        "plugins",
+                        "error",
+                        f"'{record.name}'{dist} failed: {error}",
+                        f'fix or uninstall it, or add "{record.name}" to [plugins] disable '
+                        f"in plugins.toml (--strict makes this fatal)",
+                    )
+                )
+        elif record.status == "failed":
             out.append(
                 _finding(
                     "plugins",
@@ -105,13 +134,10 @@ def _model_findings(herd: Any, timeout: float) -> list[Finding]:
         cls = herd.providers.get(spec.provider)
         level_if_bad = "error" if alias == default else "warning"
         if cls is None:
+            message, mistake = missing_provider(herd, spec)
+            fix = "" if mistake else "`herd plugins` shows which plugin is disabled or failed"
             out.append(
-                _finding(
-                    f"model {alias}",
-                    level_if_bad,
-                    f"provider '{spec.provider}' is not installed or failed to load",
-                    "see the plugins findings above",
-                )
+                _finding(f"model {alias}", "error" if mistake else level_if_bad, message, fix)
             )
             continue
         try:
@@ -136,7 +162,9 @@ async def _live_checks(
     results: dict[str, Finding] = {}
 
     async def check(alias: str) -> None:
-        level_if_bad = "error" if alias == default else "warning"
+        # a failing default is a problem; so is a model whose key is set (the user means
+        # to use it: a 401 there is a rejected key, not an optional provider)
+        level_if_bad = "error" if alias == default or _key_is_set(herd, alias) else "warning"
         try:
             with anyio.fail_after(timeout):
                 health = await herd.get_model(alias).health()
@@ -163,3 +191,13 @@ async def _live_checks(
     finally:
         await herd.aclose()
     return [results[a] for a in aliases if a in results]
+
+
+def _key_is_set(herd: Any, alias: str) -> bool:
+    spec = herd.resolve(alias)
+    cls = herd.providers.get(spec.provider)
+    if cls is None:
+        return False
+    custom = spec.settings.get("api_key_env")
+    names = (custom,) if custom else (*cls.key_env_vars, *cls.legacy_key_env_vars)
+    return any(herd.env.get(name) for name in names if name)

@@ -120,6 +120,17 @@ def track_event(event: HerdEvent, herd: Herd) -> None:
 
 
 @hookspec
+def register_settings(register: Callable[..., None]) -> None:
+    """At plugin load: declare the schema of your `[plugins.<name>]` table.
+
+    Call `register(name, SettingsModel, docs="docs/yours.md")` with a pydantic model
+    (`extra="forbid"`). The kernel validates the table on every command, before any
+    other hook runs, so a typo is one error line (exit 2) — never a plugin silently
+    off. No I/O. Not firstresult.
+    """
+
+
+@hookspec
 def register_cache_tiers(register: Callable[..., None], herd: Herd) -> None:
     """At startup: declare response-cache tiers.
 

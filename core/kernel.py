@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
@@ -57,6 +57,12 @@ class _CoreDefaults:
     def provide_model(self, spec: ModelSpec, herd: Herd) -> Model | None:
         cls = herd.providers.get(spec.provider)
         return cls(spec, herd) if cls is not None else None
+
+    @hookimpl
+    def register_settings(self, register: Callable[..., None]) -> None:
+        from .cache import CachePolicy
+
+        register("cache", CachePolicy, "docs/cache.md")
 
 
 class Herd:
@@ -107,16 +113,27 @@ class Herd:
             pm = loader.new_plugin_manager()
             pm.register(_CoreDefaults(), name="core")
             self._pm = pm
-            if self._load_entry_points:
-                self.plugin_records = loader.load_entry_point_plugins(
-                    pm,
-                    self.config.disabled_plugins,
-                    self.config.herd.allow_plugins,
-                    self.strict,
+            try:
+                if self._load_entry_points:
+                    self.plugin_records = loader.load_entry_point_plugins(
+                        pm,
+                        self.config.disabled_plugins,
+                        self.config.herd.allow_plugins,
+                        self.strict,
+                        source=self.config.source,
+                    )
+                for index, plugin in enumerate(self._extra_plugins):
+                    name = getattr(plugin, "__name__", f"{type(plugin).__name__}-{index}")
+                    self.plugin_records.append(loader.register_object(pm, plugin, name))
+                # every [plugins.x] table is checked now, on every command (core/loader.py)
+                schemas = loader.collect_settings(pm, self.plugin_records, self.strict)
+                loader.check_plugin_tables(
+                    self.config, schemas, self.plugin_records, self._load_entry_points
                 )
-            for index, plugin in enumerate(self._extra_plugins):
-                name = getattr(plugin, "__name__", f"{type(plugin).__name__}-{index}")
-                self.plugin_records.append(loader.register_object(pm, plugin, name))
+            except ConfigError:
+                self._pm = None  # the next use reports it again instead of half-loading
+                self.plugin_records = []
+                raise
             self._refresh_hook_flags()
         return self._pm
 
@@ -137,19 +154,29 @@ class Herd:
         self._agents = None
         self._refresh_hook_flags()
 
-    def call_each(self, hook_name: str, **kwargs: Any) -> list[Any]:
+    def call_each(
+        self,
+        hook_name: str,
+        *,
+        propagate: type[BaseException] | tuple[type[BaseException], ...] = ConfigError,
+        **kwargs: Any,
+    ) -> list[Any]:
         """Call every implementation of a registration/lifecycle hook on its own.
 
         pluggy aborts a hook call at the first raising implementation; for these
         hooks one broken plugin must not take the others down, so each is called
         separately and a failure is recorded (shown by `herd plugins` / `herd doctor`)
-        or, with strict=True, raised.
+        or, with strict=True, raised. A `propagate` error (by default ConfigError: the
+        user's config is wrong, the plugin is not broken) goes to the caller — a bad
+        setting is an error, never a plugin quietly switched off.
         """
         results: list[Any] = []
         caller = getattr(self.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):  # pluggy's order: last registered first
             try:
                 result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            except propagate:
+                raise
             except Exception as exc:
                 if self.strict:
                     raise PluginLoadError(
@@ -168,9 +195,16 @@ class Herd:
             if record.name == plugin_name:
                 record.status = "failed"
                 record.error = message
+                record.failed_hooks[hook_name] = message
                 return
         self.plugin_records.append(
-            loader.PluginRecord(name=plugin_name, module="?", status="failed", error=message)
+            loader.PluginRecord(
+                name=plugin_name,
+                module="?",
+                status="failed",
+                error=message,
+                failed_hooks={hook_name: message},
+            )
         )
 
     def unregister_plugin(self, plugin: Any) -> None:

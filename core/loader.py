@@ -1,25 +1,37 @@
 """Plugin discovery: one path (the `modelherd` entry-point group) for ours and theirs.
 
 A plugin is blocked *before* it is imported when `[plugins] disable` names it or when
-`HERD_PLUGINS` (a comma-separated allowlist) leaves it out. A plugin that fails to
-import or register is recorded with its error and the rest keep working; with
-`strict=True` the first failure raises `PluginLoadError`.
+`HERD_PLUGINS` (a comma-separated allowlist) leaves it out; a name there that is no
+installed plugin is a ConfigError ("did you mean"). A plugin that fails to import or
+register is recorded with its error and the rest keep working; with `strict=True` the
+first failure raises `PluginLoadError`.
+
+Once loaded, every `[plugins.<name>]` table is checked against the schema its plugin
+declares (`register_settings`), so a typo is one error line on every command instead
+of a plugin silently switched off; a table naming no installed plugin is an error too.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pluggy
 
 from . import hookspecs
-from .errors import PluginLoadError
+from .errors import ConfigError, PluginLoadError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from .config import HerdConfig
 
 GROUP = "modelherd"
 
@@ -37,6 +49,8 @@ class PluginRecord:
     status: Status = "loaded"
     error: str = ""
     hooks: list[str] = field(default_factory=list)
+    #: hook name -> the error it raised in this process (startup, after_call …)
+    failed_hooks: dict[str, str] = field(default_factory=dict)
 
 
 def new_plugin_manager() -> pluggy.PluginManager:
@@ -51,11 +65,31 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def _allowlist(config_allow: list[str] | None) -> set[str] | None:
+def _allowlist(config_allow: list[str] | None) -> tuple[set[str] | None, str]:
+    """(the allowlist, where it came from) — HERD_PLUGINS wins over [herd] allow_plugins."""
     env = os.environ.get("HERD_PLUGINS")
     if env is not None:
-        return {p.strip() for p in env.split(",") if p.strip()}
-    return set(config_allow) if config_allow is not None else None
+        return {p.strip() for p in env.split(",") if p.strip()}, "HERD_PLUGINS"
+    if config_allow is not None:
+        return set(config_allow), "[herd] allow_plugins"
+    return None, ""
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean '{close[0]}'?" if close else f"installed: {', '.join(sorted(known))}"
+
+
+def check_plugin_names(
+    names: set[str], known: list[str], where: str, fix: str = "see `herd plugins`"
+) -> None:
+    """A name in disable / HERD_PLUGINS that no installed plugin has is a typo, and the
+    plugin meant stays on (or off): one ConfigError line with the closest name."""
+    for name in sorted(names - set(known)):
+        raise ConfigError(
+            f"{where} names '{name}', which is not an installed plugin — "
+            f"{_did_you_mean(name, known)} ({fix})"
+        )
 
 
 def _short_error(exc: BaseException) -> str:
@@ -72,11 +106,17 @@ def load_entry_point_plugins(
     allow: list[str] | None = None,
     strict: bool = False,
     eps: list[EntryPoint] | None = None,
+    source: str = "plugins.toml",
 ) -> list[PluginRecord]:
     """Import and register every allowed plugin in the group; return one record each."""
-    allowed = _allowlist(allow)
+    allowed, allow_where = _allowlist(allow)
     records: list[PluginRecord] = []
     found = eps if eps is not None else list(entry_points(group=GROUP))
+    known = sorted({ep.name for ep in found})
+    check_plugin_names(disabled, known, f"{source}: [plugins] disable")
+    if allowed is not None:
+        where = allow_where if allow_where == "HERD_PLUGINS" else f"{source}: {allow_where}"
+        check_plugin_names(allowed, known, where)
     # dist.name / dist.version each parse METADATA with the email parser; most
     # plugins come from the same few distributions, so parse each one once
     dist_names: dict[str, tuple[str, str]] = {}
@@ -132,3 +172,86 @@ def _hook_names(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
 
 def import_module(name: str) -> Any:
     return importlib.import_module(name)
+
+
+# ---- plugin settings ----------------------------------------------------------------
+
+
+#: a settings model, or a parser `(table, source) -> settings` raising ConfigError
+SettingsCheck = type["BaseModel"] | Callable[[dict[str, Any], str], object]
+
+
+@dataclass(frozen=True)
+class SettingsSchema:
+    """What a plugin declared for its `[plugins.<name>]` table (`register_settings`)."""
+
+    name: str
+    check: SettingsCheck
+    docs: str
+    plugin: str
+
+
+def collect_settings(
+    pm: pluggy.PluginManager, records: list[PluginRecord], strict: bool
+) -> dict[str, SettingsSchema]:
+    """Ask every plugin for its table schemas, one implementation at a time."""
+    found: dict[str, SettingsSchema] = {}
+    for impl in reversed(pm.hook.register_settings.get_hookimpls()):
+
+        def register(name: str, check: SettingsCheck, docs: str = "docs/plugins.md") -> None:
+            found[name] = SettingsSchema(name, check, docs, impl.plugin_name)  # noqa: B023
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:  # a broken plugin must not take the kernel down
+            error = f"register_settings raised {_short_error(exc)}"
+            if strict:
+                raise PluginLoadError(
+                    f"plugin '{impl.plugin_name}' failed in register_settings: "
+                    f"{_short_error(exc)} — fix or disable it"
+                ) from exc
+            for record in records:
+                if record.name == impl.plugin_name:
+                    record.status = "failed"
+                    record.error = error
+                    record.failed_hooks["register_settings"] = error
+    return found
+
+
+def check_plugin_tables(
+    config: HerdConfig,
+    schemas: dict[str, SettingsSchema],
+    records: list[PluginRecord],
+    complete: bool,
+) -> None:
+    """Validate each `[plugins.<name>]` table; the first problem is a ConfigError.
+
+    A table is checked by its declared schema; a table whose plugin is disabled (never
+    imported) or declares none is left to that plugin. With `complete` (the installed
+    entry points were loaded), a table naming no plugin at all is an error: its settings
+    would do nothing — a redaction plugin configured under a misspelt name redacts
+    nothing.
+    """
+    from pydantic import BaseModel
+
+    from .config import validate_table
+
+    known = {r.name for r in records} | set(schemas)
+    for name, table in config.plugins.items():
+        if name == "disable":
+            continue
+        schema = schemas.get(name)
+        where = f"{config.source}: [plugins.{name}]"
+        if schema is None and complete and name not in known:
+            raise ConfigError(
+                f"{where} is not an installed plugin's table — "
+                f"{_did_you_mean(name, sorted(known))} (install that plugin, fix the "
+                f"name, or remove the table; `herd plugins` lists them)"
+            )
+        if schema is None:
+            continue
+        if isinstance(schema.check, type) and issubclass(schema.check, BaseModel):
+            validate_table(schema.check, table, where, schema.docs)
+        else:
+            parse = cast("Callable[[dict[str, Any], str], object]", schema.check)
+            parse(table, config.source)

@@ -369,7 +369,16 @@ def _validate(
 def _finish(herd: Herd, request: ChatRequest, response: ChatResponse, valid: bool | None) -> None:
     """after_call, then the call's metrics (cache hits included)."""
     if herd._has.get("after_call"):
-        herd.hook.after_call(request=request, response=response, herd=herd, valid=valid)
+        # the answer exists: a plugin bug here is recorded (herd plugins / doctor, fatal
+        # under --strict), never a traceback that loses it; a HerdError is deliberate
+        herd.call_each(
+            "after_call",
+            propagate=HerdError,
+            request=request,
+            response=response,
+            herd=herd,
+            valid=valid,
+        )
     if not herd._has.get("on_metric"):
         return
     attrs = _attrs(request)

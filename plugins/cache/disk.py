@@ -483,6 +483,11 @@ def load_settings(herd: Herd) -> DiskSettings | None:
 
 
 @hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("cache_disk", DiskSettings, "docs/cache.md")
+
+
+@hookimpl
 def register_cache_tiers(register: Callable[..., None], herd: Herd) -> None:
     settings = load_settings(herd)
     if settings is None or not settings.enabled:

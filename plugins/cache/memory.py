@@ -156,6 +156,11 @@ def load_settings(herd: Herd) -> MemorySettings:
 
 
 @hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("cache_memory", MemorySettings, "docs/cache.md")
+
+
+@hookimpl
 def register_cache_tiers(register: Callable[..., None], herd: Herd) -> None:
     settings = load_settings(herd)
     if settings.enabled:

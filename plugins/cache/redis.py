@@ -372,6 +372,11 @@ def build_tier(herd: Herd, settings: RedisSettings) -> RedisTier:
 
 
 @hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("cache_redis", RedisSettings, "docs/cache.md")
+
+
+@hookimpl
 def register_cache_tiers(register: Callable[..., None], herd: Herd) -> None:
     settings = load_settings(herd)
     if settings is not None and settings.enabled:

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -380,6 +380,11 @@ def wanted(herd: Herd, settings: ResidencySettings) -> ResidencyManager | None:
     if len(local) >= 2 and sum(manager.size_of(a) for a in local) > manager.budget:
         return manager
     return None
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("residency", ResidencySettings, "docs/cache.md")
 
 
 @hookimpl

@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,6 +195,11 @@ def audit_log(herd: Herd) -> AuditLog | None:
         return None
     plugin = herd.pm.get_plugin(WRITER_NAME)
     return plugin if isinstance(plugin, AuditLog) else None
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("audit", parse_settings, "docs/observability.md")
 
 
 @hookimpl

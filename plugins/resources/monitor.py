@@ -17,6 +17,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
@@ -206,6 +207,11 @@ def sampler_for(herd: Herd) -> ResourceSampler | None:
         return None
     plugin = herd.pm.get_plugin(SAMPLER_NAME)
     return plugin if isinstance(plugin, ResourceSampler) else None
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("resource_monitor", parse_settings, "docs/observability.md")
 
 
 @hookimpl

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import pytest
 from cache_helpers import Metrics, cached_herd
-from modelherd.errors import CacheMissError, ConfigError, PluginLoadError, ProviderError
+from modelherd.errors import CacheMissError, ConfigError, ProviderError
 from modelherd.testing import MockModel
 from modelherd.types import ChatResponse
 
@@ -261,18 +260,14 @@ def test_a_tier_that_raises_is_a_miss_with_one_warning(caplog: pytest.LogCapture
 def test_bad_tier_settings_are_one_clear_line(
     table: dict[str, dict[str, object]], match: str
 ) -> None:
-    # not strict: the broken tier is reported (herd plugins / doctor), calls go on
-    herd, _model = cached_herd(plugins=table)
-    assert run(herd.chat("mock", "q")).content == "ok"
-    failed = [r for r in herd.plugin_records if r.status == "failed"]
-    assert len(failed) == 1 and failed[0].error is not None
-    assert re.search(match, failed[0].error)
-    assert "test config: " in failed[0].error and "\n" not in failed[0].error
-    # strict: the same line is fatal
-    strict, _ = cached_herd(plugins=table)
-    strict.strict = True
-    with pytest.raises(PluginLoadError, match=match):
-        run(strict.start())
+    # a wrong setting is a config error at the first use, strict or not — never a tier
+    # quietly switched off while calls go on (issue 13)
+    for strict in (False, True):
+        herd, _model = cached_herd(plugins=table)
+        herd.strict = strict
+        with pytest.raises(ConfigError, match=match) as info:
+            run(herd.chat("mock", "q"))
+        assert "test config: " in info.value.message and "\n" not in info.value.message
 
 
 def test_bad_cache_policy_fails_at_start() -> None:

@@ -25,7 +25,10 @@ async def test_default_config_registers_no_per_call_hooks(monkeypatch: pytest.Mo
     for plugin_name in ("optimizer", "scheduler", "tenants"):
         module = herd.pm.get_plugin(plugin_name)
         hooks = {impl.name for impl in herd.pm.get_hookcallers(module) or []}
-        assert hooks <= {"startup", "shutdown", "register_commands"}, (plugin_name, hooks)
+        assert hooks <= {"startup", "shutdown", "register_commands", "register_settings"}, (
+            plugin_name,
+            hooks,
+        )
     await herd.aclose()
 
 

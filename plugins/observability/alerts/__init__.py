@@ -10,6 +10,7 @@ Settings and their runbook defaults: settings.py and docs/observability.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
@@ -30,6 +31,13 @@ def alert_hooks(herd: Herd) -> AlertHooks | None:
 
     plugin = herd.pm.get_plugin(HOOKS_NAME)
     return plugin if isinstance(plugin, AlertHooks) else None
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    from modelherd.plugins.observability.alerts.settings import parse_settings
+
+    register("alerts", parse_settings, "docs/observability.md")
 
 
 @hookimpl

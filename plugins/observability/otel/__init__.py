@@ -12,6 +12,7 @@ as children of one `invoke_agent swarm` span (docs/observability.md).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,13 @@ def _quick_off(herd: Herd) -> bool:
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
         )
     )
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    from modelherd.plugins.observability.otel.settings import parse_settings
+
+    register("otel", parse_settings, "docs/observability.md")
 
 
 @hookimpl

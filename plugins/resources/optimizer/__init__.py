@@ -8,8 +8,8 @@ and only when the optimizer is on do they register a per-call hook. The
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.stash import StashKey
@@ -23,6 +23,21 @@ if TYPE_CHECKING:
 #: this Herd's running optimizer (set by runtime.start, read at shutdown); the key lives
 #: here so that shutdown can test for it without importing the runtime module
 RUNTIME: StashKey[Optimizer] = StashKey()
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("optimizer", _check_settings, "docs/resources.md")
+
+
+def _check_settings(table: dict[str, Any], source: str) -> object:
+    # runtime.py is imported only when there is a table to check (it is not light)
+    from modelherd.config import validate_table
+    from modelherd.plugins.resources.optimizer.runtime import OptimizerSettings
+
+    return validate_table(
+        OptimizerSettings, table, f"{source}: [plugins.optimizer]", "docs/resources.md"
+    )
 
 
 @hookimpl

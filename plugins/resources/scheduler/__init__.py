@@ -7,8 +7,8 @@ the queue and the actions and loads at startup, registering per-call hooks only 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.stash import StashKey
@@ -21,6 +21,21 @@ if TYPE_CHECKING:
 #: this Herd's running scheduler (set by runtime.start, read at shutdown); the key lives
 #: here so that shutdown can test for it without importing the runtime module
 RUNTIME: StashKey[Scheduler] = StashKey()
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("scheduler", _check_settings, "docs/resources.md")
+
+
+def _check_settings(table: dict[str, Any], source: str) -> object:
+    # runtime.py is imported only when there is a table to check (it is not light)
+    from modelherd.config import validate_table
+    from modelherd.plugins.resources.scheduler.runtime import SchedulerSettings
+
+    return validate_table(
+        SchedulerSettings, table, f"{source}: [plugins.scheduler]", "docs/resources.md"
+    )
 
 
 @hookimpl
