@@ -157,16 +157,16 @@ async def test_budgets_need_the_cost_plugin() -> None:
         },
         plugins=(cost, budgets),
     )
-    async with herd:
-        # startup records the error; every call then raises it: never silently off
-        with pytest.raises(ConfigError, match=r"\[plugins.budgets\] needs the cost plugin"):
+    # a config error at startup (or at every call): never silently off
+    with pytest.raises(ConfigError, match=r"\[plugins.budgets\] needs the cost plugin"):
+        async with herd:
             await herd.chat("m", "hi")
 
 
 async def test_a_bad_budget_key_is_one_line() -> None:
     herd = herd_with({"tenants": {"t": {"dayly": 1.0}}})
-    async with herd:
-        with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError) as info:
+        async with herd:
             await herd.chat("m", "hi", tenant="someone-else")
     assert info.value.message == (
         "test config: [plugins.budgets.tenants.t] dayly: unknown key — did you mean 'daily'? "
