@@ -23,9 +23,7 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -109,6 +107,8 @@ class TrustStore:
         return "trusted" if record.sha256 == digest(data) else "changed"
 
     def trust(self, path: Path, data: bytes) -> TrustRecord:
+        from datetime import UTC, datetime
+
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         record = TrustRecord(_key(path), digest(data), now)
         self.records[record.path] = record
@@ -123,6 +123,8 @@ class TrustStore:
         return removed
 
     def _write(self) -> None:
+        import tempfile  # only `herd trust` writes; keep it off every command's import
+
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         body = {
