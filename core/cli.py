@@ -302,16 +302,24 @@ def models_cmd(ctx: click.Context, check: bool, timeout: float, as_json: bool) -
     from rich.table import Table
 
     profile = herd.config.active_profile or "none"
-    table = Table(title=f"models — config: {herd.config.source}, profile: {profile}")
-    for column in ("alias", "provider", "model", "available", "why not / fix"):
-        table.add_column(column)
+    from rich import box
+
+    table = Table(
+        title=f"models — config: {herd.config.source}, profile: {profile}",
+        box=box.SIMPLE_HEAD,
+    )
+    # fold, never "…": at 80 columns the variable name the user must set stays whole
+    table.add_column("alias", overflow="fold", max_width=18)
+    table.add_column("provider/model", overflow="fold", max_width=26)
+    table.add_column("ok", no_wrap=True)
+    table.add_column("why not / fix", overflow="fold", min_width=24, ratio=1)
     if check:
         table.add_column("live check")
     for row in rows:
         name = row["alias"] + (" (default)" if row["default"] else "")
         ok = "[green]yes" if row["available"] else "[red]no"
-        why = escape(" — ".join(x for x in (row.get("reason"), row.get("fix")) if x))
-        cells = [name, row["provider"], row["model"], ok, why]
+        why = escape(_why_not(row.get("reason") or "", row.get("fix") or ""))
+        cells = [name, f"{row['provider']}/{row['model']}", ok, why]
         if check:
             cells.append(_health_cell(row.get("health")))
         table.add_row(*cells)
@@ -325,6 +333,13 @@ def _exit_on_config_errors(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row.get("config_error"):
             raise ConfigError(row["reason"])
+
+
+def _why_not(reason: str, fix: str) -> str:
+    """'X is not set — set X in the environment or .env' says X twice; once is enough."""
+    if reason.endswith(" is not set") and fix.startswith(f"set {reason[:-11]} "):
+        return f"{fix} (not set)"
+    return " — ".join(x for x in (reason, fix) if x)
 
 
 def _health_cell(health: dict[str, Any] | None) -> str:
@@ -381,6 +396,11 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option(
     "-v", "--verbose", is_flag=True, help="Print the call's stats on stderr (even when piped)."
 )
+@click.option(
+    "--schema",
+    metavar="JSON|FILE",
+    help="JSON schema the answer must follow (inline or a file); prints the parsed JSON.",
+)
 @click.pass_context
 def chat_cmd(
     ctx: click.Context,
@@ -395,20 +415,28 @@ def chat_cmd(
     no_stream: bool,
     as_json: bool,
     verbose: bool,
+    schema: str | None,
 ) -> None:
-    """Ask a model; the answer streams to stdout. PROMPT may also come on stdin."""
+    """Ask a model; the answer streams to stdout. PROMPT may also come on stdin (both:
+    the piped text, then the prompt)."""
     import anyio
 
+    piped = _piped_stdin()
     if prompt is None:
-        if sys.stdin.isatty():
+        if piped is None:
             raise click.UsageError('give a prompt: herd chat "your question" (or pipe it on stdin)')
-        prompt = sys.stdin.read()
+        prompt = piped
+    elif piped and piped.strip():  # `echo DATA | herd chat "summarize"`: both, like llm
+        prompt = f"{piped.rstrip()}\n\n{prompt}"
     if not prompt.strip():
         raise click.UsageError('the prompt is empty — herd chat "your question"')
     options = _parse_options(option_pairs)
     for key, value in (("temperature", temperature), ("max_tokens", max_tokens), ("seed", seed)):
         if value is not None:
             options[key] = value
+    if schema is not None:
+        options["response_format"] = _load_schema(schema)
+        no_stream = True
     messages: list[dict[str, str]] = []
     if system:
         messages.append({"role": "system", "content": system})
@@ -435,10 +463,66 @@ def chat_cmd(
     if as_json:
         _print_json(response.model_dump())
         return
-    if no_stream:
+    if schema is not None:
+        _print_json(_parsed_answer(response.content))
+    elif no_stream:
         click.echo(response.content)
     if verbose or sys.stderr.isatty():
         click.echo(click.style(stats_line(response), dim=True), err=True)
+
+
+def _load_schema(text: str) -> dict[str, Any]:
+    """`--schema`: inline JSON, or the path of a JSON file."""
+    from pathlib import Path
+
+    source = text
+    if not text.lstrip().startswith("{"):
+        try:
+            source = Path(text).expanduser().read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"--schema {text!r} is neither inline JSON nor a readable file "
+                f'({exc.strerror or exc}) — pass \'{{"type": "object", …}}\' or a .json path'
+            ) from None
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--schema is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--schema must be a JSON object (a JSON schema)")
+    return value
+
+
+def _parsed_answer(content: str) -> Any:
+    """The answer to a `--schema` call, parsed; an answer that is not JSON is an error."""
+    try:
+        return json.loads(content)
+    except json.JSONDecodeError:
+        from .errors import BadResponseError
+
+        raise BadResponseError(
+            f"the answer is not the JSON the schema asked for ({content[:60]!r}) — try "
+            f"again, raise --max-tokens, or use a model that supports structured output"
+        ) from None
+
+
+def _piped_stdin() -> str | None:
+    """What was piped or redirected into stdin, or None when nothing was (a terminal, or
+    an inherited device such as /dev/null) — never wait on a terminal."""
+    import stat
+
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):  # no real file descriptor (an embedding host, a test)
+        mode = stat.S_IFIFO
+    if stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode):
+        try:
+            return sys.stdin.read()
+        except OSError:  # a stand-in stdin that refuses reads
+            return None
+    return None
 
 
 def stats_line(response: Any) -> str:

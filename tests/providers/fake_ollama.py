@@ -8,7 +8,7 @@ Chat scenarios by model: `qwen3:latest` answers with a <think> block,
 `midstream:latest` sends an error line mid-stream, `unfinished:latest` answers a
 non-stream call with done false. Faults in front of the model (a proxy's answers):
 `busy:latest` 429 with Retry-After 30, `flaky-busy:latest` 503 (Retry-After 0.05)
-once, `locked:latest` 401, `reset:latest` a TCP RST, `cut-body:latest` a short body. `slow-think:latest` streams `thinking` lines for
+once, `locked:latest` 401, `reset:latest` a TCP RST, `cut-body:latest` a short body. `ghost:latest` is listed but /api/generate answers 404 for it (unload). `slow-think:latest` streams `thinking` lines for
 ~0.9 s before the answer. Text is escaped the way Ollama
 escapes it (`<` as \\u003c). Pulling `nope` fails mid-stream like the real server.
 
@@ -65,6 +65,7 @@ INITIAL = {
     "unfinished:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
     "flaky-busy:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
     "slow-think:latest": (GB, _details("qwen3", "1B", "Q8_0"), 8192),
+    "ghost:latest": (GB, _details("llama", "1B", "Q8_0"), 8192),
 }
 PULLABLE = {"phi4:latest": (int(9.1 * GB), _details("phi3", "14.7B", "Q4_K_M"), 16384)}
 
@@ -362,7 +363,7 @@ def make_app(recorder: Recorder) -> web.Application:
         body = await request.json()
         recorder.add(request, body)
         name = body["model"]
-        if name not in state.pulled:
+        if name not in state.pulled or name == "ghost:latest":  # ghost: listed, not served
             return not_found(name)
         keep(name, body.get("keep_alive"))
         unloaded = body.get("keep_alive") in (0, "0")

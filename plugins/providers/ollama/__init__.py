@@ -390,7 +390,7 @@ class OllamaModel(Model):
         status, detail = exc.status_code, str(exc.error)[:300]
         retry_after = parse_retry_after(getattr(exc, "headers", None))
         if status == 404 or (status in (-1, 400, 500) and "not found" in detail):
-            return await self.missing_model(name)
+            return await self.missing_model(name, detail)
         if status in (401, 403):
             return AuthenticationError(
                 f"Ollama at {self.host} refused the call (HTTP {status}: {detail}) — a server "
@@ -415,17 +415,24 @@ class OllamaModel(Model):
             retry_after=retry_after,
         )
 
-    async def missing_model(self, name: str) -> ModelNotFoundError:
+    async def missing_model(self, name: str, detail: str = "") -> ModelNotFoundError:
         from modelherd.plugins.providers.ollama.admin import list_models
 
         hint = ""
         try:
             pulled = [m["name"] for m in await list_models(self.client())]
-            close = close_tags(name, pulled)
-            if close:
-                hint = f" (pulled here: {', '.join(close)})"
         except Exception:
-            pass
+            pulled = []
+        if name in pulled:  # a 404 for a model the server lists: "not pulled" would be wrong
+            why = f" ({detail})" if detail else ""
+            return ModelNotFoundError(
+                f"Ollama at {self.host} lists '{name}' as pulled but answered 404 for it{why} "
+                f"— the server (or a proxy in front of it) cannot serve it on this endpoint; "
+                f"see the `ollama serve` log, or pull it again with `herd pull {name}`"
+            )
+        close = close_tags(name, pulled)
+        if close:
+            hint = f" (pulled here: {', '.join(close)})"
         return ModelNotFoundError(
             f"Ollama at {self.host} has no model '{name}'{hint} — run `herd pull {name}`"
         )
