@@ -54,7 +54,7 @@ def test_swarm_self_consistency(herd: Herd) -> None:
     finished = [m for m in result.members if m.status != "cancelled"]
     assert len(finished) >= 2
     # the grammar makes every finished answer parse: each is a vote
-    assert all(m.status == "ok" and m.label in ("YES", "NO") for m in finished)
+    assert all(m.status == "ok" and m.label in ("YES", "NO") for m in finished), finished
     assert sorted({m.seed for m in result.members}) == [1, 2, 3]
     assert result.consensus.label in ("YES", "NO", None)
     assert "SmolLM2-135M, a pipeline demo with no market judgment" in result.note

@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +261,15 @@ def test_a_prompt_longer_than_the_context_is_refused_in_one_line(herd: Herd) -> 
         r"available context size \(512 tokens\).* raise n_ctx in \[models.local\]",
     ):
         herd.chat_sync("local", "word " * 700, cache="no-store")
+
+
+def test_an_image_is_refused_in_one_line(herd: Herd) -> None:
+    from modelherd import ImagePart, Message, TextPart
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+    message = Message(role="user", content=[TextPart(text="What is this?"), ImagePart(data=png)])
+    with pytest.raises(BadRequestError, match=r"'local' \(llamacpp\) takes text only"):
+        herd.chat_sync("local", [message], cache="no-store")
 
 
 def test_unknown_option_is_rejected_with_the_allowed_list(herd: Herd) -> None:

@@ -86,6 +86,15 @@ def _make_engine(name: str, load: EngineLoad) -> Engine:
     return XllamacppEngine(load)
 
 
+def _import_engine(name: str) -> None:
+    if name == "llama-cpp-python":
+        import llama_cpp  # noqa: F401
+    else:
+        from .engine_xllamacpp import import_xllamacpp
+
+        import_xllamacpp()
+
+
 def _engine_has_gpu(name: str) -> bool:
     if name == "llama-cpp-python":
         import llama_cpp
@@ -197,6 +206,14 @@ class LlamaCppModel(Model):
         if not avail.ok:
             raise ProviderUnavailableError(f"'{alias}' (llamacpp): {avail.reason} — {avail.fix}")
         settings = self.llama_settings
+        if settings.engine == "llama-cpp-python":
+            from .native_check import cached_check
+
+            verdict = cached_check()  # in a child process: a SIGILL there costs nothing
+            if not verdict.ok:
+                raise ProviderUnavailableError(
+                    f"'{alias}' (llamacpp): {verdict.message} — {verdict.fix}"
+                )
         params = {k: getattr(settings, k) for k in LOAD_KEYS}
         for key in LOAD_KEYS:  # an optimizer's placement wins over the file's
             value = getattr(opts, key)
@@ -227,8 +244,13 @@ class LlamaCppModel(Model):
             ) from None
 
     def _body(self, request: ChatRequest, opts: LlamaCppOptions) -> dict[str, Any]:
+        if any(m.images for m in request.messages):
+            raise BadRequestError(
+                f"'{request.alias}' (llamacpp) takes text only: this provider loads no "
+                f"vision projector — send the image to a vision model (an Ollama or cloud alias)"
+            )
         body: dict[str, Any] = {
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [{"role": m.role, "content": m.text} for m in request.messages],
         }
         for key in SAMPLING_KEYS:
             value = getattr(opts, key)
@@ -292,6 +314,12 @@ class LlamaCppModel(Model):
             provider_metrics={"herd.local.generation_time": done.generation_s},
         )
 
+    async def prepare(self) -> None:
+        # importing the engine (a 100 MB shared library) must not eat a call's timeout
+        name = self.llama_settings.engine
+        if importlib.util.find_spec(ENGINE_MODULES[name]) is not None:
+            await _in_thread(_import_engine, name)
+
     async def chat(self, request: ChatRequest) -> ChatResponse:
         opts = self.parse_options(LlamaCppOptions, request)
         cancel = threading.Event()
@@ -337,6 +365,12 @@ class LlamaCppModel(Model):
 
     async def health(self) -> Health:
         avail = self.availability(self.spec, os.environ)
+        if avail.ok and self.llama_settings.engine == "llama-cpp-python":
+            from .native_check import cached_check
+
+            verdict = await _in_thread(cached_check)
+            if not verdict.ok:
+                return Health(ok=False, detail=verdict.message, fix=verdict.fix)
         detail = avail.reason or f"GGUF at {self.path} ({self.llama_settings.engine})"
         if avail.ok and self._engine is not None:
             detail += f", {self._engine.busy()}/{self._engine.slots} slots busy"
