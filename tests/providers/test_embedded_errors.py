@@ -4,6 +4,7 @@ file it must refuse); the others are stopped by the checks made before a load.""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from modelherd.plugins.providers.llamacpp import settings as llama_settings
 from modelherd.plugins.providers.llamacpp import smollm2_path
 from modelherd.plugins.providers.llamacpp.engine import REGISTRY
 
-pytest.importorskip("xllamacpp", reason='the default engine: pip install "modelherd[local]"')
+# find_spec, not an import: the engine module sets OMP_WAIT_POLICY before xllamacpp loads
+if importlib.util.find_spec("xllamacpp") is None:
+    pytest.skip('the default engine: pip install "modelherd[local]"', allow_module_level=True)
 
 
 def herd_for(**table: Any) -> Herd:
