@@ -66,10 +66,23 @@ class Target:
 
 
 async def one(session: Any, target: Target) -> None:
-    async with session.post(target.url, data=body(target.model), headers=target.headers) as r:
-        data = await r.read()
+    import aiohttp
+
+    for attempt in (1, 2):
+        try:
+            async with session.post(
+                target.url, data=body(target.model), headers=target.headers
+            ) as r:
+                data = await r.read()
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+            # a keep-alive connection the server closed while idle (uvicorn, under
+            # LiteLLM, closes them after 5 s): what any client does, send it again
+            if attempt == 2:
+                raise
+            continue
         if r.status != 200:
             raise RuntimeError(f"{target.name}: HTTP {r.status}: {data[:200]!r}")
+        return
 
 
 async def latencies(
