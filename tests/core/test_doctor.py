@@ -73,6 +73,7 @@ def test_a_set_key_that_is_rejected_is_a_problem(tmp_path: Path, rejects_keys: s
         "--config",
         str(path),
         "doctor",
+        "--timeout=30",  # a loaded CI box must not turn a 401 into a timeout
         "--json",
         cwd=tmp_path,
         env={"OPENAI_API_KEY": "sk-rejected-0123456789"},
@@ -85,7 +86,12 @@ def test_a_set_key_that_is_rejected_is_a_problem(tmp_path: Path, rejects_keys: s
     assert "sk-rejected-0123456789" not in out.stdout
     assert out.returncode == 1
     text = herd(
-        "--config", str(path), "doctor", cwd=tmp_path, env={"OPENAI_API_KEY": "sk-rejected-01"}
+        "--config",
+        str(path),
+        "doctor",
+        "--timeout=30",
+        cwd=tmp_path,
+        env={"OPENAI_API_KEY": "sk-rejected-01"},
     )
     assert "no problems" not in text.stdout and text.returncode == 1
 
@@ -95,7 +101,7 @@ def test_a_key_that_is_not_set_stays_a_warning(tmp_path: Path, rejects_keys: str
     path.write_text(
         f'[models.gpt]\nprovider = "openai"\nmodel = "gpt-x"\nbase_url = "{rejects_keys}"\n'
     )
-    out = herd("--config", str(path), "doctor", "--json", cwd=tmp_path)
+    out = herd("--config", str(path), "doctor", "--timeout=30", "--json", cwd=tmp_path)
     gpt = next(f for f in json.loads(out.stdout) if f["area"] == "model gpt")
     assert gpt == {
         "area": "model gpt",
@@ -112,7 +118,7 @@ def test_a_misspelt_provider_gets_the_suggestion_everywhere(tmp_path: Path) -> N
         f"{path}: [models.fast] unknown provider 'olama' — did you mean 'ollama'? "
         "installed providers: "
     )
-    doctor = herd("--config", str(path), "doctor", "--json", cwd=tmp_path)
+    doctor = herd("--config", str(path), "doctor", "--timeout=30", "--json", cwd=tmp_path)
     fast = next(f for f in json.loads(doctor.stdout) if f["area"] == "model fast")
     assert fast["level"] == "error" and fast["message"].startswith(message)
     assert doctor.returncode == 1
@@ -136,7 +142,7 @@ def test_a_disabled_providers_aliases_are_not_called_typos(tmp_path: Path) -> No
     assert out.returncode == 0, out.stderr
     rows = {r["alias"]: r for r in json.loads(out.stdout)["models"]}
     assert rows["deepseek"]["available"] is False and not rows["deepseek"]["config_error"]
-    doctor = herd("--config", str(path), "doctor", "--json", cwd=tmp_path)
+    doctor = herd("--config", str(path), "doctor", "--timeout=30", "--json", cwd=tmp_path)
     gpt = next(f for f in json.loads(doctor.stdout) if f["area"] == "model gpt")
     assert gpt["level"] == "warning"
     assert "disabled in plugins.toml or HERD_PLUGINS" in gpt["message"]
