@@ -282,7 +282,8 @@ class AnthropicModel(StainlessModel):
         usage: dict[str, int] = {}
         stop: str | None = None
         model = params["model"]
-        request_id: str | None = None
+        # the same id as a non-stream call: the request-id header (not the message id)
+        request_id = _header(stream, "request-id")
         error: HerdError | None = None
         try:
             async for event in stream:
@@ -314,7 +315,7 @@ class AnthropicModel(StainlessModel):
                 elif kind == "message_start":
                     message = event.message
                     model = message.model or model
-                    request_id = message.id
+                    request_id = request_id or message.id
                     usage.update(_usage_fields(message.usage))
                 elif kind == "message_delta":
                     stop = event.delta.stop_reason or stop
@@ -379,6 +380,13 @@ class AnthropicModel(StainlessModel):
     async def aclose(self) -> None:
         """Close this model's SDK client unless another alias still uses it."""
         await pool_of(self.herd, _POOL).release(self)
+
+
+def _header(stream: Any, name: str) -> str | None:
+    response = getattr(stream, "response", None)
+    headers = getattr(response, "headers", None)
+    value = headers.get(name) if headers is not None else None
+    return str(value) if value else None
 
 
 def _usage_fields(raw: Any) -> dict[str, int]:

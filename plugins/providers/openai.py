@@ -267,7 +267,8 @@ class OpenAIModel(StainlessModel):
         finish: str | None = None
         usage: Any = None
         model = params["model"]
-        request_id = None
+        # the same id as a non-stream call: the x-request-id header (not the chunk id)
+        request_id = _header(stream, "x-request-id")
         error: HerdError | None = None
         try:
             async for chunk in stream:
@@ -358,6 +359,13 @@ class OpenAIModel(StainlessModel):
     async def aclose(self) -> None:
         """Close this model's SDK client unless another alias still uses it."""
         await pool_of(self.herd, _POOL).release(self)
+
+
+def _header(stream: Any, name: str) -> str | None:
+    response = getattr(stream, "response", None)
+    headers = getattr(response, "headers", None)
+    value = headers.get(name) if headers is not None else None
+    return str(value) if value else None
 
 
 def _model_ids(page: Any) -> list[str]:

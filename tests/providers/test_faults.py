@@ -221,3 +221,26 @@ def test_ollama_401_is_an_auth_error_not_retried(ollama_server, herds):
     assert "OLLAMA_API_KEY" in error.message
     chats = [r for r in ollama_server.recorder.requests if r["path"] == "/api/chat"]
     assert len(chats) == 1
+
+
+@pytest.mark.parametrize(("provider", "transport"), CLOUD)
+def test_request_id_has_one_format_streamed_or_not(request, herds, provider, transport):
+    """The vendor's request id (its response header), whether the call streamed or not —
+    before, a stream reported the completion / message id instead (`chatcmpl-…`, `msg_…`)."""
+    import asyncio
+
+    server = _server(request, provider)
+    model = "echo-model" if provider == "openai" else "echo-claude"
+    herd = _herd(provider, transport, model, server.url)
+    herds.append(herd)
+    plain = herd.chat_sync("m", "hi", cache="no-store")
+
+    async def streamed() -> Any:
+        try:
+            return [item async for item in herd.stream("m", "hi", cache="no-store")][-1]
+        finally:
+            await herd.aclose()
+
+    final = asyncio.run(streamed())
+    assert plain.request_id is not None and final.request_id is not None
+    assert plain.request_id.startswith("req_") and final.request_id.startswith("req_")
