@@ -164,7 +164,9 @@ async def swarm_ratio(herd: Any) -> dict[str, float]:
         )
         started = time.perf_counter()
         result = await agent.ask(question, labels=labels)
-        assert all(m.status == "ok" for m in result.members), result.members
+        # every member runs to its end (an answer cut at max_tokens is "unparsed"): none
+        # cancelled or timed out, so the wall time covers all five generations
+        assert all(m.status in ("ok", "unparsed") for m in result.members), result.members
         return time.perf_counter() - started
 
     await run(1)  # warm
