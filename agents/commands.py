@@ -365,6 +365,11 @@ async def _loop(
 @click.option("--rounds", "max_rounds", type=click.IntRange(1, 20), help="Debug rounds at most.")
 @click.option("-m", "--model", "model", metavar="ALIAS", help="Model for all three steps.")
 @click.option("--force", is_flag=True, help="Run again even if this idea was done before.")
+@click.option(
+    "--unsafe-no-jail",
+    is_flag=True,
+    help="Run the model's code WITHOUT the bubblewrap jail: it can read and write your files.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def rbi_command(
@@ -373,9 +378,12 @@ def rbi_command(
     max_rounds: int | None,
     model: str | None,
     force: bool,
+    unsafe_no_jail: bool,
     as_json: bool,
 ) -> None:
-    """Research an idea (text or a file), write backtesting.py code, run and debug it."""
+    """Research an idea (text or a file), write backtesting.py code, run and debug it.
+
+    Exits 1 when no working code came out of the rounds."""
     import anyio
 
     overrides: dict[str, Any] = {}
@@ -388,13 +396,15 @@ def rbi_command(
 
     async def go() -> Any:
         try:
-            return await agent.run(idea=idea, force=force)
+            return await agent.run(idea=idea, force=force, unsafe_no_jail=unsafe_no_jail)
         finally:
             await herd.aclose()
 
     result = anyio.run(go)
     if as_json:
         _echo_json(result.model_dump(mode="json"))
+        if result.status == "failed":
+            ctx.exit(1)
         return
     console = _console()
     from rich.table import Table
@@ -423,6 +433,8 @@ def rbi_command(
     console.print(f"code and stats: {result.folder}")
     console.print(f"[dim]sandbox: {result.sandbox}[/]")
     console.print(f"[dim]{result.note}[/]")
+    if result.status == "failed":
+        ctx.exit(1)
 
 
 # ---- herd run copybot ------------------------------------------------------------

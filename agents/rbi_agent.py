@@ -2,10 +2,14 @@
 
 1. Research: idea text (or a file) -> a structured strategy spec.
 2. Backtest: a model writes backtesting.py code for the spec.
-3. Run: the code runs in a fenced child process (agents/sandbox.py) on the sample
-   candles; on error the traceback goes to a debug model, up to `max_rounds` rounds.
-Output: the final code, the stats (return, Sharpe, max drawdown, trades) as JSON,
-and every round. Ideas are de-duplicated by a hash of their normalised text.
+3. Run: the code runs in a bubblewrap jail (agents/jail.py, agents/sandbox.py) on the
+   sample candles; on error the traceback goes to a debug model, up to `max_rounds`
+   rounds. Without a jail nothing runs unless the caller passes `unsafe_no_jail=True`
+   (`herd run rbi --unsafe-no-jail`); a config file cannot switch the jail off.
+Output: the final code, the stats (return, Sharpe, max drawdown, trades — recomputed
+by herd from the trades, agents/rbi_stats.py) as JSON, and every round. Every text
+sent to a model or saved is scrubbed of secrets (agents/redaction.py). Ideas are
+de-duplicated by a hash of their normalised text.
 """
 
 from __future__ import annotations
@@ -23,11 +27,19 @@ from modelherd import Agent, AgentSettings
 from modelherd.errors import ConfigError, HerdError, MissingDependencyError
 from pydantic import BaseModel, Field
 
-from . import storage
+from . import jail, storage
 from .answers import json_object
 from .caveats import model_note
 from .market_data import fetch_candles
-from .sandbox import Limits, isolation_note, network_namespace_available, run_backtest
+from .redaction import scrub, scrub_tree
+from .sandbox import (
+    JailUnavailableError,
+    Limits,
+    isolation_note,
+    network_namespace_available,
+    refusal,
+    run_backtest,
+)
 
 SPEC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -97,7 +109,11 @@ class RBISettings(AgentSettings):
     timeout_s: float = Field(default=60.0, gt=0)
     cpu_s: int = Field(default=60, ge=1)
     memory_mb: int = Field(default=2048, ge=256)
-    #: refuse to run without an empty network namespace (unshare -rn)
+    #: processes the jail may hold at once (pids cgroup, or RLIMIT_NPROC)
+    processes: int = Field(default=32, ge=4, le=4096)
+    #: size of the jail's only writable folder (a tmpfs)
+    scratch_mb: int = Field(default=64, ge=1, le=4096)
+    #: with --unsafe-no-jail: refuse unless `unshare -rn` gives an empty network
     require_network_namespace: bool = False
     spec_max_tokens: int = Field(default=256, ge=16)
     code_max_tokens: int = Field(default=768, ge=32)
@@ -211,7 +227,7 @@ class RBIAgent(Agent):
         return spec, None
 
     async def run(self, **kwargs: Any) -> RBIResult:
-        """`run(idea="..." or a file path, force=False)`."""
+        """`run(idea="..." or a file path, force=False, unsafe_no_jail=False)`."""
         s = self.settings
         raw = kwargs.get("idea") or " ".join(kwargs.get("args") or [])
         idea = read_idea(str(raw))
@@ -225,8 +241,13 @@ class RBIAgent(Agent):
         for package in ("backtesting", "pandas"):  # the child imports them: check here
             if importlib.util.find_spec(package) is None:
                 raise MissingDependencyError(package, "rbi", "the rbi agent")
-        namespace = network_namespace_available()
-        if s.require_network_namespace and not namespace:
+        # only the caller (a CLI flag), never a config file, may run without the jail
+        jailed = not kwargs.get("unsafe_no_jail")
+        if jailed:
+            status = jail.probe()
+            if not status.available:
+                raise JailUnavailableError(refusal(status.reason))
+        elif s.require_network_namespace and not network_namespace_available():
             raise ConfigError(
                 "[agents.rbi] require_network_namespace = true, but `unshare -rn` "
                 "does not work on this host — enable user namespaces or set it false"
@@ -238,13 +259,19 @@ class RBIAgent(Agent):
             f"{c['time']},{c['open']},{c['high']},{c['low']},{c['close']},{c['volume']}\n"
             for c in candles
         )
-        limits = Limits(timeout_s=s.timeout_s, cpu_s=s.cpu_s, memory_mb=s.memory_mb)
+        limits = Limits(
+            timeout_s=s.timeout_s,
+            cpu_s=s.cpu_s,
+            memory_mb=s.memory_mb,
+            processes=s.processes,
+            scratch_mb=s.scratch_mb,
+        )
         result = RBIResult(
             idea_hash=digest,
             idea=idea,
             status="failed",
             folder=str(folder),
-            sandbox=isolation_note(namespace),
+            sandbox=isolation_note(jailed, limits),
             note=model_note(self.herd, {s.research_model, s.code_model, s.debug_model}),
         )
         result.spec, result.spec_error = await self.research(idea)
@@ -269,7 +296,7 @@ class RBIAgent(Agent):
             code = extract_code(text)
             code_file = folder / f"round-{number}.py"
             code_file.parent.mkdir(parents=True, exist_ok=True)
-            code_file.write_text(code or text, encoding="utf-8")
+            code_file.write_text(scrub(code or text), encoding="utf-8")
             if not code:
                 record = Round(
                     round=number,
@@ -289,15 +316,21 @@ class RBIAgent(Agent):
                     limits,
                     cash=s.cash,
                     commission=s.commission,
+                    jailed=jailed,
                 )
-                run = await anyio.to_thread.run_sync(job)
+                try:
+                    run = await anyio.to_thread.run_sync(job)
+                    ok, error, stats = run.ok, run.error, run.stats
+                    result.sandbox = run.isolation or result.sandbox
+                except OSError as exc:  # the job folder could not be written (disk full …)
+                    ok, error, stats = False, f"could not start the backtest: {exc}", None
                 record = Round(
                     round=number,
                     step=step,
                     model=alias,
-                    ok=run.ok,
-                    error=run.error,
-                    stats=run.stats,
+                    ok=ok,
+                    error=scrub(error) if error else None,
+                    stats=stats,
                     duration_s=round(time.perf_counter() - t0, 3),
                     code_file=str(code_file),
                 )
@@ -309,7 +342,7 @@ class RBIAgent(Agent):
             result.reason = f"round {number}: {(record.error or '').strip().splitlines()[-1:]}"
             step, alias = "debug", s.debug_model
             prompt = (
-                f"This backtesting.py strategy fails.\n\nCode:\n```python\n{code or text}\n"
+                f"This backtesting.py strategy fails.\n\nCode:\n```python\n{scrub(code or text)}\n"
                 f"```\n\nError:\n{(record.error or '')[-2000:]}\n\nFix the code. "
                 f"{CODE_RULES}"
             )
@@ -318,6 +351,8 @@ class RBIAgent(Agent):
                 f"no working code after {len(result.rounds)} round(s); last error: "
                 f"{_last_line(result.rounds[-1].error)}"
             )
+        # what is saved and returned carries no secret (the model's code, errors, reason)
+        result = RBIResult.model_validate(scrub_tree(result.model_dump(mode="json")))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "strategy.py").write_text(result.code, encoding="utf-8")
         if result.stats is not None:

@@ -1,47 +1,64 @@
-"""Run model-written backtesting.py code in a child process, fenced in.
+"""Run model-written backtesting.py code in the bubblewrap jail (agents/jail.py).
 
-What is enforced (docs/agents.md repeats this):
-- a separate process in a fresh scratch folder, in its own session (the whole group
-  is killed on timeout), started with `python -I` (no user site, no PYTHONPATH) and a
-  minimal environment (no proxies, no API keys);
-- limits through `resource.setrlimit` (set by the child on itself before it imports
-  anything else): CPU seconds, address space (memory), size of
-  files written, open files; plus a wall-clock timeout;
-- no network: when `unshare -rn` works on this host (Linux user namespaces), the child
-  runs in an empty network namespace — it has no interface to reach anything. Always,
-  the harness also replaces the socket functions with ones that raise. That guard alone
-  is Python-level and could be bypassed by hostile code (ctypes); the namespace is the
-  real fence. The result names which of the two was in force.
-This is a fence against accidents and sloppy code, not a hardened jail.
+The round trip:
+1. the parent writes the harness, the code, the candles and the limits into a job
+   folder, mounted read-only at /job in the jail;
+2. the harness (below) sets the rlimits it can only set from inside, imports
+   backtesting, runs the strategy and writes its trades to a pipe;
+3. the parent reads stdout, stderr and that pipe with byte caps, and recomputes every
+   statistic from the trades and its own copy of the candles (agents/rbi_stats.py).
+Anything that does not parse — invalid UTF-8, garbage JSON, a forged return — is a
+failed round with a one-line reason, never a crash.
+
+Without a jail (no bwrap, no user namespaces) nothing runs unless the caller asks for
+`jailed=False` (`herd run rbi --unsafe-no-jail`): then the harness runs as a plain
+child process with rlimits, an empty network namespace where `unshare -rn` works, and
+nothing else between the code and the user's files.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
+import itertools
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: the harness the child runs: it guards the network, loads the data, runs the strategy
-HARNESS = r"""
-import json, resource, socket
+from modelherd.errors import HerdError
 
-config = json.load(open("config.json"))
-# limits first, before any import the model's code could influence
+from . import jail, rbi_stats
+from .jail import JailLimits
+
+#: the limits of one run (the jail's; the name the agent and tests use)
+Limits = JailLimits
+
+#: the harness the child runs: limits, network guard, data, strategy, trades out
+HARNESS = r"""
+import json, os, resource, socket, sys
+
+job, result_fd = sys.argv[1], int(sys.argv[2])
+config = json.load(open(os.path.join(job, "config.json")))
+# limits first, before any import the model's code could influence (prlimit already
+# set most of them in the jail; RLIMIT_NPROC only counts the jail's processes when it
+# is set from inside the user namespace)
 _MB = 1024 * 1024
-for _limit, _value in ((resource.RLIMIT_CPU, (config["cpu_s"], config["cpu_s"] + 1)),
-                       (resource.RLIMIT_AS, (config["memory_mb"] * _MB,) * 2),
-                       (resource.RLIMIT_FSIZE, (config["file_mb"] * _MB,) * 2),
-                       (resource.RLIMIT_NOFILE, (config["open_files"],) * 2),
-                       (resource.RLIMIT_CORE, (0, 0))):
+_limits = [(resource.RLIMIT_CPU, (config["cpu_s"], config["cpu_s"] + 1)),
+           (resource.RLIMIT_AS, (config["memory_mb"] * _MB,) * 2),
+           (resource.RLIMIT_FSIZE, (config["file_mb"] * _MB,) * 2),
+           (resource.RLIMIT_NOFILE, (config["open_files"],) * 2),
+           (resource.RLIMIT_CORE, (0, 0))]
+if config["processes"]:
+    _limits.append((resource.RLIMIT_NPROC, (config["processes"],) * 2))
+for _limit, _value in _limits:
     resource.setrlimit(_limit, _value)
+sys.path.extend(config["site_paths"])
 
 def _no_network(*args, **kwargs):
     raise OSError("network access is disabled in the rbi sandbox")
@@ -54,9 +71,9 @@ socket.getaddrinfo = _no_network
 import pandas as pd
 from backtesting import Backtest, Strategy
 
-data = pd.read_csv("data.csv", parse_dates=["time"], index_col="time")
+data = pd.read_csv(os.path.join(job, "data.csv"), parse_dates=["time"], index_col="time")
 data.columns = [c.capitalize() for c in data.columns]
-source = open("strategy.py").read()
+source = open(os.path.join(job, "strategy.py")).read()
 namespace = {"__name__": "strategy"}
 exec(compile(source, "strategy.py", "exec"), namespace)
 found = [v for v in namespace.values()
@@ -67,31 +84,21 @@ if not found:
 bt = Backtest(data, found[-1], cash=config["cash"], commission=config["commission"],
               finalize_trades=True)
 stats = bt.run()
-
-def num(key):
-    value = stats.get(key)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if value != value else round(value, 4)
-
-out = {"strategy": found[-1].__name__, "return_pct": num("Return [%]"),
-       "buy_hold_return_pct": num("Buy & Hold Return [%]"), "sharpe": num("Sharpe Ratio"),
-       "max_drawdown_pct": num("Max. Drawdown [%]"), "trades": int(stats["# Trades"]),
-       "win_rate_pct": num("Win Rate [%]"), "exposure_pct": num("Exposure Time [%]"),
-       "bars": len(data)}
-json.dump(out, open("stats.json", "w"))
+trades = [[float(t.Size), int(t.EntryBar), int(t.ExitBar), float(t.EntryPrice),
+           float(t.ExitPrice), float(t.Commission)] for t in stats["_trades"].itertuples()]
+reported = stats.get("Return [%]")
+out = {"strategy": found[-1].__name__, "trades": trades,
+       "reported_return_pct": None if reported is None else float(reported)}
+payload = json.dumps(out).encode()
+with os.fdopen(result_fd, "wb") as pipe:
+    pipe.write(payload)
 """
 
 
-@dataclass(slots=True)
-class Limits:
-    timeout_s: float = 60.0
-    cpu_s: int = 60
-    memory_mb: int = 2048
-    file_mb: int = 64
-    open_files: int = 256
+class JailUnavailableError(HerdError):
+    """No jail can be built here and the caller did not accept running without one."""
+
+    exit_code = 2
 
 
 @dataclass(slots=True)
@@ -108,9 +115,16 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def refusal(reason: str) -> str:
+    return (
+        f"herd will not run model-written code without a jail: {reason} — {jail.FIX}, "
+        f"or pass --unsafe-no-jail to run it with your user's access to files"
+    )
+
+
 @functools.cache
 def network_namespace_available() -> bool:
-    """True when `unshare -rn` can start a process here (probed once)."""
+    """True when `unshare -rn` can start a process here (probed once; unjailed runs)."""
     exe = shutil.which("unshare")
     if exe is None or not sys.platform.startswith("linux"):
         return False
@@ -121,17 +135,45 @@ def network_namespace_available() -> bool:
     return done.returncode == 0
 
 
-def isolation_note(namespace: bool) -> str:
-    if namespace:
-        return "network: empty namespace (unshare -rn) + socket guard; rlimits: cpu, memory, files"
+def isolation_note(jailed: bool, limits: Limits | None = None, cap: str = "") -> str:
+    limits = limits or Limits()
+    if jailed:
+        return (
+            "bubblewrap jail: user, mount, pid, net, ipc namespaces; read-only "
+            f"interpreter; writable only /scratch ({limits.scratch_mb} MB tmpfs); no "
+            f"secrets in its environment; rlimits cpu {limits.cpu_s}s, memory "
+            f"{limits.memory_mb} MB, files {limits.file_mb} MB" + (f"; {cap}" if cap else "")
+        )
+    net = (
+        "empty network namespace (unshare -rn)"
+        if network_namespace_available()
+        else "Python socket guard only"
+    )
     return (
-        "network: Python socket guard only (no user namespaces here — not a hard "
-        "boundary); rlimits: cpu, memory, files"
+        "NO JAIL (--unsafe-no-jail): the code can read and write your files; network: "
+        f"{net}; rlimits cpu, memory, files"
     )
 
 
 def _tail(text: str, chars: int = 4000) -> str:
     return text if len(text) <= chars else "…" + text[-chars:]
+
+
+def _candles(data_csv: str) -> list[dict[str, Any]]:
+    return list(csv.DictReader(io.StringIO(data_csv)))
+
+
+def _bars_per_year(candles: list[dict[str, Any]]) -> float:
+    """From the median spacing of the candles' timestamps; 365 when unknown."""
+    from datetime import datetime
+
+    try:
+        times = [datetime.fromisoformat(str(c["time"]).replace("Z", "+00:00")) for c in candles]
+    except (KeyError, ValueError):
+        return 365.0
+    gaps = sorted((b - a).total_seconds() for a, b in itertools.pairwise(times))
+    gap = gaps[len(gaps) // 2] if gaps else 0.0
+    return 365.0 * 86400.0 / gap if gap > 0 else 365.0
 
 
 def run_backtest(
@@ -142,18 +184,17 @@ def run_backtest(
     *,
     cash: float = 1_000_000.0,
     commission: float = 0.001,
-    isolate_network: bool = True,
+    jailed: bool = True,
 ) -> RunResult:
-    """Write the code, data and harness into `workdir` and run them under the limits.
+    """Run `code` on the candles in `data_csv` under `limits`; stats come from herd.
 
-    Blocking: call it from a worker thread (`anyio.to_thread.run_sync`).
+    `jailed=False` runs without the jail (say so to the user). Blocking: call it from a
+    worker thread (`anyio.to_thread.run_sync`).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "strategy.py").write_text(code, encoding="utf-8")
-    (workdir / "data.csv").write_text(data_csv, encoding="utf-8")
-    (workdir / "harness.py").write_text(HARNESS, encoding="utf-8")
-    # the harness applies the rlimits to itself first thing (no preexec_fn: this runs in
-    # a worker thread, and preexec_fn is unsafe in a threaded parent)
+    if jailed:
+        status = jail.probe()
+        if not status.available:
+            raise JailUnavailableError(refusal(status.reason))
     config = {
         "cash": cash,
         "commission": commission,
@@ -161,59 +202,98 @@ def run_backtest(
         "memory_mb": limits.memory_mb,
         "file_mb": limits.file_mb,
         "open_files": limits.open_files,
+        # unjailed, RLIMIT_NPROC would count every process of the user
+        "processes": limits.processes if jailed else 0,
+        "site_paths": jail.site_paths(),
     }
-    (workdir / "config.json").write_text(json.dumps(config))
-    (workdir / "stats.json").unlink(missing_ok=True)
-    namespace = isolate_network and network_namespace_available()
-    argv = [sys.executable, "-I", "-B", "harness.py"]
-    if namespace:
-        argv = [shutil.which("unshare") or "unshare", "-rn", *argv]
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(workdir),
-        "LANG": "C.UTF-8",
-        "MPLBACKEND": "Agg",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
+    files = {
+        "strategy.py": code,
+        "data.csv": data_csv,
+        "harness.py": HARNESS,
+        "config.json": json.dumps(config),
     }
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        argv,
-        cwd=workdir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    unshare = shutil.which("unshare") if not jailed and network_namespace_available() else None
+    run = jail.run_python(
+        files,
+        "harness.py",
+        workdir,
+        limits,
+        jailed=jailed,
+        unjailed_prefix=[unshare, "-rn"] if unshare else [],
     )
-    timed_out = False
-    try:
-        stdout, stderr = proc.communicate(timeout=limits.timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-    duration = time.perf_counter() - started
-    note = isolation_note(namespace)
-    stats_file = workdir / "stats.json"
-    if not timed_out and proc.returncode == 0 and stats_file.is_file():
+    captured = run.captured
+    note = isolation_note(jailed, limits, run.process_cap)
+    return interpret(captured, data_csv, limits, cash, note)
+
+
+def interpret(
+    captured: jail.Captured, data_csv: str, limits: Limits, cash: float, note: str
+) -> RunResult:
+    """The RunResult of a finished child: recomputed stats, or why the round failed."""
+    stdout = captured.stdout.decode("utf-8", "replace")
+    stderr = captured.stderr.decode("utf-8", "replace")
+    rc = captured.returncode
+
+    def failed(error: str) -> RunResult:
         return RunResult(
-            True,
-            json.loads(stats_file.read_text()),
+            False,
             None,
-            0,
-            duration,
-            stdout=_tail(stdout),
-            stderr=_tail(stderr),
-            isolation=note,
+            error,
+            rc,
+            captured.duration_s,
+            captured.timed_out,
+            _tail(stdout),
+            _tail(stderr),
+            note,
         )
-    if timed_out:
-        error = f"timed out after {limits.timeout_s:g}s (wall clock) — the process was killed"
-    elif proc.returncode == -signal.SIGXCPU or proc.returncode == -signal.SIGKILL:
-        error = f"killed by the CPU limit ({limits.cpu_s}s)\n{_tail(stderr, 1500)}"
-    else:
-        error = _tail(stderr.strip()) or f"exited with code {proc.returncode} and no output"
+
+    if captured.timed_out:
+        return failed(
+            f"timed out after {limits.timeout_s:g}s (wall clock) — the process was killed"
+        )
+    if captured.overflow:
+        return failed(
+            f"wrote more than {limits.output_bytes // 1024} KB to its {captured.overflow} — "
+            "the process was killed"
+        )
+    killed = {-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL}
+    if rc in killed:
+        return failed(f"killed by the CPU limit ({limits.cpu_s}s)\n{_tail(stderr, 1500)}")
+    if rc != 0:
+        return failed(_tail(stderr.strip()) or f"exited with code {rc} and no output")
+    if not captured.result:
+        return failed("the backtest exited without a result (did the code exit early?)")
+    try:
+        text = captured.result.decode("utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        return failed("the backtest's result is not valid UTF-8 — not trusted")
+    except (ValueError, RecursionError):
+        return failed("the backtest's result is not valid JSON — not trusted")
+    if not isinstance(data, dict):
+        return failed("the backtest's result is not a JSON object — not trusted")
+    candles = _candles(data_csv)
+    try:
+        stats = rbi_stats.compute(
+            data.get("trades"),
+            candles,
+            cash,
+            _bars_per_year(candles),
+            data.get("reported_return_pct"),
+        )
+    except rbi_stats.StatsError as exc:
+        return failed(f"the backtest's result was rejected: {exc}")
+    except (KeyError, ValueError, TypeError) as exc:
+        return failed(f"the candles could not be read back ({exc})")
+    name = data.get("strategy")
+    stats = {"strategy": name[:80] if isinstance(name, str) else "?", **stats}
     return RunResult(
-        False, None, error, proc.returncode, duration, timed_out, _tail(stdout), _tail(stderr), note
+        True,
+        stats,
+        None,
+        0,
+        captured.duration_s,
+        stdout=_tail(stdout),
+        stderr=_tail(stderr),
+        isolation=note,
     )

@@ -150,7 +150,7 @@ def test_rbi_command(herd_factory: Any) -> None:
     herd = herd_factory({"m": mock("m", SPEC, fenced(FIXED))}, {})
     out = invoke(commands.rbi_command, ["SMA cross idea", "-m", "m", "--rounds", "1"], herd).output
     assert "backtest ok: return " in out and "Sharpe" in out and "trades" in out
-    assert "sandbox: network: " in out
+    assert "sandbox: bubblewrap jail: " in out
     again = invoke(commands.rbi_command, ["sma cross  IDEA", "-m", "m"], herd).output
     assert "already researched (idea " in again and "--force to run again" in again
 
