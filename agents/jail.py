@@ -167,7 +167,7 @@ def mount_args(job: Path, limits: JailLimits) -> list[str]:
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     exe = interpreter()
     args += ["--ro-bind", exe, exe]
-    for folder in interpreter_folders():
+    for folder in interpreter_paths():
         args += ["--ro-bind", folder, folder]
     args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
     args += ["--size", str(limits.scratch_mb * 1024 * 1024), "--tmpfs", SCRATCH]
