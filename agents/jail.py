@@ -180,6 +180,7 @@ def environment() -> dict[str, str]:
     return {
         "PATH": "/nonexistent",
         "HOME": SCRATCH,
+        "PWD": SCRATCH,  # bwrap sets it after --chdir; listed so the list is complete
         "TMPDIR": SCRATCH,
         "LANG": "C.UTF-8",
         "MPLBACKEND": "Agg",
@@ -324,7 +325,7 @@ def run_python(
     if not jailed:
         scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         prefix = list(unjailed_prefix or [])
-        env = {**environment(), "HOME": str(scratch), "TMPDIR": str(scratch)}
+        env = {**environment(), "HOME": str(scratch), "PWD": str(scratch), "TMPDIR": str(scratch)}
         captured = run_captured(
             lambda fd: [*prefix, *python, str(job / script), str(job), str(fd)],
             cwd=scratch,
