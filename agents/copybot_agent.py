@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from . import features, storage
 from .caveats import model_note
 from .market_data import fetch_candles
-from .portfolio import Fill, load_portfolio, save_portfolio
+from .portfolio import Fill, load_portfolio, trading_round
 from .swarm_agent import SwarmAgent, SwarmResult
 from .trading_agent import (
     ACTIONS,
@@ -138,9 +138,10 @@ class CopyBotAgent(Agent):
             for sym in symbols
         }
         prices = {sym: float(f["close"]) for sym, f in feats.items()}
-        portfolio = load_portfolio(s.portfolio, s.data_dir, s.initial_cash)
-        portfolio.mark(prices)
-        portfolio.check_exits(prices)
+        # prompts see the saved state; fills go to the state saved when the round commits
+        snapshot = load_portfolio(s.portfolio, s.data_dir, s.initial_cash)
+        snapshot.mark(prices)
+        snapshot.check_exits(prices)
         swarm = SwarmAgent(self.herd, s.swarm_settings())
         asked: dict[str, SwarmResult] = {}
 
@@ -151,7 +152,7 @@ class CopyBotAgent(Agent):
                 f"{pos.weight:.0%} of its portfolio.\n"
                 + features.prompt_lines(sym, s.timeframe, feats[sym])
                 + "\n"
-                + position_prompt(portfolio, sym)
+                + position_prompt(snapshot, sym)
             )
             asked[sym] = await swarm.ask(
                 "Should we mirror this position?",
@@ -168,82 +169,100 @@ class CopyBotAgent(Agent):
             for pos in longs:
                 tg.start_soon(decide, pos)
 
-        journal = storage.Journal(s.journal_path("copybot"))
+        journal_path = s.journal_path("copybot")
         decisions: list[CopyDecision] = []
-        for pos in tracked.positions:
-            sym = pos.symbol.upper()
-            result = asked.get(sym)
-            if result is None:  # short positions: not asked, never mirrored
-                decision = CopyDecision(
-                    symbol=sym,
-                    tracked_side=pos.side,
-                    tracked_weight=pos.weight,
-                    model_action=None,
-                    action="NOTHING",
-                    confidence=None,
-                    agreement=0.0,
-                    reason="short positions are not mirrored (paper trading goes long only)",
-                    price=prices[sym],
-                    votes={},
-                    members=[],
+        async with trading_round(s.portfolio, s.data_dir, s.initial_cash, journal_path) as book:
+            portfolio = book.portfolio
+            portfolio.mark(prices)
+            for closed in portfolio.check_exits(prices):
+                book.record(
+                    {
+                        "agent": self.name,
+                        "mode": "paper",
+                        "kind": "exit",
+                        "fill": closed.model_dump(mode="json"),
+                    }
                 )
-            else:
-                action, reason = gate(result, s.min_confidence, s.min_agreement)
-                fill, notional = None, 0.0
-                conf = result.consensus.confidence or 0.0
-                if action == "BUY":
-                    if sym in portfolio.positions:
-                        reason += "; already mirrored, no order"
-                    else:
-                        notional = portfolio.equity() * s.max_position_pct / 100 * conf
-                        fill = portfolio.buy(
-                            sym,
-                            notional,
-                            prices[sym],
-                            reason=reason,
-                            stop_loss_pct=s.stop_loss_pct,
-                            take_profit_pct=s.take_profit_pct,
-                            source=self.name,
-                        )
-                elif action == "SELL":
-                    fill = portfolio.sell(sym, prices[sym], reason=reason)
-                    if fill is None:
-                        reason += "; nothing mirrored to sell"
-                decision = CopyDecision(
-                    symbol=sym,
-                    tracked_side=pos.side,
-                    tracked_weight=pos.weight,
-                    model_action=result.consensus.label,
-                    action=action,
-                    confidence=result.consensus.confidence,
-                    agreement=result.consensus.agreement,
-                    notional=round(notional if fill else 0.0, 2),
-                    reason=reason,
-                    price=prices[sym],
-                    votes=result.votes,
-                    fill=fill,
-                    members=[
-                        m.model_dump(
-                            include={"name", "status", "label", "confidence", "latency_s", "error"}
-                        )
-                        for m in result.members
-                    ],
+            for pos in tracked.positions:
+                sym = pos.symbol.upper()
+                result = asked.get(sym)
+                if result is None:  # short positions: not asked, never mirrored
+                    decision = CopyDecision(
+                        symbol=sym,
+                        tracked_side=pos.side,
+                        tracked_weight=pos.weight,
+                        model_action=None,
+                        action="NOTHING",
+                        confidence=None,
+                        agreement=0.0,
+                        reason="short positions are not mirrored (paper trading goes long only)",
+                        price=prices[sym],
+                        votes={},
+                        members=[],
+                    )
+                else:
+                    action, reason = gate(result, s.min_confidence, s.min_agreement)
+                    fill, notional = None, 0.0
+                    conf = result.consensus.confidence or 0.0
+                    if action == "BUY":
+                        if sym in portfolio.positions:
+                            reason += "; already mirrored, no order"
+                        else:
+                            notional = portfolio.equity() * s.max_position_pct / 100 * conf
+                            fill = portfolio.buy(
+                                sym,
+                                notional,
+                                prices[sym],
+                                reason=reason,
+                                stop_loss_pct=s.stop_loss_pct,
+                                take_profit_pct=s.take_profit_pct,
+                                source=self.name,
+                            )
+                    elif action == "SELL":
+                        fill = portfolio.sell(sym, prices[sym], reason=reason)
+                        if fill is None:
+                            reason += "; nothing mirrored to sell"
+                    decision = CopyDecision(
+                        symbol=sym,
+                        tracked_side=pos.side,
+                        tracked_weight=pos.weight,
+                        model_action=result.consensus.label,
+                        action=action,
+                        confidence=result.consensus.confidence,
+                        agreement=result.consensus.agreement,
+                        notional=round(notional if fill else 0.0, 2),
+                        reason=reason,
+                        price=prices[sym],
+                        votes=result.votes,
+                        fill=fill,
+                        members=[
+                            m.model_dump(
+                                include={
+                                    "name",
+                                    "status",
+                                    "label",
+                                    "confidence",
+                                    "latency_s",
+                                    "error",
+                                }
+                            )
+                            for m in result.members
+                        ],
+                    )
+                decisions.append(decision)
+                book.record(
+                    {
+                        "agent": self.name,
+                        "mode": "paper",
+                        "tracked": tracked.name,
+                        **decision.model_dump(mode="json"),
+                    }
                 )
-            decisions.append(decision)
-            journal.append(
-                {
-                    "agent": self.name,
-                    "mode": "paper",
-                    "tracked": tracked.name,
-                    **decision.model_dump(mode="json"),
-                }
-            )
-        save_portfolio(portfolio, s.data_dir)
         return CopyReport(
             at=storage.utc_now(),
             tracked=tracked.name,
             decisions=decisions,
             portfolio=portfolio.summary(),
-            journal=str(journal.path),
+            journal=str(journal_path),
             note=model_note(self.herd, list(s.models)),
         )

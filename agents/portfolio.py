@@ -2,14 +2,26 @@
 
 Paper trading is the default for every agent. Nothing here talks to an exchange:
 real orders go only through an execution plugin and an explicit `--live` flag.
+
+A round that trades goes through `portfolio_round`: under a lock on the portfolio
+(and its journal) it reloads the saved state, lets the agent apply its fills, and
+commits portfolio and journal together — two agents on one portfolio never lose a
+fill. The commit point is the atomic replace of the portfolio file, which carries the
+round's journal lines in an `outbox`; the lines are then appended to the journal and
+the outbox cleared. A process killed anywhere in between leaves either the old state
+(nothing happened) or an outbox that the next round appends (by line id, never
+twice) before it does anything else.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from . import storage
 
@@ -36,6 +48,14 @@ class Fill(BaseModel):
     pnl: float | None = None
 
 
+class JournalOutbox(BaseModel):
+    journal: str
+    #: the journal's size when the lines were committed: they are after this offset
+    offset: int
+    ids: list[str]
+    lines: list[str]
+
+
 class Portfolio(BaseModel):
     name: str = "paper"
     initial_cash: float = 10_000.0
@@ -44,6 +64,8 @@ class Portfolio(BaseModel):
     fills: list[Fill] = Field(default_factory=list)
     #: last seen price per symbol (for equity between runs)
     marks: dict[str, float] = Field(default_factory=dict)
+    #: journal lines committed with this state, maybe not yet in the journal file
+    outbox: JournalOutbox | None = None
 
     # ---- valuation --------------------------------------------------------------
 
@@ -159,14 +181,130 @@ def portfolio_path(name: str, data_dir: str | None = None) -> Path:
 def load_portfolio(
     name: str, data_dir: str | None = None, initial_cash: float = 10_000.0
 ) -> Portfolio:
-    """The saved paper portfolio `name`, or a fresh one with `initial_cash`."""
+    """The saved paper portfolio `name`, or a fresh one with `initial_cash` (a view:
+    trade through `portfolio_round`)."""
     path = portfolio_path(name, data_dir)
-    if path.is_file():
+    if not path.is_file():
+        return Portfolio(name=name, initial_cash=initial_cash, cash=initial_cash)
+    try:
         return Portfolio.model_validate(storage.read_json(path))
-    return Portfolio(name=name, initial_cash=initial_cash, cash=initial_cash)
+    except (ValueError, ValidationError, RecursionError):
+        raise storage.StorageError(
+            f"{path} is not a readable portfolio — move it away to start a fresh one"
+        ) from None
 
 
 def save_portfolio(portfolio: Portfolio, data_dir: str | None = None) -> Path:
-    return storage.write_json(
-        portfolio_path(portfolio.name, data_dir), portfolio.model_dump(mode="json")
-    )
+    """Replace the saved portfolio (no journal): under the portfolio's lock."""
+    path = portfolio_path(portfolio.name, data_dir)
+    with storage.locked(path):
+        return storage.write_json(path, portfolio.model_dump(mode="json"))
+
+
+class PortfolioRound:
+    """The portfolio as saved when the round began (under the lock), and the journal
+    entries the round will commit with it."""
+
+    def __init__(self, portfolio: Portfolio, journal: storage.Journal | None) -> None:
+        self.portfolio = portfolio
+        self.journal = journal
+        self.entries: list[dict[str, Any]] = []
+        self.discarded = False
+
+    def discard(self) -> None:
+        """Commit nothing when the block ends (the state was only read)."""
+        self.discarded = True
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self.journal is None:
+            raise ValueError("this round has no journal")
+        self.entries.append({"ts": storage.utc_now(), "id": uuid.uuid4().hex, **entry})
+
+
+@contextmanager
+def portfolio_round(
+    name: str,
+    data_dir: str | None = None,
+    initial_cash: float = 10_000.0,
+    journal: Path | None = None,
+) -> Iterator[PortfolioRound]:
+    """Lock, reload, let the caller trade, commit portfolio and journal together. An
+    exception inside the block commits nothing."""
+    path = portfolio_path(name, data_dir)
+    book = storage.Journal(journal) if journal is not None else None
+    with storage.locked(path), _journal_lock(book):
+        storage.remove_stale_temps(path)
+        portfolio = load_portfolio(name, data_dir, initial_cash)
+        if portfolio.outbox is not None:
+            _deliver(path, portfolio, held=book)
+        current = PortfolioRound(portfolio, book)
+        yield current
+        if not current.discarded:
+            _commit(path, current)
+
+
+@asynccontextmanager
+async def trading_round(
+    name: str,
+    data_dir: str | None = None,
+    initial_cash: float = 10_000.0,
+    journal: Path | None = None,
+) -> AsyncIterator[PortfolioRound]:
+    """`portfolio_round` for async code: the lock is waited for and the commit written
+    in a worker thread, so a second agent in the same process waits without blocking
+    the event loop."""
+    import anyio
+
+    manager = portfolio_round(name, data_dir, initial_cash, journal)
+    current = await anyio.to_thread.run_sync(manager.__enter__)
+    try:
+        yield current
+    except BaseException as exc:
+        await anyio.to_thread.run_sync(manager.__exit__, type(exc), exc, exc.__traceback__)
+        raise
+    await anyio.to_thread.run_sync(manager.__exit__, None, None, None)
+
+
+@contextmanager
+def _journal_lock(book: storage.Journal | None) -> Iterator[None]:
+    if book is None:
+        yield
+        return
+    with storage.locked(book.path):
+        yield
+
+
+def _commit(path: Path, current: PortfolioRound) -> None:
+    portfolio, book = current.portfolio, current.journal
+    if current.entries and book is not None:
+        book.repair()
+        lines = [storage.encode_line(e).decode("utf-8") for e in current.entries]
+        portfolio.outbox = JournalOutbox(
+            journal=str(book.path),
+            offset=book.size(),
+            ids=[e["id"] for e in current.entries],
+            lines=lines,
+        )
+        storage.write_json(path, portfolio.model_dump(mode="json"))  # the commit point
+        book.append_lines([line.encode("utf-8") for line in lines])
+        portfolio.outbox = None
+    storage.write_json(path, portfolio.model_dump(mode="json"))
+
+
+def _deliver(path: Path, portfolio: Portfolio, held: storage.Journal | None) -> None:
+    """Append the outbox lines a killed round committed but did not journal."""
+    outbox = portfolio.outbox
+    assert outbox is not None
+    book = storage.Journal(Path(outbox.journal))
+    same = held is not None and held.path.resolve() == book.path.resolve()
+    with _journal_lock(None if same else book):
+        book.repair()
+        present = {e.get("id") for e in storage.parse_lines(book.read_from(outbox.offset))}
+        missing = [
+            line.encode("utf-8")
+            for line_id, line in zip(outbox.ids, outbox.lines, strict=True)
+            if line_id not in present
+        ]
+        book.append_lines(missing)
+    portfolio.outbox = None
+    storage.write_json(path, portfolio.model_dump(mode="json"))

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from . import storage
 from .answers import ParseError, parse_answer
 from .caveats import model_note
-from .portfolio import Portfolio, load_portfolio, save_portfolio
+from .portfolio import Portfolio, trading_round
 
 RISK_LABELS = ["KEEP", "REDUCE"]
 
@@ -102,10 +102,12 @@ class RiskAgent(Agent):
     async def run(self, **kwargs: Any) -> RiskReport:
         """Check the saved portfolio (`portfolio=` name) at its last marks, or `prices=`."""
         s = self.settings
-        portfolio = load_portfolio(kwargs.get("portfolio") or s.portfolio, s.data_dir)
-        report = await self.check(portfolio, kwargs.get("prices") or {})
-        if report.action == "reduce":
-            save_portfolio(portfolio, s.data_dir)
+        name = kwargs.get("portfolio") or s.portfolio
+        # under the portfolio's lock: a reduction commits against the latest saved state
+        async with trading_round(name, s.data_dir) as book:
+            report = await self.check(book.portfolio, kwargs.get("prices") or {})
+            if report.action != "reduce":
+                book.discard()  # nothing changed: write nothing
         return report
 
     async def check(self, portfolio: Portfolio, prices: dict[str, float]) -> RiskReport:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import features, storage
 from .caveats import model_note
 from .market_data import fetch_candles
-from .portfolio import Fill, Portfolio, load_portfolio, save_portfolio
+from .portfolio import Fill, Portfolio, load_portfolio, portfolio_path, trading_round
 from .risk_agent import RiskAgent, RiskReport
 from .swarm_agent import SwarmAgent, SwarmResult
 
@@ -212,9 +212,11 @@ class TradingAgent(Agent):
         }
         feats = {sym: features.compute(c) for sym, c in market.items()}
         prices = {sym: float(f["close"]) for sym, f in feats.items()}
-        portfolio = load_portfolio(s.portfolio, s.data_dir, s.initial_cash)
-        portfolio.mark(prices)
-        exits = portfolio.check_exits(prices)
+        # the prompts see the saved state; the fills are applied below to the state saved
+        # when the round commits (another agent may have traded meanwhile)
+        snapshot = load_portfolio(s.portfolio, s.data_dir, s.initial_cash)
+        snapshot.mark(prices)
+        snapshot.check_exits(prices)
         swarm = self.swarm()
         asked: dict[str, tuple[SwarmResult, float]] = {}
 
@@ -223,7 +225,7 @@ class TradingAgent(Agent):
             context = (
                 features.prompt_lines(sym, s.timeframe, feats[sym])
                 + "\n"
-                + position_prompt(portfolio, sym)
+                + position_prompt(snapshot, sym)
             )
             result = await swarm.ask(
                 "Decide BUY, SELL or NOTHING for this symbol.",
@@ -241,70 +243,95 @@ class TradingAgent(Agent):
             for sym in symbols:
                 tg.start_soon(decide, sym)
 
-        journal = storage.Journal(s.journal_path("trading"))
+        journal_path = s.journal_path("trading")
         decisions: list[Decision] = []
-        for sym in symbols:  # apply in a fixed order: concurrency never reorders trades
-            result, latency = asked[sym]
-            action, reason = gate(result, s.min_confidence, s.min_agreement)
-            fill = None
-            if action == "BUY":
-                if sym in portfolio.positions and not s.allow_add:
-                    reason += "; already holding (allow_add = false), no order"
-                else:
-                    notional = portfolio.equity() * s.position_pct / 100
-                    fill = portfolio.buy(
-                        sym,
-                        notional,
-                        prices[sym],
-                        reason=reason,
-                        stop_loss_pct=s.stop_loss_pct,
-                        take_profit_pct=s.take_profit_pct,
-                        source=self.name,
-                    )
+        risk_report = None
+        async with trading_round(s.portfolio, s.data_dir, s.initial_cash, journal_path) as book:
+            portfolio = book.portfolio
+            portfolio.mark(prices)
+            exits = portfolio.check_exits(prices)
+            for closed in exits:  # every fill of the portfolio has its journal line
+                book.record(
+                    {
+                        "agent": self.name,
+                        "mode": "paper",
+                        "kind": "exit",
+                        "fill": closed.model_dump(mode="json"),
+                    }
+                )
+            for sym in symbols:  # apply in a fixed order: concurrency never reorders trades
+                result, latency = asked[sym]
+                action, reason = gate(result, s.min_confidence, s.min_agreement)
+                fill = None
+                if action == "BUY":
+                    if sym in portfolio.positions and not s.allow_add:
+                        reason += "; already holding (allow_add = false), no order"
+                    else:
+                        notional = portfolio.equity() * s.position_pct / 100
+                        fill = portfolio.buy(
+                            sym,
+                            notional,
+                            prices[sym],
+                            reason=reason,
+                            stop_loss_pct=s.stop_loss_pct,
+                            take_profit_pct=s.take_profit_pct,
+                            source=self.name,
+                        )
+                        if fill is None:
+                            reason += "; no cash left, no order"
+                elif action == "SELL":
+                    fill = portfolio.sell(sym, prices[sym], reason=reason)
                     if fill is None:
-                        reason += "; no cash left, no order"
-            elif action == "SELL":
-                fill = portfolio.sell(sym, prices[sym], reason=reason)
-                if fill is None:
-                    reason += "; no position to sell (paper trading goes long only)"
-            decision = Decision(
-                symbol=sym,
-                model_action=result.consensus.label,
-                action=action,
-                confidence=result.consensus.confidence,
-                agreement=result.consensus.agreement,
-                reason=reason,
-                price=prices[sym],
-                features=feats[sym],
-                votes=result.votes,
-                members=[
-                    m.model_dump(
-                        include={
-                            "name",
-                            "alias",
-                            "seed",
-                            "status",
-                            "label",
-                            "confidence",
-                            "latency_s",
-                            "output_tokens",
-                            "error",
+                        reason += "; no position to sell (paper trading goes long only)"
+                decision = Decision(
+                    symbol=sym,
+                    model_action=result.consensus.label,
+                    action=action,
+                    confidence=result.consensus.confidence,
+                    agreement=result.consensus.agreement,
+                    reason=reason,
+                    price=prices[sym],
+                    features=feats[sym],
+                    votes=result.votes,
+                    members=[
+                        m.model_dump(
+                            include={
+                                "name",
+                                "alias",
+                                "seed",
+                                "status",
+                                "label",
+                                "confidence",
+                                "latency_s",
+                                "output_tokens",
+                                "error",
+                            }
+                        )
+                        for m in result.members
+                    ],
+                    decided_by=result.consensus.decided_by,
+                    latency_s=round(latency, 4),
+                    fill=fill,
+                )
+                decisions.append(decision)
+                book.record(
+                    {"agent": self.name, "mode": "paper", **decision.model_dump(mode="json")}
+                )
+            if s.risk:
+                # limits come from [agents.risk]; it checks this round's portfolio in memory,
+                # inside the round, so a reduction it makes commits with the round's fills
+                before = len(portfolio.fills)
+                risk_report = await RiskAgent(self.herd).check(portfolio, prices)
+                for reduced in portfolio.fills[before:]:
+                    book.record(
+                        {
+                            "agent": "risk",
+                            "mode": "paper",
+                            "kind": "risk",
+                            "fill": reduced.model_dump(mode="json"),
                         }
                     )
-                    for m in result.members
-                ],
-                decided_by=result.consensus.decided_by,
-                latency_s=round(latency, 4),
-                fill=fill,
-            )
-            decisions.append(decision)
-            entry = {"agent": self.name, "mode": "paper", **decision.model_dump(mode="json")}
-            journal.append(entry)
-        risk_report = None
-        if s.risk:
-            # limits come from [agents.risk]; it checks this round's portfolio in memory
-            risk_report = await RiskAgent(self.herd).check(portfolio, prices)
-        path = save_portfolio(portfolio, s.data_dir)
+        path = portfolio_path(s.portfolio, s.data_dir)
         aliases = list(s.models) + ([s.judge] if s.judge else [])
         return TradingReport(
             at=storage.utc_now(),
@@ -313,7 +340,7 @@ class TradingAgent(Agent):
             exits=exits,
             portfolio=portfolio.summary(),
             risk=risk_report,
-            journal=str(journal.path),
+            journal=str(journal_path),
             portfolio_path=str(path),
             note=model_note(self.herd, aliases),
         )
