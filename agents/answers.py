@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modelherd.nesting import too_deep
+
 LABEL_KEYS = ("answer", "action", "label", "decision", "verdict")
 
 
@@ -61,7 +63,14 @@ _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 _CONFIDENCE = re.compile(r"confidence\W{0,3}\s*([0-9]*\.?[0-9]+)\s*(%?)", re.IGNORECASE)
 
 
+#: an answer is a label, a confidence and a sentence: past this, only the start is read
+MAX_ANSWER_CHARS = 64_000
+
+
 def json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in a model's text (whole, fenced, or between braces), or
+    None. Bounded: long text is cut, deep nesting (`[[[…]]]`) is not an object."""
+    text = text[:MAX_ANSWER_CHARS]
     candidates = [text]
     candidates += [m.group(1) for m in _FENCE.finditer(text)]
     start, end = text.find("{"), text.rfind("}")
@@ -70,9 +79,9 @@ def json_object(text: str) -> dict[str, Any] | None:
     for candidate in candidates:
         try:
             value = json.loads(candidate.strip())
-        except (json.JSONDecodeError, ValueError):
+        except (ValueError, RecursionError):  # RecursionError: nested past the C stack
             continue
-        if isinstance(value, dict):
+        if isinstance(value, dict) and too_deep(value) is None:
             return value
     return None
 

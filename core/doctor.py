@@ -54,7 +54,24 @@ def run_doctor(state: Any, timeout: float) -> list[Finding]:
     findings += _plugin_findings(herd)
     findings += _key_findings(herd)
     findings += _model_findings(herd, timeout)
+    findings += _plugin_health(herd)
     return findings
+
+
+def _plugin_health(herd: Any) -> list[Finding]:
+    """Plugins that say how they are doing: a `doctor_findings(herd)` attribute (the
+    audit log: writable, records lost)."""
+    out: list[Finding] = []
+    for plugin in list(herd.pm.get_plugins()):
+        check = getattr(plugin, "doctor_findings", None)
+        if not callable(check) or isinstance(plugin, type):
+            continue
+        try:
+            out += list(check(herd))
+        except Exception as exc:  # a broken check is a finding, not a crash
+            name = herd.pm.get_name(plugin) or "?"
+            out.append(_finding("plugins", "error", f"'{name}' doctor check failed: {exc}"))
+    return out
 
 
 def _plugin_findings(herd: Any) -> list[Finding]:

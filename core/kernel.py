@@ -22,10 +22,12 @@ from .cache import CacheTier, TieredCache
 from .coalesce import Coalescer
 from .config import HerdConfig, load_config, load_env, validate_table
 from .errors import (
+    BadRequestError,
     ConfigError,
     PluginLoadError,
     UnknownModelError,
 )
+from .nesting import too_deep
 from .pipeline import Validator
 from .provider import Model
 from .stash import Stash
@@ -455,6 +457,9 @@ class Herd:
         if "tools" in options or "tool_choice" in options:
             options = normalize_tool_options(options)  # once, at the edge (docs/tools.md)
         merged = {**spec.options, **options} if spec.options else options
+        for name in ("response_format", "tools"):  # both reach recursive code downstream
+            if name in merged and (why := too_deep(merged[name])):
+                raise BadRequestError(f"{name} {why} — flatten it")
         # every field is either already validated (spec, messages) or checked above:
         # skipping pydantic's second pass saves several µs on every call
         return trusted(

@@ -8,7 +8,14 @@ type. Prompts and answers are written only with `include_content = true`.
 Lines are handed to a writer thread through a queue, so a slow disk never delays a
 call. When the file would pass `max_bytes` it is renamed to `<path>.1` (older ones
 shift to .2 … up to `backups`) and a new file is started; lines are never rewritten.
-The file is created with mode 0600.
+The file is created with mode 0600 (its folder, when herd creates it, 0700).
+
+Any record can be written: text that is not valid Unicode (a lone surrogate such as
+"\udce9" in a prompt, tenant or agent name) is written with a replacement character,
+values JSON cannot hold are written as text, and no error ends the writer thread. A
+failed write is visible: a warning (once per kind of error), the
+`herd.audit.write_failures` metric, `herd doctor`, and with `fail_closed = true` the
+next calls are refused until a record is written again.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.config import validate_table
-from modelherd.errors import ConfigError
+from modelherd.errors import ConfigError, HerdError
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +53,12 @@ class AuditSettings(BaseModel):
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     backups: int = Field(default=5, ge=0)
     include_content: bool = False
+    #: refuse calls while the audit log cannot be written (an unaudited call is an error)
+    fail_closed: bool = False
+
+
+class AuditUnavailableError(HerdError):
+    """`fail_closed = true` and the last audit record could not be written."""
 
 
 def parse_settings(table: dict[str, Any], source: str) -> AuditSettings:
@@ -63,15 +76,30 @@ def default_path() -> Path:
 class AuditLog:
     """The per-call hooks and the writer thread."""
 
-    def __init__(self, path: Path, max_bytes: int, backups: int, include_content: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        backups: int,
+        include_content: bool,
+        fail_closed: bool = False,
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
         self.include_content = include_content
+        self.fail_closed = fail_closed
         self.written = 0
+        #: records that could not be written, and why the last one failed
+        self.failures = 0
+        self.last_error: str | None = None
+        #: the last write failed (cleared by the next one that succeeds)
+        self.failing = False
+        self._reported_failures = 0
+        self._warned: set[str] = set()
         # records go to the writer thread as dicts: JSON encoding happens there
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fd = self._open()
         self._thread = threading.Thread(target=self._run, name="herd-audit", daemon=True)
         self._thread.start()
@@ -80,8 +108,50 @@ class AuditLog:
 
     @hookimpl
     def before_call(self, request: ChatRequest, herd: Herd) -> None:
+        self._report(herd)
+        if self.fail_closed and self.failing:
+            raise AuditUnavailableError(
+                f"the audit log {self.path} cannot be written ({self.last_error}) and "
+                "[plugins.audit] fail_closed = true: calls are refused until it can — "
+                "free space or fix the path"
+            )
         if _T0 not in request.stash:
             request.stash[_T0] = time.perf_counter()
+
+    def _report(self, herd: Herd) -> None:
+        """Write failures since the last call, as a metric (emitted on the call path,
+        not from the writer thread)."""
+        failures = self.failures
+        if failures != self._reported_failures:
+            from modelherd.types import Metric
+
+            herd.emit(Metric("herd.audit.write_failures", failures - self._reported_failures))
+            self._reported_failures = failures
+
+    def doctor_findings(self, herd: Herd | None = None) -> list[dict[str, Any]]:
+        """What `herd doctor` says about the audit log (found by duck typing)."""
+        problem = None
+        if not os.access(self.path.parent, os.W_OK):
+            problem = f"{self.path.parent} is not writable"
+        else:
+            try:
+                stat = os.statvfs(self.path.parent)
+            except OSError as exc:
+                problem = exc.strerror
+            else:
+                if stat.f_bavail * stat.f_frsize < 1024 * 1024:
+                    problem = "less than 1 MiB free on its disk"
+        if self.failures:
+            problem = f"{self.failures} record(s) could not be written ({self.last_error})"
+        if problem is None:
+            return [_finding("ok", f"audit log {self.path}: writable")]
+        return [
+            _finding(
+                "error" if self.fail_closed else "warning",
+                f"audit log {self.path}: {problem}",
+                "free space or point [plugins.audit] path at a writable disk",
+            )
+        ]
 
     @hookimpl
     def after_call(
@@ -156,7 +226,9 @@ class AuditLog:
 
     def _write(self, record: dict[str, Any]) -> None:
         record["time"] = _iso(record["time"])
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        # "replace": a lone surrogate ("\udce9") becomes "?" instead of killing the line
+        text = json.dumps(record, ensure_ascii=False, default=str)
+        data = (text + "\n").encode("utf-8", "replace")
         size = os.fstat(self._fd).st_size
         if size and size + len(data) > self.max_bytes:
             self._rotate()
@@ -172,18 +244,30 @@ class AuditLog:
                 return
             try:
                 self._write(record)
-            except OSError as exc:
-                logging.getLogger("modelherd.audit").warning(
-                    "cannot write the audit log %s: %s — check [plugins.audit] path",
-                    self.path,
-                    exc.strerror,
-                )
+            except Exception as exc:  # no record and no disk error may end this thread
+                self.failures += 1
+                self.failing = True
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self.last_error = why[:200]
+                if type(exc).__name__ + why not in self._warned:
+                    self._warned.add(type(exc).__name__ + why)
+                    logging.getLogger("modelherd.audit").warning(
+                        "cannot write the audit log %s: %s — check [plugins.audit] path",
+                        self.path,
+                        why,
+                    )
+            else:
+                self.failing = False
 
     def close(self) -> None:
         """Write what is queued, then close the file."""
         self._queue.put(None)
         self._thread.join(10)
         os.close(self._fd)
+
+
+def _finding(level: str, message: str, fix: str = "") -> dict[str, Any]:
+    return {"area": "audit", "level": level, "message": message, "fix": fix}
 
 
 def _iso(epoch: float) -> str:
@@ -195,6 +279,33 @@ def audit_log(herd: Herd) -> AuditLog | None:
         return None
     plugin = herd.pm.get_plugin(WRITER_NAME)
     return plugin if isinstance(plugin, AuditLog) else None
+
+
+def doctor_findings(herd: Herd) -> list[dict[str, Any]]:
+    """`herd doctor` on a configured audit log that this process has not opened (an
+    open writer answers for itself)."""
+    table = herd.plugin_settings("audit")
+    if not table or audit_log(herd) is not None:
+        return []
+    try:
+        settings = parse_settings(table, herd.config.source)
+    except ConfigError as exc:
+        return [_finding("error", exc.message)]
+    if not (settings.enabled if settings.enabled is not None else settings.path is not None):
+        return []
+    path = Path(settings.path).expanduser() if settings.path else default_path()
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        return [
+            _finding(
+                "error" if settings.fail_closed else "warning",
+                f"audit log {path}: {folder} is not writable",
+                "point [plugins.audit] path at a writable folder",
+            )
+        ]
+    return [_finding("ok", f"audit log {path}: writable")]
 
 
 @hookimpl
@@ -213,7 +324,13 @@ def startup(herd: Herd) -> None:
         return
     path = Path(settings.path).expanduser() if settings.path else default_path()
     try:
-        writer = AuditLog(path, settings.max_bytes, settings.backups, settings.include_content)
+        writer = AuditLog(
+            path,
+            settings.max_bytes,
+            settings.backups,
+            settings.include_content,
+            settings.fail_closed,
+        )
     except OSError as exc:
         raise ConfigError(
             f"{herd.config.source}: [plugins.audit] path: cannot open {path}: {exc.strerror} — "
