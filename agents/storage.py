@@ -68,9 +68,17 @@ def storage_error(path: Path, exc: OSError) -> StorageError:
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create `path` (and missing parents) as 0700 folders."""
+    """Create `path` and its missing parents as 0700 folders (mkdir's `mode` alone
+    applies to the last one only)."""
+    missing = []
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=DIR_MODE)
     except OSError as exc:
         raise storage_error(path, exc) from None
     return path

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -361,3 +363,37 @@ def test_interpreter_runs_isolated_from_user_site() -> None:
     assert not any(Path(p) == Path.home() for p in mounted)
     assert str(Path(__file__).resolve().parents[2]) not in mounted
     assert os.path.realpath(sys.executable) in mounted
+
+
+def test_kill_9_of_herd_takes_the_jailed_child_with_it(tmp_path: Path) -> None:
+    token = f"herd-orphan-{uuid.uuid4().hex}"
+    # the token reaches the parent through its environment, so only the jailed
+    # grandchild carries it on its command line
+    parent_script = textwrap.dedent(
+        f"""
+        import os
+        from pathlib import Path
+        from modelherd.agents import jail
+        code = "import subprocess, sys, time\\n" + (
+            "subprocess.Popen([sys.executable, '-I', '-S', '-c', 'import time; time.sleep(60)', "
+            + repr(os.environ["HERD_TEST_TOKEN"]) + "])\\ntime.sleep(60)\\n"
+        )
+        jail.run_python({{"main.py": code}}, "main.py", Path({str(tmp_path / "w")!r}),
+                        jail.JailLimits(timeout_s=60))
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_script], env={**os.environ, "HERD_TEST_TOKEN": token}
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not leftovers(token) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftovers(token), "the jailed child never started"
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+    deadline = time.monotonic() + 5
+    while leftovers(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftovers(token) == []
