@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from modelherd import Herd
 
 WRITER_NAME = "audit-log"
+#: fail-closed check, failure metric and doctor findings: registered apart from the
+#: writer, so they stay when the call log adopts the writer (logs/audit_feed.py)
+GUARD_NAME = "audit-guard"
 _T0 = StashKey[float]()
 
 
@@ -95,7 +98,6 @@ class AuditLog:
         self.last_error: str | None = None
         #: the last write failed (cleared by the next one that succeeds)
         self.failing = False
-        self._reported_failures = 0
         self._warned: set[str] = set()
         # records go to the writer thread as dicts: JSON encoding happens there
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
@@ -108,28 +110,11 @@ class AuditLog:
 
     @hookimpl
     def before_call(self, request: ChatRequest, herd: Herd) -> None:
-        self._report(herd)
-        if self.fail_closed and self.failing:
-            raise AuditUnavailableError(
-                f"the audit log {self.path} cannot be written ({self.last_error}) and "
-                "[plugins.audit] fail_closed = true: calls are refused until it can — "
-                "free space or fix the path"
-            )
         if _T0 not in request.stash:
             request.stash[_T0] = time.perf_counter()
 
-    def _report(self, herd: Herd) -> None:
-        """Write failures since the last call, as a metric (emitted on the call path,
-        not from the writer thread)."""
-        failures = self.failures
-        if failures != self._reported_failures:
-            from modelherd.types import Metric
-
-            herd.emit(Metric("herd.audit.write_failures", failures - self._reported_failures))
-            self._reported_failures = failures
-
-    def doctor_findings(self, herd: Herd | None = None) -> list[dict[str, Any]]:
-        """What `herd doctor` says about the audit log (found by duck typing)."""
+    def health(self) -> list[dict[str, Any]]:
+        """What `herd doctor` says about this writer."""
         problem = None
         if not os.access(self.path.parent, os.W_OK):
             problem = f"{self.path.parent} is not writable"
@@ -224,7 +209,31 @@ class AuditLog:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         self._fd = self._open()
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, Any]) -> bool:
+        """Write one record; never raises (a failure is counted, warned once per kind
+        and flags the log as failing until a write succeeds). Runs in a writer thread:
+        this one's, or the call log's when it adopted this writer."""
+        try:
+            self._write_line(record)
+        except Exception as exc:  # no record and no disk error may end the writer
+            self.failures += 1
+            self.failing = True
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.last_error = why[:200]
+            if type(exc).__name__ + why not in self._warned:
+                self._warned.add(type(exc).__name__ + why)
+                import logging
+
+                logging.getLogger("modelherd.audit").warning(
+                    "cannot write the audit log %s: %s — check [plugins.audit] path",
+                    self.path,
+                    why,
+                )
+            return False
+        self.failing = False
+        return True
+
+    def _write_line(self, record: dict[str, Any]) -> None:
         record["time"] = _iso(record["time"])
         # "replace": a lone surrogate ("\udce9") becomes "?" instead of killing the line
         text = json.dumps(record, ensure_ascii=False, default=str)
@@ -236,34 +245,45 @@ class AuditLog:
         self.written += 1
 
     def _run(self) -> None:
-        import logging
-
         while True:
             record = self._queue.get()
             if record is None:
                 return
-            try:
-                self._write(record)
-            except Exception as exc:  # no record and no disk error may end this thread
-                self.failures += 1
-                self.failing = True
-                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                self.last_error = why[:200]
-                if type(exc).__name__ + why not in self._warned:
-                    self._warned.add(type(exc).__name__ + why)
-                    logging.getLogger("modelherd.audit").warning(
-                        "cannot write the audit log %s: %s — check [plugins.audit] path",
-                        self.path,
-                        why,
-                    )
-            else:
-                self.failing = False
+            self._write(record)
 
     def close(self) -> None:
         """Write what is queued, then close the file."""
         self._queue.put(None)
         self._thread.join(10)
         os.close(self._fd)
+
+
+class AuditGuard:
+    """Fail closed, count failures as a metric, answer `herd doctor` — for the writer
+    whichever thread drives it."""
+
+    def __init__(self, writer: AuditLog) -> None:
+        self.writer = writer
+        self._reported = 0
+
+    @hookimpl
+    def before_call(self, request: ChatRequest, herd: Herd) -> None:
+        writer = self.writer
+        failures = writer.failures
+        if failures != self._reported:  # emitted on the call path, not the writer thread
+            from modelherd.types import Metric
+
+            herd.emit(Metric("herd.audit.write_failures", failures - self._reported))
+            self._reported = failures
+        if writer.fail_closed and writer.failing:
+            raise AuditUnavailableError(
+                f"the audit log {writer.path} cannot be written ({writer.last_error}) and "
+                "[plugins.audit] fail_closed = true: calls are refused until it can — "
+                "free space or fix the path"
+            )
+
+    def doctor_findings(self, herd: Herd | None = None) -> list[dict[str, Any]]:
+        return self.writer.health()
 
 
 def _finding(level: str, message: str, fix: str = "") -> dict[str, Any]:
@@ -285,7 +305,7 @@ def doctor_findings(herd: Herd) -> list[dict[str, Any]]:
     """`herd doctor` on a configured audit log that this process has not opened (an
     open writer answers for itself)."""
     table = herd.plugin_settings("audit")
-    if not table or audit_log(herd) is not None:
+    if not table or (herd.plugins_loaded and herd.pm.get_plugin(GUARD_NAME) is not None):
         return []
     try:
         settings = parse_settings(table, herd.config.source)
@@ -337,10 +357,14 @@ def startup(herd: Herd) -> None:
             f"choose a writable path"
         ) from None
     herd.register_plugin(writer, name=WRITER_NAME)
+    herd.register_plugin(AuditGuard(writer), name=GUARD_NAME)
 
 
 @hookimpl
 def shutdown(herd: Herd) -> None:
+    guard = herd.pm.get_plugin(GUARD_NAME) if herd.plugins_loaded else None
+    if guard is not None:
+        herd.unregister_plugin(guard)
     writer = audit_log(herd)
     if writer is not None:
         herd.unregister_plugin(writer)

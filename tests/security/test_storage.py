@@ -258,17 +258,25 @@ class Metrics:
         self.seen.append(metric)
 
 
-def audited_herd(path: Path, **settings: Any) -> Any:
+def audited_herd(path: Path, adopted: bool, tmp_path: Path, **settings: Any) -> Any:
+    """A herd with the audit log; `adopted`: the call log's writer drives it."""
+    from modelherd.plugins import cost
+    from modelherd.plugins.observability import logs
+
+    plugins_config: dict[str, Any] = {"audit": {"path": str(path), **settings}}
+    if adopted:
+        plugins_config["logs"] = {"path": str(tmp_path / "logs.db")}
     return make_herd(
         {"mock": MockModel(default="fine")},
-        config={"herd": {"retries": 0}, "plugins": {"audit": {"path": str(path), **settings}}},
-        plugins=(audit,),
+        config={"herd": {"retries": 0}, "plugins": plugins_config},
+        plugins=(cost, logs, audit) if adopted else (audit,),
     )
 
 
-def test_lone_surrogates_do_not_kill_the_audit_writer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("adopted", [False, True], ids=["own-writer", "call-log-writer"])
+def test_lone_surrogates_do_not_kill_the_audit_writer(adopted: bool, tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    herd = audited_herd(path, include_content=True)
+    herd = audited_herd(path, adopted, tmp_path, include_content=True)
 
     async def main() -> None:
         async with herd:
@@ -282,25 +290,27 @@ def test_lone_surrogates_do_not_kill_the_audit_writer(tmp_path: Path) -> None:
     assert lines[1]["tenant"] == "caf?" and lines[0]["tenant"] == "plain"
 
 
-def test_a_failing_audit_log_is_visible_and_can_fail_closed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("adopted", [False, True], ids=["own-writer", "call-log-writer"])
+def test_a_failing_audit_log_is_visible_and_can_fail_closed(adopted: bool, tmp_path: Path) -> None:
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
-    herd = audited_herd(Path("/dev/full"), fail_closed=True)
+    herd = audited_herd(Path("/dev/full"), adopted, tmp_path, fail_closed=True)
     metrics = Metrics()
     herd.register_plugin(metrics, name="metrics-capture")
 
     async def main() -> None:
         async with herd:
             await herd.chat("mock", "first")  # answered; its record cannot be written
-            writer = audit.audit_log(herd)
-            assert writer is not None
-            for _ in range(200):
+            guard = herd.pm.get_plugin(audit.GUARD_NAME)
+            assert isinstance(guard, audit.AuditGuard)
+            writer = guard.writer
+            assert (audit.audit_log(herd) is None) == adopted  # adopted: off the call path
+            for _ in range(300):
                 if writer.failures:
                     break
                 await anyio.sleep(0.01)
             assert writer.failures == 1 and writer.last_error == "No space left on device"
-            assert writer._thread.is_alive()
-            finding = writer.doctor_findings()[0]
+            finding = guard.doctor_findings()[0]
             assert finding["level"] == "error"
             assert finding["message"] == (
                 "audit log /dev/full: 1 record(s) could not be written (No space left on device)"
