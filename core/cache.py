@@ -126,7 +126,8 @@ def tenant_namespace(tenant: str | None) -> str:
     """
     if tenant is None:
         return NO_TENANT
-    return "t=" + quote(tenant, safe="")
+    # surrogatepass: a lone surrogate ("caf\udce9") is a distinct name, not a crash
+    return "t=" + quote(tenant.encode("utf-8", "surrogatepass"), safe="")
 
 
 def _message_key(message: Message) -> str:
