@@ -330,7 +330,15 @@ def test_a_failing_audit_log_is_visible_and_can_fail_closed(adopted: bool, tmp_p
 # ---- the status folder in the shared tmp ----------------------------------------
 
 
-def test_a_planted_status_symlink_is_refused(tmp_path: Path) -> None:
+@pytest.fixture
+def shared_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path stands in for /tmp: a folder where anyone may create entries."""
+    monkeypatch.setattr(status, "_shared_roots", lambda: [tmp_path.resolve()])
+    return tmp_path
+
+
+def test_a_planted_status_symlink_is_refused(shared_tmp: Path) -> None:
+    tmp_path = shared_tmp
     elsewhere = tmp_path / "attacker"
     elsewhere.mkdir()
     planted = tmp_path / "modelherd-0"
@@ -339,11 +347,14 @@ def test_a_planted_status_symlink_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PermissionError, match="is a symbolic link in a shared folder"):
         status.write_status(status.status_path(planted), {"x": 1})
     assert list(elsewhere.iterdir()) == []
+    # deeper folders are not "in the shared tmp": their parents' owners guard them
+    assert not status.in_shared_tmp(tmp_path / "a" / "status")
     (elsewhere / f"status-{os.getpid()}.json").write_text("{}")
     assert status.list_status_files(planted) == []
 
 
-def test_a_foreign_status_folder_is_refused_and_ours_is_private(tmp_path: Path) -> None:
+def test_a_foreign_status_folder_is_refused_and_ours_is_private(shared_tmp: Path) -> None:
+    tmp_path = shared_tmp
     ours = tmp_path / "modelherd-me"
     ours.mkdir(mode=0o777)
     os.chmod(ours, 0o777)

@@ -64,9 +64,11 @@ def _shared_roots() -> list[Path]:
 
 
 def in_shared_tmp(directory: Path) -> bool:
-    """True when `directory` sits in a folder every user can write to (/tmp)."""
+    """True when `directory` sits directly in a folder every user can create entries
+    in (/tmp): there, someone else may have made it first. (Deeper folders are guarded
+    by their parents' owners and modes.)"""
     parent = directory.parent.resolve() if directory.parent.exists() else directory.parent
-    return any(parent == root or root in parent.parents for root in _shared_roots())
+    return any(parent == root for root in _shared_roots())
 
 
 def secure_dir(directory: Path) -> Path:
