@@ -24,6 +24,7 @@ from .config import HerdConfig, load_config, load_env, validate_table
 from .errors import (
     BadRequestError,
     ConfigError,
+    HerdError,
     PluginLoadError,
     UnknownModelError,
 )
@@ -102,6 +103,7 @@ class Herd:
         self._start_lock: asyncio.Lock | None = None
         self._runner: asyncio.Runner | None = None
         self._has: dict[str, bool] = {}
+        self._after_call: list[tuple[Callable[..., Any], tuple[str, ...], str]] = []
         #: typed per-Herd state for plugins (their runtime objects, client pools):
         #: `herd.stash[KEY]` with a module-level `KEY = StashKey[T]()`
         self.stash = Stash()
@@ -226,6 +228,31 @@ class Herd:
                 "track_event",
             )
         }
+        # after_call runs on every call and must isolate a broken plugin: keep each
+        # implementation's function and argument names ready, as pluggy's own
+        # _multicall does, instead of rebuilding them per call (bench/overhead.py)
+        self._after_call = [
+            (impl.function, tuple(impl.argnames), impl.plugin_name)
+            for impl in reversed(self._pm.hook.after_call.get_hookimpls())
+            if not (impl.hookwrapper or impl.wrapper)
+        ]
+
+    def call_observers(self, kwargs: dict[str, Any]) -> None:
+        """Every `after_call` implementation on its own, like `call_each` but cheaper:
+        a plugin bug is recorded (fatal under strict), a HerdError is deliberate and
+        goes to the caller."""
+        for function, argnames, plugin_name in self._after_call:
+            try:
+                function(*[kwargs[name] for name in argnames])
+            except HerdError:
+                raise
+            except Exception as exc:
+                if self.strict:
+                    raise PluginLoadError(
+                        f"plugin '{plugin_name}' failed in after_call: "
+                        f"{type(exc).__name__}: {exc} — fix or disable it"
+                    ) from exc
+                self._record_hook_failure("after_call", plugin_name, exc)
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
         """The `[plugins.<name>]` table, raw (see `plugin_config` for the typed form)."""

@@ -371,13 +371,8 @@ def _finish(herd: Herd, request: ChatRequest, response: ChatResponse, valid: boo
     if herd._has.get("after_call"):
         # the answer exists: a plugin bug here is recorded (herd plugins / doctor, fatal
         # under --strict), never a traceback that loses it; a HerdError is deliberate
-        herd.call_each(
-            "after_call",
-            propagate=HerdError,
-            request=request,
-            response=response,
-            herd=herd,
-            valid=valid,
+        herd.call_observers(
+            {"request": request, "response": response, "herd": herd, "valid": valid}
         )
     if not herd._has.get("on_metric"):
         return
