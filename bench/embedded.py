@@ -162,6 +162,14 @@ async def swarm_ratio(herd: Any) -> dict[str, float]:
         agent = herd.agent(
             "swarm", members=["local"], samples=samples, max_tokens=48, early_stop=False, save=False
         )
+        if samples == 1:
+            # the baseline is one member sampled exactly like each of the five (seeded, at
+            # the swarm's temperature), not the greedy single answer samples=1 would ask
+            # for, which may stop after one word
+            from modelherd.agents.swarm_agent import Member
+
+            seeded = [Member(name="local#1", alias="local", seed=agent.settings.seed)]
+            agent.members = lambda: seeded  # type: ignore[method-assign]
         started = time.perf_counter()
         result = await agent.ask(question, labels=labels)
         # every member runs to its end (an answer cut at max_tokens is "unparsed"): none

