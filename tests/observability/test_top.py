@@ -24,7 +24,7 @@ def _cli() -> click.Group:
     return group
 
 
-def _run_busy_herd(status_dir: Path) -> dict[str, Any]:
+def _run_busy_herd(status_dir: Path, columns: int = 140) -> dict[str, Any]:
     """A herd with two models (one failing behind a breaker) and real resource samples."""
     fast = MockModel(default="ok ok ok")
     sick = MockModel()
@@ -60,7 +60,9 @@ def _run_busy_herd(status_dir: Path) -> dict[str, Any]:
             path = status_dir / f"status-{os.getpid()}.json"
             seen["status"] = json.loads(path.read_text())
             result = CliRunner().invoke(
-                _cli(), ["top", "--dir", str(status_dir), "--once"], env={"COLUMNS": "140"}
+                _cli(),
+                ["top", "--dir", str(status_dir), "--once"],
+                env={"COLUMNS": str(columns)},
             )
             seen["frame"] = result.output
             seen["exit"] = result.exit_code
@@ -88,6 +90,22 @@ def test_status_file_and_one_frame(tmp_path: Path) -> None:
     for text in ("herd top", "fast", "sick", "open", "circuit_open", "CPU", "memory", "4%"):
         assert text in frame
     assert seen["gone"], "the status file is removed at aclose()"
+
+
+def test_one_frame_is_readable_at_80_columns(tmp_path: Path) -> None:
+    seen = _run_busy_herd(tmp_path, columns=80)
+    assert seen["exit"] == 0, seen["frame"]
+    frame = seen["frame"]
+    lines = frame.splitlines()
+    assert max(len(line) for line in lines) <= 80, frame
+    assert "…" not in frame, frame  # no header and no value cut short
+    # every column header is whole, each model's row is in both halves of the table
+    for header in ("calls/s", "p50", "p95", "tok/s", "in-flight", "ctx use", "cache hit"):
+        assert header in frame, frame
+    assert "models: traffic" in frame and "models: state" in frame
+    assert "4%" in frame and "circuit_open" in frame
+    fast = seen["status"]["models"]["fast"]
+    assert f"{fast['calls_per_s']:.2f}" in frame and f"{fast['tokens_per_s']:.1f}" in frame
 
 
 def test_json_and_svg(tmp_path: Path) -> None:

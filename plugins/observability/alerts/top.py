@@ -42,9 +42,58 @@ def _level(value: float | None, threshold: float) -> str:
     return "bold red" if value > threshold else ("yellow" if value > threshold * 0.8 else "green")
 
 
-def render(status: dict[str, Any]) -> Any:
-    """One frame of the dashboard (a rich renderable) from a status document."""
+#: the model table's columns; below `WIDE` console columns they are shown as two
+#: tables (traffic, then state) so that no value is cut to "…" on an 80-column terminal
+TRAFFIC_COLUMNS = ("calls/s", "p50", "p95", "err", "tok/s", "in-flight")
+STATE_COLUMNS = ("temp", "ctx use", "cache hit", "quality", "circuit")
+WIDE = 110
+
+
+def _model_cells(m: dict[str, Any]) -> dict[str, Any]:
+    from rich.text import Text
+
+    circuit = m.get("circuit", "closed")
+    circuit_style = {"closed": "green", "open": "bold red", "half_open": "yellow"}
+    temp = m.get("temperature")
+    return {
+        "calls/s": f"{m.get('calls_per_s') or 0:.2f}",
+        "p50": _secs(m.get("latency_p50_s")),
+        "p95": Text(_secs(m.get("latency_p95_s")), _level(m.get("latency_p95_s"), 2.0)),
+        "err": Text(_pct(m.get("error_rate"), 1), _level(m.get("error_rate"), 0.05)),
+        "tok/s": f"{m.get('tokens_per_s') or 0:.1f}",
+        "in-flight": str(m.get("inflight", 0)),
+        "temp": "—" if temp is None else f"{temp:g}",
+        "ctx use": _pct(m.get("context_use")),
+        "cache hit": _pct(m.get("cache_hit_rate")),
+        "quality": _pct(m.get("quality"), 1),
+        "circuit": Text(circuit, circuit_style.get(circuit, "")),
+    }
+
+
+def _models_table(title: str, columns: tuple[str, ...], models: dict[str, Any]) -> Any:
     from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=title, title_justify="left", expand=True, header_style="bold", box=box.SIMPLE_HEAD
+    )
+    # a long alias folds onto more lines; a number never shrinks below its width
+    table.add_column("model", min_width=10, overflow="fold", ratio=1)
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for alias, m in sorted(models.items()):
+        cells = _model_cells(m)
+        table.add_row(alias, *(cells[c] for c in columns))
+    return table
+
+
+def render(status: dict[str, Any], width: int = WIDE) -> Any:
+    """One frame of the dashboard (a rich renderable) from a status document.
+
+    `width` is the console's: a narrow one gets the model table in two parts.
+    """
+    from rich import box
+    from rich.columns import Columns
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -53,7 +102,6 @@ def render(status: dict[str, Any]) -> Any:
     overall = status.get("overall", {})
     age = time.time() - float(status.get("time", time.time()))
     uptime = float(status.get("time", 0)) - float(status.get("started", 0))
-    header = Table.grid(padding=(0, 3))
     stale = age > 5
     cells = [
         Text("herd top", "bold cyan"),
@@ -68,50 +116,20 @@ def render(status: dict[str, Any]) -> Any:
     ]
     if stale:
         cells.append(Text(f"stale: {age:.0f}s old", "bold red"))
-    header.add_row(*cells)
+    # Columns moves whole cells to the next line instead of cutting them
+    header = Columns(cells, padding=(0, 3))
 
-    models = Table(
-        title="models", title_justify="left", expand=True, header_style="bold", box=box.SIMPLE_HEAD
-    )
-    for column in (
-        "model",
-        "calls/s",
-        "p50",
-        "p95",
-        "err",
-        "tok/s",
-        "temp",
-        "ctx use",
-        "cache hit",
-        "in-flight",
-        "quality",
-        "circuit",
-    ):
-        if column == "model":
-            models.add_column(column, min_width=10, overflow="fold")
-        else:
-            models.add_column(column, justify="right")
-    for alias, m in sorted(status.get("models", {}).items()):
-        circuit = m.get("circuit", "closed")
-        circuit_style = {"closed": "green", "open": "bold red", "half_open": "yellow"}
-        temp = m.get("temperature")
-        models.add_row(
-            alias,
-            f"{m.get('calls_per_s') or 0:.2f}",
-            _secs(m.get("latency_p50_s")),
-            Text(_secs(m.get("latency_p95_s")), _level(m.get("latency_p95_s"), 2.0)),
-            Text(_pct(m.get("error_rate"), 1), _level(m.get("error_rate"), 0.05)),
-            f"{m.get('tokens_per_s') or 0:.1f}",
-            "—" if temp is None else f"{temp:g}",
-            _pct(m.get("context_use")),
-            _pct(m.get("cache_hit_rate")),
-            str(m.get("inflight", 0)),
-            _pct(m.get("quality"), 1),
-            Text(circuit, circuit_style.get(circuit, "")),
-        )
+    found = status.get("models", {})
+    model_parts: list[Any]
+    if width >= WIDE:
+        model_parts = [_models_table("models", TRAFFIC_COLUMNS + STATE_COLUMNS, found)]
+    else:
+        model_parts = [
+            _models_table("models: traffic", TRAFFIC_COLUMNS, found),
+            _models_table("models: state", STATE_COLUMNS, found),
+        ]
 
     r = status.get("resources") or {}
-    res = Table.grid(padding=(0, 3))
     cells = [
         Text.assemble(
             "CPU ",
@@ -146,7 +164,7 @@ def render(status: dict[str, Any]) -> Any:
         ),
         Text(f"net ↑{_bytes(r.get('net_sent_bps'))}/s ↓{_bytes(r.get('net_recv_bps'))}/s"),
     ]
-    res.add_row(*cells)
+    res = Columns(cells, padding=(0, 3))
 
     alerts = status.get("alerts", [])
     if alerts:
@@ -157,8 +175,8 @@ def render(status: dict[str, Any]) -> Any:
             header_style="bold red",
             box=box.SIMPLE_HEAD,
         )
-        table.add_column("kpi")
-        table.add_column("scope")
+        table.add_column("kpi", overflow="fold")
+        table.add_column("scope", overflow="fold")
         table.add_column("for", justify="right")
         table.add_column("message")
         now = float(status.get("time", time.time()))
@@ -170,7 +188,7 @@ def render(status: dict[str, Any]) -> Any:
     else:
         alerts_part = Text("no active alerts", style="green")
     return Panel(
-        Group(header, Text(""), models, Text(""), res, Text(""), alerts_part),
+        Group(header, Text(""), *model_parts, Text(""), res, Text(""), alerts_part),
         title="modelherd",
         border_style="cyan",
     )
@@ -210,7 +228,7 @@ def save_svg(status: dict[str, Any], path: Path, width: int = 120) -> None:
     from rich.console import Console
 
     console = Console(record=True, width=width, file=open("/dev/null", "w"))  # noqa: SIM115
-    console.print(render(status))
+    console.print(render(status, width))
     console.save_svg(str(path), title="herd top")
     console.file.close()
 
@@ -273,9 +291,11 @@ def top_command(
 
     console = Console()
     if once:
-        console.print(render(status))
+        console.print(render(status, console.width))
         return
-    with Live(render(status), console=console, screen=False, auto_refresh=False) as live:
+    with Live(
+        render(status, console.width), console=console, screen=False, auto_refresh=False
+    ) as live:
         try:
             while True:
                 time.sleep(interval)
@@ -286,6 +306,6 @@ def top_command(
                         console.print(f"[yellow]process {status.get('pid')} has ended[/]")
                         return
                     continue  # caught mid-rename: try again next tick
-                live.update(render(status), refresh=True)
+                live.update(render(status, console.width), refresh=True)
         except KeyboardInterrupt:
             return
