@@ -4,12 +4,17 @@ The log line and the `on_alert` hook run at once (hooks must be fast and must no
 raise; each implementation is isolated with `herd.call_each`). The webhook POST runs
 in its own thread so a slow receiver never delays a model call or the KPI loop; a
 failed POST is a warning in the log, never an exception.
+
+Alert lines never go to stdout, which is a command's output (`herd run rbi > out.json`
+must not get a `[FIRING] cpu …` line): with no logging configured they are written to
+stderr; once the application configures logging, its handlers get them instead.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +24,30 @@ if TYPE_CHECKING:
     from modelherd import Herd
 
 log = logging.getLogger("modelherd.alerts")
+
+
+class StderrUnlessConfigured(logging.Handler):
+    """Writes alert records to stderr (looked up at each line) while the root logger has
+    no handlers; when it has some, the record propagates to those and this one stays quiet."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers:
+            return
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _attach_stderr_handler() -> None:
+    if not any(isinstance(h, StderrUnlessConfigured) for h in log.handlers):
+        handler = StderrUnlessConfigured()
+        handler.setFormatter(logging.Formatter("herd alert: %(message)s"))
+        log.addHandler(handler)
+
+
+_attach_stderr_handler()
 
 
 class WebhookSender:
