@@ -449,10 +449,21 @@ class DiskTier(CacheTier):
             out["state"] = "stepped aside"
             return out
         try:
-            entries, size = self._reader.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM entries"
+            row = self._reader.execute(
+                "SELECT count(*), coalesce(sum(size), 0), min(accessed), max(accessed), "
+                "min(expires), max(expires) FROM entries"
             ).fetchone()
-            out.update(entries=entries, size_bytes=size, file_bytes=self._file_bytes())
+            entries, size, used_oldest, used_newest, expires_next, expires_last = row
+            # what the file holds is the same from every process (unlike the counters)
+            out.update(
+                entries=entries,
+                size_bytes=size,
+                file_bytes=self._file_bytes(),
+                last_used_oldest=used_oldest,
+                last_used_newest=used_newest,
+                expires_next=expires_next,
+                expires_last=expires_last,
+            )
         except sqlite3.Error as exc:
             out["state"] = f"unreadable: {exc}"
         return out

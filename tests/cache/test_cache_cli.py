@@ -56,3 +56,29 @@ def test_clear_unknown_tier_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
         "error: no cache tier named 'redis' is on — tiers on: memory, disk "
         "(configure others in [plugins.cache_disk] / [plugins.cache_redis])"
     )
+
+
+def test_stats_shows_what_a_previous_herd_left_on_disk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "c.sqlite3"
+    fill(db, ["a", "b"])  # another Herd, now closed, wrote these
+    cfg = write_config(tmp_path, db)
+    monkeypatch.setenv("COLUMNS", "80")
+
+    main(["--config", str(cfg), "cache", "stats", "--json"])
+    disk = json.loads(capsys.readouterr().out)["disk"]
+    assert disk["entries"] == 2 and disk["size_bytes"] > 0
+    assert disk["last_used_oldest"] <= disk["last_used_newest"]
+    assert disk["expires_next"] > disk["last_used_newest"]  # the 7-day default ttl
+
+    main(["--config", str(cfg), "cache", "stats"])
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ ")}
+    cells = [c.strip() for c in rows["disk"].strip("│ ").split("│")]
+    assert cells[0] == "disk" and cells[1] == "2", out
+    assert cells[3].endswith(" ago") and cells[4].startswith("next in "), out
+    assert [c.strip() for c in rows["memory"].strip("│ ").split("│")][1] == "0", out
+    # per-process counters are not shown as if they were the tier's: no hits/misses columns
+    assert "hits" not in out and "misses" not in out and "per process" in out
+    assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
