@@ -9,6 +9,7 @@ with the model, tenant and agent attributes, so the OTel plugin exports it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from modelherd import hookimpl
@@ -33,6 +34,11 @@ def cost_hooks(herd: Herd) -> CostHooks | None:
         return None
     plugin = herd.pm.get_plugin(HOOKS_NAME)
     return plugin if plugin is not None and hasattr(plugin, "book") else None
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("cost", CostSettings, "docs/cost.md")
 
 
 @hookimpl

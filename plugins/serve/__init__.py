@@ -7,7 +7,8 @@ the gateway modules load when `herd serve` runs. docs/serve.md, docs/deploy.md.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 
@@ -21,3 +22,16 @@ def register_commands(cli: click.Group) -> None:
 
     cli.add_command(make_serve_command())
     cli.add_command(make_keys_group())
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("serve", _check_settings, "docs/serve.md")
+
+
+def _check_settings(table: dict[str, Any], source: str) -> object:
+    # settings.py is imported only when there is a table to check
+    from modelherd.config import validate_table
+    from modelherd.plugins.serve.settings import DOCS, ServeSettings
+
+    return validate_table(ServeSettings, table, f"{source}: [plugins.serve]", DOCS)

@@ -10,7 +10,8 @@ writes (writer.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 
@@ -28,6 +29,19 @@ def log_writer(herd: Herd) -> LogWriter | None:
         return None
     hooks = herd.pm.get_plugin(HOOKS_NAME)
     return getattr(hooks, "writer", None)
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("logs", _check_settings, "docs/logs.md")
+
+
+def _check_settings(table: dict[str, Any], source: str) -> object:
+    # settings.py is imported only when there is a table to check
+    from modelherd.config import validate_table
+    from modelherd.plugins.observability.logs.settings import DOCS, LogSettings
+
+    return validate_table(LogSettings, table, f"{source}: [plugins.logs]", DOCS)
 
 
 # trylast: after the audit plugin's startup, whose writer this one adopts (audit_feed.py)

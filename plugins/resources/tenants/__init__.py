@@ -8,8 +8,8 @@ them. docs/resources.md.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.stash import StashKey
@@ -23,6 +23,18 @@ if TYPE_CHECKING:
 #: this Herd's running tenants (set by runtime.start, read at shutdown); the key lives
 #: here so that shutdown can test for it without importing the runtime module
 RUNTIME: StashKey[Tenants] = StashKey()
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("tenants", _check_settings, "docs/resources.md")
+
+
+def _check_settings(table: dict[str, Any], source: str) -> object:
+    # settings.py is imported only when there is a table to check
+    from modelherd.plugins.resources.tenants.settings import check_tenants_table
+
+    return check_tenants_table(table, source)
 
 
 @hookimpl

@@ -31,7 +31,7 @@ import calendar
 import itertools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -299,9 +299,13 @@ def load_settings(herd: Herd) -> BudgetSettings:
         shared = herd.plugin_settings("tenants").get("redis_url")
         if shared:
             table["redis_url"] = shared
+    return check_budgets_table(table, herd.config.source)
+
+
+def check_budgets_table(table: dict[str, Any], source: str) -> BudgetSettings:
+    """`[plugins.budgets]` and each budget table below it (also register_settings)."""
     from modelherd.config import validate_table
 
-    source = herd.config.source
     for scope in ("tenants", "agents"):
         names = table.get(scope)
         if not isinstance(names, dict):
@@ -329,6 +333,11 @@ class _Misconfigured:
     @hookimpl(tryfirst=True)
     def acquire_admission(self, request: ChatRequest, herd: Herd) -> Any:
         raise ConfigError(self.error.message)
+
+
+@hookimpl
+def register_settings(register: Callable[..., None]) -> None:
+    register("budgets", check_budgets_table, DOCS)
 
 
 @hookimpl

@@ -193,7 +193,7 @@ def load_tenants_config(config: HerdConfig) -> TenantsConfig:
     """Read and check every tenants table; one ConfigError line for the first problem."""
     source = config.source
     where = f"{source}: [plugins.tenants]"
-    settings = validate_table(TenantsSettings, config.plugin_settings("tenants"), where, DOCS)
+    settings = check_tenants_table(config.plugin_settings("tenants"), source)
     tiers = build_tiers(config.tiers, source)
     tenants = build_tenants(config.tenants, tiers, source)
     unknown = settings.unknown_tenant
@@ -210,6 +210,14 @@ def load_tenants_config(config: HerdConfig) -> TenantsConfig:
             f"{_did_you_mean(default, list(tenants))}add [tenants.{default}] or use one "
             f"of: {configured}"
         )
+    _check_prefixes(config, settings, where)
+    return TenantsConfig(settings, tiers, tenants)
+
+
+def check_tenants_table(table: dict[str, Any], source: str) -> TenantsSettings:
+    """`[plugins.tenants]` on its own (register_settings checks it on every command)."""
+    where = f"{source}: [plugins.tenants]"
+    settings = validate_table(TenantsSettings, table, where, DOCS)
     if settings.redis_url is not None and not settings.redis_url.startswith(
         ("redis://", "rediss://", "unix://")
     ):
@@ -219,8 +227,7 @@ def load_tenants_config(config: HerdConfig) -> TenantsConfig:
         )
     if not settings.key_prefix:
         raise ConfigError(f'{where} key_prefix: must not be empty — e.g. "{QUOTA_PREFIX}"')
-    _check_prefixes(config, settings, where)
-    return TenantsConfig(settings, tiers, tenants)
+    return settings
 
 
 def _check_prefixes(config: HerdConfig, settings: TenantsSettings, where: str) -> None:
