@@ -87,7 +87,7 @@ async def embed(
     if not getattr(provider, "can_embed", False):
         raise BadRequestError(
             f"'{spec.alias}' ({spec.provider}) does not make embeddings — use an alias on "
-            f"openai, openai_compatible or ollama with an embedding model "
+            f"openai, openai_compatible, ollama or llamacpp with an embedding model "
             f"(docs/tools.md)"
         )
     started = time.perf_counter()

@@ -151,7 +151,7 @@ def test_a_provider_without_embeddings_says_which_do(anthropic_server, herds):
         embed(herd, ["x"])
     assert str(info.value) == (
         "'e' (anthropic) does not make embeddings — use an alias on openai, "
-        "openai_compatible or ollama with an embedding model (docs/tools.md)"
+        "openai_compatible, ollama or llamacpp with an embedding model (docs/tools.md)"
     )
 
 

@@ -46,10 +46,14 @@ class EngineLoad:
     parallel: int
     chat_format: str | None = None
     prefix_cache: bool = False
+    #: an embeddings server (pooled vectors) instead of a chat one
+    embedding: bool = False
+    #: llama_pooling_type id for an embedding load (the file's own, else mean)
+    pooling_type: int | None = None
 
-    def key(self, engine: str) -> tuple[str, str, int, tuple[tuple[str, str], ...]]:
+    def key(self, engine: str) -> tuple[Any, ...]:
         items = tuple(sorted((k, str(v)) for k, v in self.params.items()))
-        return (engine, str(self.path), self.parallel, items)
+        return (engine, str(self.path), self.parallel, items, self.embedding, self.pooling_type)
 
 
 class Engine(Protocol):
@@ -69,6 +73,11 @@ class Engine(Protocol):
 
     def busy(self) -> int:
         """Calls running or queued inside the engine now."""
+        ...
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Pooled vectors for `texts` (in order) and the prompt tokens they took, on an
+        embedding load; EngineRequestError if the engine refused them."""
         ...
 
     def close(self) -> None:

@@ -118,6 +118,10 @@ class LlamaCppPythonEngine:
             slots_busy=waiting,
         )
 
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        # the provider sends embeddings to xllamacpp only (LlamaCppModel.can_embed)
+        raise EngineRequestError("embeddings need the xllamacpp engine")
+
     def close(self) -> None:
         with self.lock:
             self.llama.close()

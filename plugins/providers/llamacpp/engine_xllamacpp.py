@@ -43,6 +43,10 @@ def gpu_devices() -> list[str]:
     return [str(d.get("name")) for d in xlc.get_device_info() if d.get("type") != cpu]
 
 
+#: llama_pooling_type's MEAN: a chat GGUF declares no pooling of its own
+_MEAN_POOLING = 1
+
+
 def _flash_attn(xlc: Any, value: bool | None) -> Any:
     kinds = xlc.llama_flash_attn_type
     if value is None:
@@ -71,6 +75,13 @@ def build_params(xlc: Any, load: EngineLoad) -> Any:
     params.n_ctx = int(opts["n_ctx"]) * load.parallel
     params.n_batch = int(opts["n_batch"])
     params.n_ubatch = min(512, int(opts["n_batch"]))
+    if load.embedding:
+        # a text is pooled in one physical batch: the longest text takes n_batch tokens
+        params.n_ubatch = int(opts["n_batch"])
+        params.embedding = True
+        params.pooling_type = xlc.llama_pooling_type(
+            load.pooling_type if load.pooling_type is not None else _MEAN_POOLING
+        )
     params.n_gpu_layers = int(opts["n_gpu_layers"])
     if opts.get("n_threads"):
         params.cpuparams.n_threads = int(opts["n_threads"])
@@ -185,6 +196,25 @@ class XllamacppEngine:
             kv_slot_usage=min(1.0, (prompt + completion) / max(1, self.slot_ctx)),
             slots_busy=busy_at_start,
         )
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            reply = self.server.handle_embeddings({"input": texts, "encoding_format": "float"})
+        except ValueError as exc:
+            raise EngineRequestError(str(exc)) from None
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+        if not isinstance(reply, dict) or "error" in reply:
+            detail = reply.get("error", reply) if isinstance(reply, dict) else reply
+            raise EngineRequestError(
+                str(detail.get("message", detail)) if isinstance(detail, dict) else str(detail)
+            )
+        data = sorted(reply.get("data") or (), key=lambda item: int(item.get("index", 0)))
+        vectors = [list(item["embedding"]) for item in data]
+        return vectors, int((reply.get("usage") or {}).get("prompt_tokens", 0))
 
     def metrics_text(self) -> str:
         """The server's Prometheus-format counters (tokens, decode calls, busy slots)."""

@@ -17,7 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelherd.errors import BadRequestError, CallTimeoutError, ProviderUnavailableError
 from modelherd.provider import Model
@@ -25,11 +25,13 @@ from modelherd.types import (
     Availability,
     ChatRequest,
     ChatResponse,
+    EmbedResponse,
     FinishReason,
     Health,
     Metric,
     ModelSpec,
     Usage,
+    trusted,
 )
 
 from .engine import REGISTRY, CallCancelled, Completion, Engine, EngineLoad, EngineRequestError
@@ -45,7 +47,15 @@ from .settings import (
     resolve_path,
 )
 
+if TYPE_CHECKING:
+    from modelherd.embed import EmbedRequest
+
 T = TypeVar("T")
+#: slots of an embedding load: one. With two, xllamacpp pooled the first text of a batch
+#: differently from the same text alone (max |diff| 0.21 on SmolLM2, measured); with one,
+#: a batch equals its texts one by one (tests/providers/test_embedded_embed.py). Its
+#: context is n_batch tokens, so the load stays small beside the chat one.
+EMBED_SLOTS = 1
 
 #: sampling options passed to the engine as they are (OpenAI / llama.cpp names)
 SAMPLING_KEYS = ("temperature", "max_tokens", "seed", "stop", "top_p", "top_k", "min_p")
@@ -111,11 +121,16 @@ class LlamaCppModel(Model):
     can_stream = True
     supports_schema = True
     is_local = True
+    #: on xllamacpp (embed() says so on llama-cpp-python)
+    can_embed = True
+    embed_batch_size = 32
     Settings = LlamaCppSettings
 
     def __init__(self, spec: ModelSpec, herd: Any) -> None:
         super().__init__(spec, herd)
         self._engine: Engine | None = None
+        #: a second, embedding-mode load of the same file, made on the first embed call
+        self._embed_engine: Engine | None = None
         self._load_lock = threading.Lock()
 
     @property
@@ -198,7 +213,7 @@ class LlamaCppModel(Model):
                 self._engine = self._load(opts)
         return self._engine
 
-    def _load(self, opts: LlamaCppOptions) -> Engine:
+    def _load(self, opts: LlamaCppOptions, embedding: bool = False) -> Engine:
         from .preflight import check_fits, free_memory, read_plan
 
         alias = self.spec.alias
@@ -221,8 +236,15 @@ class LlamaCppModel(Model):
                 params[key] = value
         path = self.path
         assert path is not None
+        pooling: int | None = None
+        if embedding:
+            from .gguf_meta import read_meta
+
+            # a text is pooled within one batch: a slot needs no more context than that
+            params["n_ctx"] = min(int(params["n_ctx"]), int(params["n_batch"]))
+            pooling = read_meta(path).pooling_type
         plan = read_plan(path, alias, int(params["n_ctx"]), params["type_k"])
-        parallel = self._parallel(plan.kv_per_slot, free_memory)
+        parallel = EMBED_SLOTS if embedding else self._parallel(plan.kv_per_slot, free_memory)
         on_gpu = params["n_gpu_layers"] != 0 and _engine_has_gpu(settings.engine)
         check_fits(plan, path, alias, int(params["n_ctx"]), parallel, on_gpu)
         load = EngineLoad(
@@ -231,6 +253,8 @@ class LlamaCppModel(Model):
             parallel=parallel,
             chat_format=settings.chat_format,
             prefix_cache=settings.prefix_cache,
+            embedding=embedding,
+            pooling_type=pooling,
         )
         try:
             return REGISTRY.acquire(
@@ -363,6 +387,68 @@ class LlamaCppModel(Model):
             cancel.set()  # an abandoned stream stops generating at the next token
             future.cancel()
 
+    def tools_unsupported(self, request: ChatRequest) -> str | None:
+        path = self.path
+        if path is None or not path.is_file():
+            return None  # the call itself says the file is missing, with the fix
+        from .gguf_meta import read_meta
+
+        try:
+            meta = read_meta(path)
+        except (OSError, ValueError):
+            return None  # the load says what is wrong with the file
+        if not meta.has_tool_template:
+            return (
+                f"this model has no tool template (the chat template in {path.name} "
+                f"never mentions tools)"
+            )
+        return (
+            "the embedded engine does not send tools to a GGUF's tool template yet, "
+            f"though {path.name}'s template has one"
+        )
+
+    def _ensure_embed_loaded(self) -> Engine:
+        if self._embed_engine is not None:
+            return self._embed_engine
+        with self._load_lock:
+            if self._embed_engine is None:
+                self._embed_engine = self._load(LlamaCppOptions(), embedding=True)
+        return self._embed_engine
+
+    def _embed(self, request: EmbedRequest) -> tuple[list[list[float]], int]:
+        engine = self._ensure_embed_loaded()
+        try:
+            return engine.embed(request.texts)
+        except EngineRequestError as exc:
+            raise BadRequestError(
+                f"'{request.alias}' (llamacpp) refused the texts: {exc} — shorten them or "
+                f"raise n_batch in [models.{request.alias}] (a text must fit in one batch)"
+            ) from None
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        for name in request.options:
+            # the alias's own options are its chat defaults (temperature, max_tokens)
+            if name not in self.spec.options:
+                raise self.option_error(name, ["none"], "for embeddings")
+        if self.llama_settings.engine != "xllamacpp":
+            # xllamacpp's server pools vectors; the llama-cpp-python path here does not
+            raise BadRequestError(
+                f"'{request.alias}' (llamacpp) makes embeddings on the xllamacpp engine "
+                f'only — remove engine = "{self.llama_settings.engine}" from '
+                f"[models.{request.alias}]"
+            )
+        vectors, tokens = await _in_thread(self._embed, request)
+        return trusted(  # floats parsed by the engine, counted by core/embed.py
+            EmbedResponse,
+            {
+                "vectors": vectors,
+                "model": self.spec.model or DEFAULT_MODEL,
+                "provider": self.provider,
+                "alias": request.alias,
+                "usage": Usage(input_tokens=tokens),
+            },
+        )
+
     async def health(self) -> Health:
         avail = self.availability(self.spec, os.environ)
         if avail.ok and self.llama_settings.engine == "llama-cpp-python":
@@ -378,5 +464,7 @@ class LlamaCppModel(Model):
 
     async def aclose(self) -> None:
         engine, self._engine = self._engine, None
-        if engine is not None:
-            await _in_thread(REGISTRY.release, engine)
+        embedder, self._embed_engine = self._embed_engine, None
+        for loaded in (engine, embedder):
+            if loaded is not None:
+                await _in_thread(REGISTRY.release, loaded)
