@@ -351,7 +351,8 @@ def test_the_embedded_model_refuses_tools_before_loading_anything() -> None:
     with pytest.raises(ToolsUnsupportedError) as info:
         herd.chat_sync("local", "price?", tools=[get_price])
     assert str(info.value) == (
-        "'local' (llamacpp) cannot take tools: the llamacpp provider does not take tools — "
-        "use a model that does (docs/tools.md), or add one to [models.local] fallbacks"
+        "'local' (llamacpp) cannot take tools: this model has no tool template (the chat "
+        "template in SmolLM2-135M-Instruct.Q4_1.gguf never mentions tools) — use a model "
+        "that does (docs/tools.md), or add one to [models.local] fallbacks"
     )
     herd.close()
