@@ -285,16 +285,12 @@ class OpenAIModel(StainlessModel):
                             reasoning_parts.append(extra)
                             quiet = False
                             yield ReasoningDelta(extra)
-                        if delta.content:
-                            text = splitter.feed(delta.content)
-                            thought = splitter.take_reasoning()
-                            if thought:  # <think> text inside the content
+                        if delta.content:  # <think> text inside it comes out as reasoning
+                            for item in splitter.stream_items(delta.content):
                                 quiet = False
-                                yield ReasoningDelta(thought)
-                            if text:
-                                parts.append(text)
-                                quiet = False
-                                yield text
+                                if isinstance(item, str):
+                                    parts.append(item)
+                                yield item
                         if delta.tool_calls:
                             for event in feed_stream_calls(calls, delta.tool_calls):
                                 quiet = False

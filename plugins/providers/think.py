@@ -9,6 +9,8 @@ two chunks never leaks into the visible text.
 
 from __future__ import annotations
 
+from modelherd.types import ReasoningDelta
+
 OPEN = "<think>"
 CLOSE = "</think>"
 
@@ -86,6 +88,16 @@ class ThinkSplitter:
                 text = text.lstrip()
                 self._strip = not text
         return "".join(out)
+
+    def stream_items(self, chunk: str) -> list[str | ReasoningDelta]:
+        """One streamed chunk as the stream yields it: the `<think>` text it closed or
+        continued as a ReasoningDelta first, then its visible text (empty parts left out)."""
+        text = self.feed(chunk)
+        thought = self.take_reasoning()
+        items: list[str | ReasoningDelta] = [ReasoningDelta(thought)] if thought else []
+        if text:
+            items.append(text)
+        return items
 
     def flush(self) -> str:
         """End of the answer: a held-back partial tag was plain text after all."""

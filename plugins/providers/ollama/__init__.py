@@ -297,16 +297,12 @@ class OllamaModel(Model):
                     thinking.append(message.thinking)
                     quiet = False
                     yield ReasoningDelta(message.thinking)
-                if message.content:
-                    text = splitter.feed(message.content)
-                    thought = splitter.take_reasoning()
-                    if thought:  # <think> text inside the content
+                if message.content:  # <think> text inside it comes out as reasoning
+                    for item in splitter.stream_items(message.content):
                         quiet = False
-                        yield ReasoningDelta(thought)
-                    if text:
-                        parts.append(text)
-                        quiet = False
-                        yield text
+                        if isinstance(item, str):
+                            parts.append(item)
+                        yield item
                 if message.tool_calls:
                     for event in feed_stream_calls(calls, message):
                         quiet = False
