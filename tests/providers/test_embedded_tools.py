@@ -1,19 +1,28 @@
-"""Tools on the embedded engine: a GGUF whose chat template never mentions tools is
-refused before anything loads ("this model has no tool template"), and a fallback to
-such an alias is skipped with that reason. No inference: the template is read from
-the file's metadata."""
+"""Tools on the embedded engine, without inference: a GGUF whose chat template never
+mentions tools is refused before anything loads ("this model has no tool template"),
+a fallback to such an alias is skipped with that reason, and a template that takes
+tools is accepted; the mapping of messages, tools and streamed call pieces to and from
+llama.cpp's server shape. Real tool calls: test_embedded_tools_run.py."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 from modelherd.plugins.providers import llamacpp
 from modelherd.plugins.providers.llamacpp import smollm2_path
+from modelherd.plugins.providers.llamacpp.engine import ToolDelta
 from modelherd.plugins.providers.llamacpp.gguf_meta import read_meta
+from modelherd.plugins.providers.llamacpp.tool_messages import (
+    engine_messages,
+    engine_tools,
+    tool_deltas,
+)
 from modelherd.testing import MockModel, make_herd
 from modelherd.tools import ToolsUnsupportedError
+from modelherd.types import Message, TextPart, ToolCall
 
 SMOLLM2 = smollm2_path()
 needs_smollm2 = pytest.mark.skipif(
@@ -104,7 +113,7 @@ def test_a_file_without_any_template_is_refused(tmp_path: Path) -> None:
         herd.close()
 
 
-def test_a_tool_template_is_recognised_but_not_yet_sent(tmp_path: Path) -> None:
+def test_a_tool_template_is_accepted(tmp_path: Path) -> None:
     template = (
         "{% if tools %}{% for tool in tools %}{{ tool | tojson }}{% endfor %}{% endif %}"
         "{% for m in messages %}{{ m.content }}{% endfor %}"
@@ -113,12 +122,95 @@ def test_a_tool_template_is_recognised_but_not_yet_sent(tmp_path: Path) -> None:
     assert read_meta(path).has_tool_template
     herd = herd_with({"path": str(path)})
     try:
-        assert herd.get_model("local").tools_unsupported(None) == (
-            "the embedded engine does not send tools to a GGUF's tool template yet, "
-            "though tooled.gguf's template has one"
+        assert herd.get_model("local").tools_unsupported(None) is None
+    finally:
+        herd.close()
+
+
+@needs_smollm2
+def test_doctor_says_smollm2_takes_no_tools() -> None:
+    assert SMOLLM2 is not None
+    herd = herd_with({"model": "smollm2-135m-instruct"})
+    try:
+        detail = asyncio.run(herd.get_model("local").health()).detail
+        assert detail == (
+            f"GGUF at {SMOLLM2} (xllamacpp), no tools: this model has no tool template "
+            f"(the chat template in {SMOLLM2.name} never mentions tools)"
         )
     finally:
         herd.close()
+
+
+def test_messages_and_tools_in_the_engine_s_shape() -> None:
+    call = ToolCall(id="c1", name="get_price", arguments={"symbol": "MSFT"})
+    messages = [
+        Message(role="user", content=[TextPart(text="price of "), TextPart(text="MSFT?")]),
+        Message(role="assistant", content="", tool_calls=[call]),
+        Message.tool_result(call, 410.5),
+    ]
+    assert engine_messages(messages) == [
+        {"role": "user", "content": "price of MSFT?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_price", "arguments": '{"symbol": "MSFT"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "410.5"},
+    ]
+    # a conversation without tools stays the plain shape (no copies made)
+    assert engine_messages([Message(role="user", content="hi")]) == [
+        {"role": "user", "content": "hi"}
+    ]
+
+
+def test_a_named_choice_is_sent_as_that_one_tool_required() -> None:
+    """llama.cpp's server takes tool_choice as a word: a named dict would be read as
+    "auto" without a word said, so the one tool goes alone, with "required"."""
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    named = engine_tools({"tools": [get_price, get_weather], "tool_choice": "get_weather"})
+    assert named["tool_choice"] == "required"
+    assert [t["function"]["name"] for t in named["tools"]] == ["get_weather"]
+    both = engine_tools(
+        {"tools": [get_price, get_weather], "tool_choice": "auto", "parallel_tool_calls": False}
+    )
+    assert [t["function"]["name"] for t in both["tools"]] == ["get_price", "get_weather"]
+    assert both["tool_choice"] == "auto" and both["parallel_tool_calls"] is False
+    assert both["tools"][0] == {
+        "type": "function",
+        "function": {
+            "name": "get_price",
+            "description": "The price of `symbol` in USD.",
+            "parameters": {
+                "type": "object",
+                "properties": {"symbol": {"title": "Symbol", "type": "string"}},
+                "required": ["symbol"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    assert engine_tools({"tools": None, "tool_choice": "none"}) == {}
+
+
+def test_streamed_call_pieces_become_tool_deltas() -> None:
+    wire = [
+        {"index": 0, "id": "abc", "type": "function", "function": {"name": "f", "arguments": "{"}},
+        {"function": {"arguments": "}"}},
+    ]
+    assert tool_deltas(wire) == [
+        ToolDelta(0, "abc", "f", "{"),
+        ToolDelta(1, None, None, "}"),
+    ]
+    assert tool_deltas(None) == []
 
 
 def test_the_template_is_read_once_per_file_version(tmp_path: Path) -> None:

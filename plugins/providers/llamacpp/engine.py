@@ -2,7 +2,8 @@
 
 An engine is blocking C++ called from worker threads. `generate` runs one chat
 completion to the end (or until `cancel` is set, checked at every token) and calls
-`on_text` with each piece of text as it is produced. The two engines are
+`on_text` with each piece of text as it is produced, and with each `ToolDelta` of a
+tool call the engine's chat parser recognised (xllamacpp: the GGUF's jinja template). The two engines are
 engine_xllamacpp.py (the default: llama.cpp's own server in-process, continuous
 batching over `slots`) and engine_llama_cpp_python.py (opt-in: one call at a time).
 """
@@ -15,8 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-#: a piece of generated text, delivered from the engine's thread
-TextSink = Callable[[str], None]
+
+@dataclass(frozen=True, slots=True)
+class ToolDelta:
+    """A piece of one tool call as the engine streamed it (OpenAI's `delta.tool_calls[i]`
+    shape): the first piece of an index carries the id and name, the rest pieces of the
+    arguments' JSON."""
+
+    index: int
+    call_id: str | None
+    name: str | None
+    arguments: str | None
+
+
+#: a piece of generated text or of a tool call, delivered from the engine's thread
+TextSink = Callable[[str | ToolDelta], None]
 
 
 @dataclass(slots=True)
@@ -35,6 +49,8 @@ class Completion:
     kv_slot_usage: float = 0.0
     #: calls running or queued in the engine when this one started (itself included)
     slots_busy: int = 1
+    #: the tool calls' pieces in the order they came (empty for a text answer)
+    tool_deltas: list[ToolDelta] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -20,7 +20,8 @@ import threading
 import time
 from typing import Any
 
-from .engine import CallCancelled, Completion, EngineLoad, EngineRequestError, TextSink
+from .engine import CallCancelled, Completion, EngineLoad, EngineRequestError, TextSink, ToolDelta
+from .tool_messages import tool_deltas
 
 
 def import_xllamacpp() -> Any:
@@ -137,6 +138,7 @@ class XllamacppEngine:
         if cancel.is_set():
             raise CallCancelled
         parts: list[str] = []
+        calls: list[ToolDelta] = []
         final: dict[str, Any] = {}
         finish: list[str | None] = [None]
         error: list[Any] = []
@@ -150,11 +152,16 @@ class XllamacppEngine:
                 return True
             for choice in chunk.get("choices") or ():
                 finish[0] = choice.get("finish_reason") or finish[0]
-                text = (choice.get("delta") or {}).get("content")
+                delta = choice.get("delta") or {}
+                text = delta.get("content")
                 if text:
                     parts.append(text)
                     if on_text is not None:
                         on_text(text)
+                for piece in tool_deltas(delta.get("tool_calls")):
+                    calls.append(piece)
+                    if on_text is not None:
+                        on_text(piece)
             if "usage" in chunk:
                 final.update(chunk)
             return cancel.is_set()
@@ -195,6 +202,7 @@ class XllamacppEngine:
             decode_tokens_per_s=float(timings.get("predicted_per_second", 0.0)),
             kv_slot_usage=min(1.0, (prompt + completion) / max(1, self.slot_ctx)),
             slots_busy=busy_at_start,
+            tool_deltas=calls,
         )
 
     def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:

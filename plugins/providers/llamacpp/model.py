@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelherd.errors import BadRequestError, CallTimeoutError, ProviderUnavailableError
 from modelherd.provider import Model
+from modelherd.tool_stream import ToolCallAssembler
 from modelherd.types import (
     Availability,
     ChatRequest,
@@ -30,11 +31,21 @@ from modelherd.types import (
     Health,
     Metric,
     ModelSpec,
+    StreamEvent,
     Usage,
     trusted,
 )
 
-from .engine import REGISTRY, CallCancelled, Completion, Engine, EngineLoad, EngineRequestError
+from .engine import (
+    REGISTRY,
+    CallCancelled,
+    Completion,
+    Engine,
+    EngineLoad,
+    EngineRequestError,
+    TextSink,
+    ToolDelta,
+)
 from .settings import (
     DEFAULT_MODEL,
     ENGINE_INSTALL,
@@ -46,6 +57,7 @@ from .settings import (
     default_parallel,
     resolve_path,
 )
+from .tool_messages import engine_messages, engine_tools
 
 if TYPE_CHECKING:
     from modelherd.embed import EmbedRequest
@@ -273,9 +285,9 @@ class LlamaCppModel(Model):
                 f"'{request.alias}' (llamacpp) takes text only: this provider loads no "
                 f"vision projector — send the image to a vision model (an Ollama or cloud alias)"
             )
-        body: dict[str, Any] = {
-            "messages": [{"role": m.role, "content": m.text} for m in request.messages],
-        }
+        body: dict[str, Any] = {"messages": engine_messages(request.messages)}
+        if opts.tools is not None or opts.tool_choice is not None:
+            body.update(engine_tools(request.options))
         for key in SAMPLING_KEYS:
             value = getattr(opts, key)
             if value is not None:
@@ -294,7 +306,7 @@ class LlamaCppModel(Model):
         self,
         request: ChatRequest,
         opts: LlamaCppOptions,
-        on_text: Callable[[str], None] | None,
+        on_text: TextSink | None,
         cancel: threading.Event,
     ) -> tuple[Engine, Completion]:
         """Blocking: load if needed, then run one generation (in a worker thread)."""
@@ -312,7 +324,22 @@ class LlamaCppModel(Model):
                 f"or raise n_ctx in [models.{request.alias}]; check response_format's schema"
             ) from None
 
-    def _response(self, request: ChatRequest, engine: Engine, done: Completion) -> ChatResponse:
+    def _response(
+        self,
+        request: ChatRequest,
+        engine: Engine,
+        done: Completion,
+        calls: ToolCallAssembler | None = None,
+    ) -> ChatResponse:
+        """The finished answer; `calls` holds the tool calls a stream already fed (else
+        they are put together from the completion's pieces here)."""
+        if calls is None:
+            calls = ToolCallAssembler()
+            for piece in done.tool_deltas:
+                calls.feed(piece.index, piece.call_id, piece.name, piece.arguments)
+        if calls and done.finish_reason == "length":
+            # max_tokens ran out inside a call: its JSON may be cut, never run it
+            raise calls.incomplete("llama.cpp", request.alias)
         if self.herd.wants_metrics:
             attrs = {"herd.alias": request.alias, "herd.engine": engine.name}
             for metric in (
@@ -336,6 +363,7 @@ class LlamaCppModel(Model):
             usage=Usage(input_tokens=done.prompt_tokens, output_tokens=done.completion_tokens),
             finish_reason=_FINISH.get(done.finish_reason or "stop", "stop"),
             provider_metrics={"herd.local.generation_time": done.generation_s},
+            tool_calls=calls.calls(),
         )
 
     async def prepare(self) -> None:
@@ -353,7 +381,7 @@ class LlamaCppModel(Model):
             cancel.set()  # a caller that went away stops the worker at its next token
         return self._response(request, engine, done)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | ChatResponse]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | StreamEvent | ChatResponse]:
         opts = self.parse_options(LlamaCppOptions, request)
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
@@ -372,22 +400,34 @@ class LlamaCppModel(Model):
                 deliver(exc)
 
         future = loop.run_in_executor(_executor(), work)
+        calls = ToolCallAssembler()
         try:
             while True:
                 item = await queue.get()
                 if isinstance(item, str):
                     yield item
+                elif isinstance(item, ToolDelta):
+                    for event in calls.feed(item.index, item.call_id, item.name, item.arguments):
+                        yield event
                 elif isinstance(item, BaseException):
+                    if calls:  # stopped while a call was arriving: never half a call
+                        raise calls.incomplete("llama.cpp", request.alias) from None
                     raise item
                 else:
                     engine, done = item
-                    yield self._response(request, engine, done)
+                    response = self._response(request, engine, done, calls)
+                    for end in calls.end_all():
+                        yield end
+                    yield response
                     return
         finally:
             cancel.set()  # an abandoned stream stops generating at the next token
             future.cancel()
 
-    def tools_unsupported(self, request: ChatRequest) -> str | None:
+    def tools_unsupported(self, request: ChatRequest | None) -> str | None:
+        """Tools go to the GGUF's own chat template (llama.cpp renders them and parses
+        the calls in its format), so a file whose template never mentions tools cannot
+        take them; asked before loading, from the file's metadata."""
         path = self.path
         if path is None or not path.is_file():
             return None  # the call itself says the file is missing, with the fix
@@ -402,10 +442,13 @@ class LlamaCppModel(Model):
                 f"this model has no tool template (the chat template in {path.name} "
                 f"never mentions tools)"
             )
-        return (
-            "the embedded engine does not send tools to a GGUF's tool template yet, "
-            f"though {path.name}'s template has one"
-        )
+        engine = self.llama_settings.engine
+        if engine != "xllamacpp":
+            return (
+                f"the {engine} engine does not send tools (xllamacpp does: drop "
+                f'engine = "{engine}" from [models.{self.spec.alias}])'
+            )
+        return None
 
     def _ensure_embed_loaded(self) -> Engine:
         if self._embed_engine is not None:
@@ -458,9 +501,16 @@ class LlamaCppModel(Model):
             if not verdict.ok:
                 return Health(ok=False, detail=verdict.message, fix=verdict.fix)
         detail = avail.reason or f"GGUF at {self.path} ({self.llama_settings.engine})"
+        if avail.ok:
+            detail += ", " + self._tools_note()
         if avail.ok and self._engine is not None:
             detail += f", {self._engine.busy()}/{self._engine.slots} slots busy"
         return Health(ok=avail.ok, detail=detail, fix=avail.fix)
+
+    def _tools_note(self) -> str:
+        """What `herd doctor` says about tools: whether this GGUF's template takes them."""
+        reason = self.tools_unsupported(None)
+        return f"no tools: {reason}" if reason else "tools: its chat template takes them"
 
     async def aclose(self) -> None:
         engine, self._engine = self._engine, None

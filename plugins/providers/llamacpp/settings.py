@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from modelherd.provider import ProviderSettings, SamplingOptions
 from modelherd.types import ModelSpec
@@ -103,6 +103,10 @@ class LlamaCppOptions(SamplingOptions):
     type_v: int | None = None
     tensor_split: list[float] | None = None
     flash_attn: bool | None = None
+    # tools, for a GGUF whose chat template takes them (tool_messages.py maps them)
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
 
 
 def smollm2_path() -> Path | None:
