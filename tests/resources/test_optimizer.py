@@ -364,3 +364,39 @@ def test_plan_on_a_gpu_seen_through_fake_nvml(monkeypatch: pytest.MonkeyPatch) -
     assert plan.llamacpp_options()["n_gpu_layers"] == -1
     # the embedding stays on the CPU (llama.cpp keeps it there) with the overhead
     assert plan.cpu_bytes == plan.facts.embedding_bytes + plan.estimate.overhead
+
+
+def test_plan_counts_kv_once_per_slot(
+    gguf_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xllamacpp allocates n_ctx x parallel of KV: the plan counts every slot's cache (it
+    counted one), llama-cpp-python's single slot counts once, and the default parallel
+    is what the provider will load with."""
+    from modelherd.plugins.providers.llamacpp import settings as llama_settings
+    from modelherd.plugins.resources.gguf_estimate import kv_bytes_per_token, read_facts
+
+    _no_gpu(monkeypatch)
+    path = gguf_file()
+    per_slot = int(kv_bytes_per_token(read_facts(path), "f16") * 1024)
+    herd = herd_with(
+        {
+            "four": {"provider": "llamacpp", "path": str(path), "n_ctx": 1024, "parallel": 4},
+            "one": {
+                "provider": "llamacpp",
+                "path": str(path),
+                "n_ctx": 1024,
+                "engine": "llama-cpp-python",
+                "parallel": 4,
+            },
+            "default": {"provider": "llamacpp", "path": str(path), "n_ctx": 1024},
+        }
+    )
+    four = plan_for(herd, "four")
+    assert four.slots == 4 and four.estimate.kv_cache == 4 * per_slot
+    assert four.as_dict()["slots"] == 4
+    one = plan_for(herd, "one")
+    assert one.slots == 1 and one.estimate.kv_cache == per_slot
+    default = plan_for(herd, "default")
+    assert default.slots == llama_settings.DEFAULT_SLOTS
+    assert default.estimate.kv_cache == llama_settings.DEFAULT_SLOTS * per_slot
+    assert four.estimate.total - one.estimate.total == 3 * per_slot

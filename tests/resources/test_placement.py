@@ -199,3 +199,17 @@ def test_no_nvml_degrades_to_ram(monkeypatch: pytest.MonkeyPatch, nvidia_driver:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # package not installed
     gpus, why = read_gpus()
     assert gpus == [] and 'pip install "modelherd[gpu]"' in why
+
+
+def test_slots_multiply_the_kv_cache_and_can_cut_the_context(big: Path) -> None:
+    facts = read_facts(big)
+    one = place(facts, [], ram(32), n_ctx=4096)
+    eight = place(facts, [], ram(32), n_ctx=4096, slots=8)
+    assert eight.slots == 8 and eight.estimate.kv_cache == 8 * one.estimate.kv_cache
+    assert eight.estimate.weights == one.estimate.weights
+    assert eight.cpu_bytes - one.cpu_bytes == 7 * one.estimate.kv_cache
+    # RAM for one slot's KV at 4096 but not eight: the context is cut to fit them all
+    tight = ram((one.cpu_bytes + 3 * one.estimate.kv_cache) / GiB)
+    assert place(facts, [], tight, n_ctx=4096).n_ctx == 4096
+    cut = place(facts, [], tight, n_ctx=4096, slots=8)
+    assert cut.fits and (cut.n_ctx < 4096 or cut.kv_type != "f16")

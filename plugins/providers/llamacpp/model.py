@@ -54,7 +54,7 @@ from .settings import (
     LOAD_KEYS,
     LlamaCppOptions,
     LlamaCppSettings,
-    default_parallel,
+    planned_slots,
     resolve_path,
 )
 from .tool_messages import engine_messages, engine_tools
@@ -210,12 +210,9 @@ class LlamaCppModel(Model):
         return plan.resident(self._parallel(plan.kv_per_slot, free_memory))
 
     def _parallel(self, kv_per_slot: int, free: Callable[[], int]) -> int:
-        settings = self.llama_settings
         if self._engine is not None:
             return self._engine.slots
-        if settings.engine == "llama-cpp-python":
-            return 1  # no batching there: more slots would only queue
-        return settings.parallel or default_parallel(kv_per_slot, free())
+        return planned_slots(self.llama_settings, kv_per_slot, free())
 
     def _ensure_loaded(self, opts: LlamaCppOptions) -> Engine:
         if self._engine is not None:

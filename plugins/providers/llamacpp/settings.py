@@ -65,7 +65,8 @@ class LlamaCppSettings(ProviderSettings):
     #: continuous batching) or a llama-cpp-python you built yourself (CUDA, Metal)
     engine: EngineName = "xllamacpp"
     #: calls that run together on one loaded model (xllamacpp's slots); each slot has
-    #: its own n_ctx. Default: sized from the CPU cores and free memory
+    #: its own n_ctx. Default: 8, fewer when their KV caches would not fit a quarter of
+    #: the free memory
     parallel: int | None = Field(None, ge=1, le=64)
     #: context per call (xllamacpp allocates n_ctx x parallel in total)
     n_ctx: int = Field(2048, ge=16)
@@ -131,12 +132,26 @@ def resolve_path(spec: ModelSpec, settings: LlamaCppSettings) -> Path | None:
     return None
 
 
-def default_parallel(kv_bytes_per_slot: int, free_bytes: int, cores: int | None = None) -> int:
-    """Slots for one model: 2 per core up to 8 (decoding a batch of streams costs little
-    more than one on a CPU, so slots beyond the cores still pay), then fewer while their
-    KV caches would take more than a quarter of the free memory."""
-    cores = cores or os.cpu_count() or 1
-    slots = max(2, min(8, 2 * cores))
+#: slots a model gets by default, memory permitting: a 5-seed swarm (or 8 concurrent
+#: agents) runs in one batch instead of queueing behind a whole generation
+DEFAULT_SLOTS = 8
+
+
+def default_parallel(kv_bytes_per_slot: int, free_bytes: int) -> int:
+    """Slots for one model: DEFAULT_SLOTS, fewer while their KV caches would take more
+    than a quarter of the free memory. Not sized from the cores: an idle slot costs only
+    its KV memory, while a call beyond the slots waits for a running one to finish (with
+    4 slots on this 2-core box the 5th member of a swarm started after the first ended,
+    docs/performance.md)."""
+    slots = DEFAULT_SLOTS
     while slots > 1 and kv_bytes_per_slot * slots > free_bytes // 4:
         slots -= 1
     return slots
+
+
+def planned_slots(settings: LlamaCppSettings, kv_bytes_per_slot: int, free_bytes: int) -> int:
+    """The slots a load of these settings will have (what `herd plan` and residency count):
+    llama-cpp-python runs one call at a time; xllamacpp has `parallel` or the default."""
+    if settings.engine == "llama-cpp-python":
+        return 1  # no batching there: more slots would only queue
+    return settings.parallel or default_parallel(kv_bytes_per_slot, free_bytes)

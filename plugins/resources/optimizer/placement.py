@@ -12,7 +12,7 @@ layers as fit go to the GPU(s); the rest, and everything else, must fit in RAM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelherd.plugins.resources.device_memory import Device
@@ -55,6 +55,8 @@ class Placement:
     use_mlock: bool = False
     devices: list[str] = field(default_factory=list)
     output_on_gpu: bool = False
+    #: calls the load runs at once, each with its own n_ctx of KV (xllamacpp's slots)
+    slots: int = 1
 
     @property
     def n_gpu_layers(self) -> int:
@@ -97,6 +99,7 @@ class Placement:
             "overhead_bytes": est.overhead,
             "total_bytes": est.total,
             "n_ctx": self.n_ctx,
+            "slots": self.slots,
             "kv_type": self.kv_type,
             "gpu_layers": self.gpu_layers,
             "n_gpu_layers": self.n_gpu_layers,
@@ -128,11 +131,13 @@ def _try(
     kv_type: str,
     gpu_reserve: int,
     n_batch: int,
+    slots: int = 1,
 ) -> tuple[int, bool, int, int, list[Device]]:
     """Most layers on the GPUs for this context/KV type: (layers, output, gpu, cpu, used)."""
-    kv_layer = kv_bytes_per_token(facts, kv_type, layers=1) * n_ctx
+    # every slot holds its own n_ctx of KV on each layer
+    kv_layer = kv_bytes_per_token(facts, kv_type, layers=1) * n_ctx * slots
     compute = compute_buffer_bytes(facts, n_ctx, n_batch)
-    est = estimate(facts, n_ctx, kv_type, n_batch)
+    est = slot_estimate(facts, n_ctx, kv_type, n_batch, slots)
     usable = sorted(gpus, key=lambda d: d.free, reverse=True)
     best: tuple[int, bool, int, int, list[Device]] = (0, False, 0, est.total, [])
     # one GPU if the largest can hold it all, else all of them together
@@ -165,6 +170,15 @@ def _try(
     return best
 
 
+def slot_estimate(
+    facts: ModelFacts, n_ctx: int, kv_type: str, n_batch: int, slots: int
+) -> Estimate:
+    """`estimate` for a load with `slots` KV caches of n_ctx each (xllamacpp allocates
+    n_ctx x parallel): the weights, buffers and overhead once, the KV once per slot."""
+    est = estimate(facts, n_ctx, kv_type, n_batch)
+    return replace(est, kv_cache=est.kv_cache * slots) if slots > 1 else est
+
+
 def place(
     facts: ModelFacts,
     gpus: list[Device],
@@ -177,17 +191,19 @@ def place(
     n_batch: int = 512,
     mlock: bool = False,
     gpu_note: str = "",
+    slots: int = 1,
 ) -> Placement:
-    """Choose the best placement that fits; if none does, say what is short and by how much."""
+    """Choose the best placement that fits; if none does, say what is short and by how much.
+    `slots`: calls the engine runs at once, each with its own n_ctx of KV cache."""
     target = min(n_ctx or facts.context_length, facts.context_length)
     min_ctx = min(min_ctx, target)
     last: Placement | None = None
     for ctx in _ctx_steps(target, min_ctx):
         for kv in kv_types:
             layers, output, gpu_bytes, cpu_bytes, used = _try(
-                facts, gpus, ram, ctx, kv, gpu_reserve, n_batch
+                facts, gpus, ram, ctx, kv, gpu_reserve, n_batch, slots
             )
-            est = estimate(facts, ctx, kv, n_batch)
+            est = slot_estimate(facts, ctx, kv, n_batch, slots)
             fits = cpu_bytes <= ram.free
             gpu_free = sum(d.free for d in used) if used else sum(d.free for d in gpus)
             placement = Placement(
@@ -204,6 +220,7 @@ def place(
                 reason="",
                 devices=[f"{d.kind}{d.index}: {d.name}" for d in used],
                 output_on_gpu=output,
+                slots=slots,
             )
             if len(used) > 1:
                 total_free = sum(d.free for d in used) or 1

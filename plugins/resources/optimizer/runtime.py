@@ -132,17 +132,36 @@ def plan_for(herd: Herd, alias: str, settings: OptimizerSettings | None = None) 
         )
     gpus, ram, why = read_devices(int(settings.ram_reserve_gb * GiB))
     n_ctx = spec.settings.get("n_ctx") or spec.options.get("n_ctx") or spec.options.get("num_ctx")
+    n_ctx = int(n_ctx or settings.n_ctx)
     return place(
         facts,
         gpus,
         ram,
-        n_ctx=int(n_ctx or settings.n_ctx),
+        n_ctx=n_ctx,
         min_ctx=settings.min_ctx,
         kv_types=tuple(settings.kv_types),
         gpu_reserve=settings.gpu_reserve_mb * 1024**2,
         mlock=settings.mlock,
         gpu_note=why,
+        slots=llamacpp_slots(spec, facts, n_ctx) if spec.provider == "llamacpp" else 1,
     )
+
+
+def llamacpp_slots(spec: ModelSpec, facts: Any, n_ctx: int) -> int:
+    """The slots the provider will load this alias with (its `parallel`, else the default
+    from free memory): each holds n_ctx of KV, so the plan counts KV x slots. Ollama
+    sizes its own parallelism (OLLAMA_NUM_PARALLEL): its plan counts one."""
+    from modelherd.plugins.providers.llamacpp.preflight import KV_TYPE_NAMES, free_memory
+    from modelherd.plugins.providers.llamacpp.settings import LlamaCppSettings, planned_slots
+    from modelherd.plugins.resources.gguf_estimate import kv_bytes_per_token
+
+    try:
+        settings = LlamaCppSettings.model_validate(spec.settings)
+    except ValidationError:
+        return 1
+    kv_type = KV_TYPE_NAMES.get(settings.type_k if settings.type_k is not None else 1, "f16")
+    kv_slot = int(kv_bytes_per_token(facts, kv_type) * n_ctx)
+    return planned_slots(settings, kv_slot, free_memory())
 
 
 class Optimizer:
@@ -392,7 +411,8 @@ def _print_plans(plans: list[tuple[str, Placement]], chosen: str | None) -> None
         table.add_column("item")
         table.add_column("value", justify="right")
         table.add_row("weights", human(est.weights))
-        table.add_row(f"KV cache ({p.kv_type}, ctx {p.n_ctx})", human(est.kv_cache))
+        slots = f" x {p.slots} slots" if p.slots > 1 else ""
+        table.add_row(f"KV cache ({p.kv_type}, ctx {p.n_ctx}{slots})", human(est.kv_cache))
         table.add_row("compute buffers", human(est.compute))
         table.add_row("overhead", human(est.overhead))
         table.add_row("total", human(est.total))
