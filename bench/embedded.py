@@ -14,7 +14,10 @@ Each figure is a ratio against a baseline measured in this same run:
   `handle_chat_completions` called directly, interleaved rounds (target >= 0.95x);
 - parallel: 8 concurrent `herd.chat` calls on `local` vs the same 8 one after another,
   aggregate tokens/s (target >= 1.6x), and vs llama-cpp-python serial when installed;
-- swarm: `herd swarm` with 5 seeds on `local` (no early stop) vs one member (<= 2.5x);
+- swarm: `herd swarm` with 5 seeds on `local` (no early stop) vs one member (<= 2.5x),
+  in steady state (prompts cached) and cold (a new question each run), with the CPU
+  time ratio beside the wall one (the work, whatever the box's load) and the engine's
+  token counts (decoded, prompt evaluated / cached) that explain them;
 - RSS of the process with the model loaded.
 
 The box this runs on may be shared: the script prints the load average before and
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +158,52 @@ async def sequential_vs_concurrent(herd: Any) -> dict[str, float]:
     }
 
 
-async def swarm_ratio(herd: Any) -> dict[str, float]:
-    question = "Is a 10% daily drop in BTC a BUY, SELL or NOTHING?"
-    labels = ["BUY", "SELL", "NOTHING"]
+SWARM_LABELS = ["BUY", "SELL", "NOTHING"]
+#: one question per cold run: a new prompt that no slot holds yet
+SWARM_QUESTIONS = [
+    f"Is a 10% daily drop in {coin} a BUY, SELL or NOTHING?"
+    for coin in ("BTC", "ETH", "SOL", "ADA", "XRP", "DOT", "BNB")
+]
 
-    async def run(samples: int) -> float:
+
+@dataclass
+class SwarmRun:
+    wall_s: float
+    #: this process's CPU seconds (every engine thread): the work, whatever the box's load
+    cpu_s: float
+    output_tokens: list[int]
+    #: the engine's own counters over the run: prompt tokens evaluated / found in a slot
+    prompt_evaluated: int
+    prompt_cached: int
+    #: the engine's decode steps: one per token of the longest member when the members
+    #: are batched together, the sum of their tokens if they ran one after another
+    decode_steps: int
+
+
+def engine_counters(engine: Any) -> dict[str, float]:
+    """llama.cpp's Prometheus counters (`llamacpp:prompt_tokens_total` …) as numbers."""
+    out: dict[str, float] = {}
+    for line in engine.metrics_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("llamacpp:") and value:
+            out[name.removeprefix("llamacpp:")] = float(value)
+    return out
+
+
+async def swarm_ratio(herd: Any) -> dict[str, Any]:
+    """Five seeds vs one member sampled like each of them, two ways:
+
+    - steady state: the question was asked once in each shape before the timed runs, so
+      its prompt is in the slots the members land on (a swarm asked again, as the trading
+      loop does). The one-member baseline was always warmed like this; the five-seed run
+      now is too (it was timed from its first run, when four slots evaluated the prompt
+      that the baseline's slot had cached);
+    - cold: a new question every timed run, so each member evaluates its prompt: one
+      prompt for the baseline, five for the swarm (the first swarm of a process).
+    """
+    engine = herd.get_model("local").loaded
+
+    async def run(samples: int, question: str) -> SwarmRun:
         agent = herd.agent(
             "swarm", members=["local"], samples=samples, max_tokens=48, early_stop=False, save=False
         )
@@ -170,17 +215,71 @@ async def swarm_ratio(herd: Any) -> dict[str, float]:
 
             seeded = [Member(name="local#1", alias="local", seed=agent.settings.seed)]
             agent.members = lambda: seeded  # type: ignore[method-assign]
+        before = engine_counters(engine)
+        cpu = time.process_time()
         started = time.perf_counter()
-        result = await agent.ask(question, labels=labels)
+        result = await agent.ask(question, labels=SWARM_LABELS)
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        after = engine_counters(engine)
         # every member runs to its end (an answer cut at max_tokens is "unparsed"): none
         # cancelled or timed out, so the wall time covers all five generations
         assert all(m.status in ("ok", "unparsed") for m in result.members), result.members
-        return time.perf_counter() - started
+        return SwarmRun(
+            wall_s=wall,
+            cpu_s=cpu,
+            output_tokens=[m.output_tokens for m in result.members],
+            prompt_evaluated=int(after["prompt_tokens_total"] - before["prompt_tokens_total"]),
+            prompt_cached=int(
+                after["prompt_tokens_cached_total"] - before["prompt_tokens_cached_total"]
+            ),
+            decode_steps=int(after["n_decode_total"] - before["n_decode_total"]),
+        )
 
-    await run(1)  # warm
-    one = statistics.median([await run(1) for _ in range(2)])
-    five = statistics.median([await run(5) for _ in range(2)])
-    return {"one_member_s": one, "five_seeds_s": five, "ratio": five / one}
+    def median_run(runs: list[SwarmRun]) -> SwarmRun:
+        """The run whose token counts are printed (the lower median by wall time)."""
+        return sorted(runs, key=lambda r: r.wall_s)[(len(runs) - 1) // 2]
+
+    steady = SWARM_QUESTIONS[0]
+    await run(1, steady)  # warm: the baseline's slot holds the prompt
+    one = [await run(1, steady) for _ in range(2)]
+    await run(5, steady)  # warm: five slots hold the prompt
+    five = [await run(5, steady) for _ in range(2)]
+    fresh = iter(SWARM_QUESTIONS[1:])
+    cold_one = [await run(1, next(fresh)) for _ in range(2)]
+    cold_five = [await run(5, next(fresh)) for _ in range(2)]
+
+    def shape(ones: list[SwarmRun], fives: list[SwarmRun]) -> dict[str, Any]:
+        wall_1 = statistics.median(r.wall_s for r in ones)
+        wall_5 = statistics.median(r.wall_s for r in fives)
+        cpu_1 = statistics.median(r.cpu_s for r in ones)
+        cpu_5 = statistics.median(r.cpu_s for r in fives)
+        return {
+            "one_member_s": wall_1,
+            "five_seeds_s": wall_5,
+            "ratio": wall_5 / wall_1,
+            "cpu_ratio": cpu_5 / cpu_1,
+            "one": median_run(ones),
+            "five": median_run(fives),
+        }
+
+    return {"steady": shape(one, five), "cold": shape(cold_one, cold_five)}
+
+
+def print_swarm(name: str, w: dict[str, Any]) -> None:
+    one, five = w["one"], w["five"]
+    print(
+        f"herd swarm, 5 seeds on local, {name}: {w['five_seeds_s']:.2f} s vs one member "
+        f"{w['one_member_s']:.2f} s -> {w['ratio']:.2f}x (target <= 2.5); CPU time "
+        f"{w['cpu_ratio']:.2f}x"
+    )
+    print(
+        f"  one member: {one.output_tokens[0]} tokens decoded, prompt {one.prompt_evaluated} "
+        f"evaluated / {one.prompt_cached} cached; five: {sum(five.output_tokens)} decoded "
+        f"({'+'.join(map(str, five.output_tokens))}, longest {max(five.output_tokens)}), "
+        f"prompt {five.prompt_evaluated} evaluated / {five.prompt_cached} cached, "
+        f"{five.decode_steps} decode steps (batched: one per token of the longest)"
+    )
 
 
 def rss_mib() -> float:
@@ -271,10 +370,8 @@ def main() -> None:
         )
     else:
         print("  llama-cpp-python: not installed (or not runnable here), no comparison")
-    print(
-        f"herd swarm, 5 seeds on local: {w['five_seeds_s']:.2f} s vs one member "
-        f"{w['one_member_s']:.2f} s -> {w['ratio']:.2f}x (target <= 2.5)"
-    )
+    print_swarm("steady state (prompts cached)", w["steady"])
+    print_swarm("cold (a new question each run)", w["cold"])
     print(
         f"RSS: {r['rss_before_load_mib']:.0f} MiB before the load, {r['rss_loaded_mib']:.0f} MiB "
         f"with SmolLM2 loaded (8 slots x n_ctx 1024), "
