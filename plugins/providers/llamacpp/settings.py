@@ -86,7 +86,7 @@ class LlamaCppSettings(ProviderSettings):
     #: llama-cpp-python only: reuse the KV cache of a shared prompt prefix between calls.
     #: Off by default there because its greedy answers then change from call to call.
     #: xllamacpp always reuses a slot's prompt cache: its greedy answers do not change
-    #: (tests/providers/test_embedded_engine.py checks it).
+    #: (tests/providers/test_embedded.py checks it).
     prefix_cache: bool = False
 
 
