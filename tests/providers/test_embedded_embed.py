@@ -82,15 +82,24 @@ def test_the_same_text_gives_the_same_vector_and_a_batch_equals_one_by_one(herd:
 
 
 def test_the_embedding_load_is_separate_lazy_and_freed_on_unload(herd: Herd) -> None:
-    embed(herd, "load it", cache="no-store")
+    assert herd._runner is not None
+    herd._runner.run(herd.unload_model("local"))  # earlier tests made the embedding load
+    herd.chat_sync("local", "Say hi.", cache="no-store")  # the chat load fixes its slots
     model = herd.get_model("local")
     assert isinstance(model, LlamaCppModel)
+    chat_only = model.memory_bytes()
+    embed(herd, "load it", cache="no-store")
+    # residency counts the second load: its weights again, and one slot of n_batch tokens
+    from modelherd.plugins.providers.llamacpp.preflight import read_plan
+
+    assert model.path is not None and chat_only is not None
+    one_slot = read_plan(model.path, "local", 64, None).resident(1)
+    assert model.memory_bytes() == chat_only + one_slot
     embedder = model._embed_engine
     assert embedder is not None and embedder is not model.loaded
     assert embedder.slots == 1  # bounded beside the chat load (and exact: EMBED_SLOTS)
     herd.chat_sync("local", "Say hi.", cache="no-store")  # chat still answers beside it
     assert model.loaded is not None and model.loaded is not embedder
-    assert herd._runner is not None
     assert herd._runner.run(herd.unload_model("local"))
     assert embedder not in REGISTRY.loaded() and model._embed_engine is None
 

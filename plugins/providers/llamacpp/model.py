@@ -78,6 +78,13 @@ _FINISH: dict[str, FinishReason] = {
     "content_filter": "content_filter",
 }
 
+
+def embed_ctx(n_ctx: int, n_batch: int) -> int:
+    """The embedding load's context: a text is pooled within one batch, so a slot
+    needs no more than n_batch tokens."""
+    return min(n_ctx, n_batch)
+
+
 _EXECUTOR: ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
 
@@ -196,7 +203,8 @@ class LlamaCppModel(Model):
         return self.llama_settings.parallel or 1
 
     def memory_bytes(self) -> int | None:
-        """What the load holds (weights + every slot's KV cache), for residency."""
+        """What the load holds (weights + every slot's KV cache), for residency; once
+        `herd.embed` has made the embedding load, that second load too."""
         path = self.path
         if path is None or not path.is_file():
             return None
@@ -205,9 +213,16 @@ class LlamaCppModel(Model):
         settings = self.llama_settings
         try:
             plan = read_plan(path, self.spec.alias, settings.n_ctx, settings.type_k)
+            total = plan.resident(self._parallel(plan.kv_per_slot, free_memory))
+            if self._embed_engine is not None:
+                # a second load, counted in full: its weights share pages with the chat
+                # load's only where both are mmap'd and llama.cpp did not repack them
+                n_ctx = embed_ctx(settings.n_ctx, settings.n_batch)
+                embed = read_plan(path, self.spec.alias, n_ctx, settings.type_k)
+                total += embed.resident(EMBED_SLOTS)
         except ProviderUnavailableError:
             return None
-        return plan.resident(self._parallel(plan.kv_per_slot, free_memory))
+        return total
 
     def _parallel(self, kv_per_slot: int, free: Callable[[], int]) -> int:
         if self._engine is not None:
@@ -249,8 +264,7 @@ class LlamaCppModel(Model):
         if embedding:
             from .gguf_meta import read_meta
 
-            # a text is pooled within one batch: a slot needs no more context than that
-            params["n_ctx"] = min(int(params["n_ctx"]), int(params["n_batch"]))
+            params["n_ctx"] = embed_ctx(int(params["n_ctx"]), int(params["n_batch"]))
             pooling = read_meta(path).pooling_type
         plan = read_plan(path, alias, int(params["n_ctx"]), params["type_k"])
         parallel = EMBED_SLOTS if embedding else self._parallel(plan.kv_per_slot, free_memory)
