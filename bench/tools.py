@@ -11,6 +11,10 @@
 2. Embeddings: 512 texts x 256 dimensions through `herd.embed` in one call (batches
    of 256) vs one `herd.embed` per text (sequential), and the SDK batched for
    reference; texts/s, the median of three interleaved rounds.
+3. Embeddings on the embedded engine (xllamacpp, SmolLM2-135M in embedding mode, real
+   inference in this process): 64 short texts through `herd.embed` in one call
+   (batches of 32) vs one `herd.embed` per text; texts/s, the median of three
+   interleaved rounds. Skipped (and said so) without xllamacpp or the SmolLM2 GGUF.
 
 The server runs in its own process (asyncio, HTTP/1.1 keep-alive, canned bodies) so it
 is never the bottleneck. No cache tier is registered: every call goes upstream.
@@ -241,6 +245,47 @@ async def _run(port: int, rounds: int, texts: int) -> dict[str, float]:
     }
 
 
+async def _run_embedded(texts: int) -> dict[str, float] | None:
+    import importlib.util
+
+    from modelherd import Herd
+    from modelherd.config import HerdConfig
+    from modelherd.plugins.providers import llamacpp
+
+    if importlib.util.find_spec("xllamacpp") is None or llamacpp.smollm2_path() is None:
+        return None
+    config = HerdConfig.model_validate(
+        {
+            "herd": {"retries": 0},
+            "models": {"local": {"provider": "llamacpp", "model": "smollm2-135m-instruct"}},
+        }
+    )
+    herd = Herd(config, env={}, load_entry_points=False, plugins=(llamacpp,))
+    await herd.start()
+    corpus = [f"document number {i} about markets and prices" for i in range(texts)]
+
+    async def batched() -> None:
+        result = await herd.embed("local", corpus)
+        assert len(result.vectors) == texts
+
+    async def one_by_one() -> None:
+        for text in corpus:
+            await herd.embed("local", text)
+
+    await herd.embed("local", "warm")  # the embedding load happens here, not in a round
+    runs: dict[str, list[float]] = {"batched": [], "single": []}
+    for _ in range(3):
+        for name, fn in (("batched", batched), ("single", one_by_one)):
+            t0 = time.perf_counter()
+            await fn()
+            runs[name].append(time.perf_counter() - t0)
+    await herd.aclose()
+    return {
+        "batched_tps": texts / statistics.median(runs["batched"]),
+        "single_tps": texts / statistics.median(runs["single"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -269,6 +314,15 @@ def main() -> None:
     print(f"  herd.embed, one call per text          {r['single_tps']:9.0f} texts/s")
     print(f"  openai SDK, batches of 256             {r['sdk_batched_tps']:9.0f} texts/s")
     print(f"  batched / one by one = {r['batched_tps'] / r['single_tps']:.1f}x")
+    local_texts = 16 if args.quick else 64
+    local = asyncio.run(_run_embedded(local_texts))
+    if local is None:
+        print("embedded engine embeddings: skipped (needs xllamacpp and the SmolLM2 GGUF)")
+        return
+    print(f"embedded engine embeddings (xllamacpp, SmolLM2-135M), {local_texts} short texts:")
+    print(f"  herd.embed, one call (batches of 32)   {local['batched_tps']:9.0f} texts/s")
+    print(f"  herd.embed, one call per text          {local['single_tps']:9.0f} texts/s")
+    print(f"  batched / one by one = {local['batched_tps'] / local['single_tps']:.1f}x")
 
 
 if __name__ == "__main__":
