@@ -3,7 +3,8 @@
 On by default — its per-call cost is a few microseconds (docs/performance.md) — and
 switched off with `[plugins.alerts] enabled = false`. At startup it registers
 `AlertHooks` (runtime.py): sliding-window KPIs per model and herd-wide, a
-per-model circuit breaker in `before_call` that sends calls to the alias's fallbacks,
+per-model circuit breaker in `before_call` that sends calls to the alias's fallbacks
+(its state shared by replicas through `[plugins.serve]`'s Redis: shared.py),
 notifiers (log, webhook, the `on_alert` hook) and the status file `herd top` reads.
 Settings and their runbook defaults: settings.py and docs/observability.md.
 """
@@ -51,7 +52,10 @@ def startup(herd: Herd) -> None:
         return
     from modelherd.plugins.observability.alerts.notify import Notifier, WebhookSender
     from modelherd.plugins.observability.alerts.runtime import AlertHooks
+    from modelherd.plugins.observability.alerts.shared import shared_config
     from modelherd.plugins.observability.alerts.status import default_status_dir, status_path
+
+    shared = shared_config(herd, settings)  # a wrong setting stops here (ConfigError)
 
     webhook = (
         WebhookSender(settings.webhook_url, settings.webhook_timeout_s)
@@ -60,7 +64,7 @@ def startup(herd: Herd) -> None:
     )
     notifier = Notifier(herd, settings.log, webhook)
     status = status_path(default_status_dir(settings.status_dir)) if settings.status_file else None
-    hooks = AlertHooks(herd, settings, notifier, status)
+    hooks = AlertHooks(herd, settings, notifier, status, shared=shared)
     herd.register_plugin(hooks, name=HOOKS_NAME)
     hooks.start()
 

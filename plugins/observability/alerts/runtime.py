@@ -36,6 +36,11 @@ from modelherd.plugins.observability.alerts.live import (
 )
 from modelherd.plugins.observability.alerts.notify import Notifier
 from modelherd.plugins.observability.alerts.settings import AlertSettings
+from modelherd.plugins.observability.alerts.shared import (
+    SharedBreaker,
+    SharedConfig,
+    deployment_fingerprint,
+)
 from modelherd.plugins.observability.alerts.status import SCHEMA, write_status
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
@@ -80,6 +85,7 @@ class AlertHooks:
         notifier: Notifier,
         status_file: Path | None,
         resources: Any = None,
+        shared: SharedConfig | None = None,
     ) -> None:
         self.herd = herd
         self.settings = settings
@@ -100,6 +106,20 @@ class AlertHooks:
             if settings.breaker
             else None
         )
+        #: the circuit state other replicas share through Redis (None: per process)
+        self.shared = (
+            SharedBreaker(
+                shared,
+                self.breaker,
+                lambda: list(herd.config.models),
+                self._deployment,
+                self._shared_health,
+            )
+            if shared is not None and self.breaker is not None
+            else None
+        )
+        if self.breaker is not None:
+            self.breaker.shared = self.shared
         #: context length per alias: 0 = not looked up yet, -1 = unknown
         self._ctx_len: dict[str, int] = {}
         # bound once: the call path reads them without attribute chains
@@ -108,9 +128,56 @@ class AlertHooks:
         self._clock = self.stats.clock
         self._circuits: dict[str, Any] = self.breaker.circuits if self.breaker else {}
         self._circuits_firing: dict[str, Alert] = {}
+        #: firing while the shared breaker's Redis is unreachable
+        self._shared_alert: Alert | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _deployment(self, alias: str) -> str:
+        try:
+            spec = self.herd.resolve(alias)
+        except Exception:
+            return "unresolved"
+        return deployment_fingerprint(spec.provider, spec.model, spec.settings)
+
+    def _shared_health(self, ok: bool, error: str | None) -> None:
+        """Redis for the shared breaker went away or came back: an alert either way,
+        so a breaker that stopped sharing is never silent."""
+        if not ok and self._shared_alert is None:
+            where = self.shared.config.safe_url() if self.shared is not None else "?"
+            alert = Alert(
+                "breaker_shared",
+                OVERALL,
+                "firing",
+                None,
+                0.0,
+                f"circuit-breaker state is not shared: Redis at {where} is unreachable "
+                f"({error}); this replica decides its circuits alone until it is back",
+            )
+            self._shared_alert = alert
+            self.notifier.notify(alert)
+        elif ok and self._shared_alert is not None:
+            fired, self._shared_alert = self._shared_alert, None
+            self.notifier.notify(
+                Alert(
+                    "breaker_shared",
+                    OVERALL,
+                    "resolved",
+                    None,
+                    0.0,
+                    "circuit-breaker state is shared through Redis again",
+                    since=fired.since,
+                )
+            )
+
+    def breaker_status(self) -> dict[str, Any]:
+        """The breaker as /readyz and `herd top` show it: each circuit, and whether its
+        state is shared (and Redis answering) or per process."""
+        if self.breaker is None:
+            return {"enabled": False}
+        shared = self.shared.describe() if self.shared is not None else {"mode": "process"}
+        return {"enabled": True, "shared": shared, "circuits": self.breaker.describe()}
 
     def _has_fallbacks(self, alias: str) -> bool:
         try:
@@ -247,7 +314,8 @@ class AlertHooks:
         return sampler.latest
 
     def active_alerts(self) -> list[Alert]:
-        return [*list(self.engine.active.values()), *list(self._circuits_firing.values())]
+        shared = [self._shared_alert] if self._shared_alert is not None else []
+        return [*list(self.engine.active.values()), *list(self._circuits_firing.values()), *shared]
 
     def status(self) -> dict[str, Any]:
         """What `herd top` shows: the status file's content."""
@@ -267,6 +335,7 @@ class AlertHooks:
             "overall": overall,
             "resources": dict(self.resource_sample() or {}),
             "alerts": [a.to_dict() for a in self.active_alerts()],
+            "breaker": self.breaker_status(),
         }
 
     def write_status(self) -> None:
@@ -302,6 +371,8 @@ class AlertHooks:
                 logging.getLogger("modelherd.alerts").debug("alerts tick failed", exc_info=True)
 
     def start(self) -> None:
+        if self.shared is not None:
+            self.shared.start()
         if self._thread is None:
             self.write_status()
             self._thread = threading.Thread(target=self._run, name="herd-alerts", daemon=True)
@@ -309,6 +380,8 @@ class AlertHooks:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.shared is not None:
+            self.shared.stop()
         if self._thread is not None:
             self._thread.join(2.0)
             self._thread = None

@@ -53,6 +53,10 @@ class AlertSettings(BaseModel):
     #: only aliases with `fallbacks` get a breaker: without one, an open circuit would
     #: only swap the model's real error for CircuitOpenError (false = every alias)
     breaker_needs_fallback: bool = True
+    #: share circuit state between replicas through the Redis of `[plugins.serve]
+    #: redis_url` (shared.py): unset = share when that is set; true = it must be set;
+    #: false = each process decides alone
+    breaker_shared: bool | None = None
     #: per-model KPI alerts that also open that model's circuit when they fire (recovery:
     #: calls go to the fallbacks; the half-open probe tries the model again later)
     recover_on: list[RecoverKpi] = Field(default_factory=_default_recover_on)
