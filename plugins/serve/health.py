@@ -4,7 +4,9 @@ Ready = the herd started (config loaded, plugins up), the key store answers (the
 keys file parses, or Redis pings), the replica is not draining, and at least one
 model is available. Model availability is judged without network (keys present,
 provider plugin loaded); `?deep=1` adds each model's live health check (2 s each).
-Load balancers take a replica out of rotation on 503.
+Load balancers take a replica out of rotation on 503. The circuit breaker's state is
+shown (`breaker`); a shared breaker whose Redis is unreachable makes the replica
+"degraded", not unready: its breaker still works, per process.
 """
 
 from __future__ import annotations
@@ -51,9 +53,15 @@ async def readiness(gateway: Gateway, deep: bool = False) -> tuple[dict[str, Any
         checks["cache"] = [
             getattr(t, "name", type(t).__name__) for t in getattr(cache, "tiers", [])
         ]
+    from modelherd.plugins.observability.alerts import alert_hooks
+
+    hooks = alert_hooks(herd)
+    breaker = hooks.breaker_status() if hooks is not None else {"enabled": False}
+    checks["breaker"] = breaker
     any_model = any(m.get("ok") for m in models.values())
     ok = bool(gateway.started and not gateway.draining and checks["keys"]["ok"] and any_model)
     checks["status"] = "ready" if ok else "not ready"
-    if ok and not all(m.get("ok") for m in models.values()):
+    unshared = breaker.get("shared", {}).get("ok") is False
+    if ok and (unshared or not all(m.get("ok") for m in models.values())):
         checks["status"] = "degraded"
     return checks, ok

@@ -151,6 +151,8 @@ class GatewayMetrics:
             registry=reg,
             multiprocess_mode="max",
         )
+        #: made at the first scrape of a herd whose breaker is shared (absent otherwise)
+        self.breaker_shared: Any = None
 
     # ---- recorded by the routes ------------------------------------------------
 
@@ -198,8 +200,20 @@ class GatewayMetrics:
         breaker = getattr(hooks, "breaker", None) if hooks is not None else None
         if breaker is None:
             return
+        # the shared state too: a circuit another replica opened is open here
         for alias, state in breaker.states().items():
             self.breaker.labels(self.models(alias)).set(BREAKER_LEVEL.get(state, 0.0))
+        shared = getattr(hooks, "shared", None)
+        if shared is not None:
+            if self.breaker_shared is None:
+                self.breaker_shared = self.prom.Gauge(
+                    "herd_breaker_shared",
+                    "1: circuit state shared with the other replicas through Redis; "
+                    "0: Redis unreachable, each replica decides its circuits alone",
+                    registry=self.registry,
+                    multiprocess_mode="min",
+                )
+            self.breaker_shared.set(1.0 if shared.ok else 0.0)
 
     def render(self) -> tuple[bytes, str]:
         prom = self.prom

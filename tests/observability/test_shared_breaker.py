@@ -104,7 +104,7 @@ def replicas(
     made: list[Herd] = []
     url = upstream[1].url
 
-    def replica(redis_url: str | None = None, **settings: Any) -> Herd:
+    def replica(redis_url: str | None = None, start: bool = True, **settings: Any) -> Herd:
         alert_settings = {
             "status_file": False,
             "eval_interval_s": 3600,
@@ -137,9 +137,10 @@ def replicas(
         )
         config.source = "test config"
         herd = Herd(config, env={}, load_entry_points=False, plugins=(openai_provider, alerts))
-        made.append(herd)
-        herd.chat_sync("backup", "warm up")  # starts the herd: its breaker subscribes
-        wait_for(lambda: shared(herd).ok, "the shared breaker to connect")
+        if start:
+            made.append(herd)
+            herd.chat_sync("backup", "warm up")  # starts the herd: its breaker subscribes
+            wait_for(lambda: shared(herd).ok, "the shared breaker to connect")
         return herd
 
     yield replica
@@ -379,3 +380,53 @@ def test_config_error_from_library_startup() -> None:
     with pytest.raises(ConfigError, match=r"breaker_shared: true needs the Redis"):
         herd.chat_sync("mock", "hi")
     herd.close()
+
+
+def test_gateway_replica_shows_the_shared_state(
+    replicas: Callable[..., Herd],
+    upstream: tuple[Upstream, LoopbackServer],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """Replica B as a gateway: its /metrics and /readyz show the circuit A opened, and an
+    OpenAI client calling B is answered by the fallback without touching the upstream."""
+    pytest.importorskip("prometheus_client")
+    import httpx
+    import openai
+    from serve.gateway_server import GatewayServer
+
+    up = upstream[0]
+    a = replicas()
+    gateway = GatewayServer(replicas(start=False), tmp_path / "keys.json").start()
+    try:
+        token = gateway.key("alice")
+        wait_for(lambda: shared(gateway.herd).ok, "replica B's breaker to connect")
+        open_on(a, up)
+        wait_for(lambda: state(gateway.herd) == "open", "replica B to learn of the open circuit")
+        ready = httpx.get(f"{gateway.url}/readyz", timeout=5)
+        body = ready.json()
+        assert ready.status_code == 200 and body["status"] == "ready"
+        assert body["breaker"]["shared"]["ok"] is True
+        assert body["breaker"]["circuits"]["primary"]["state"] == "open"
+        assert body["breaker"]["circuits"]["primary"]["by"] == shared(a).replica
+        text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+        assert 'herd_breaker_state{model="primary"} 2.0' in text
+        assert "herd_breaker_shared 1.0" in text
+
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=token, max_retries=0)
+        answer = client.chat.completions.create(
+            model="primary", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content == f"{BACKUP}: ok"
+        assert up.count(PRIMARY) == 3  # B's gateway never called the failing deployment
+
+        redis_server.stop()
+        wait_for(lambda: not shared(gateway.herd).ok, "B to notice Redis is gone")
+        ready = httpx.get(f"{gateway.url}/readyz", timeout=5)
+        body = ready.json()
+        assert ready.status_code == 200 and body["status"] == "degraded"
+        assert body["breaker"]["shared"]["ok"] is False and body["breaker"]["shared"]["error"]
+        text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+        assert "herd_breaker_shared 0.0" in text
+    finally:
+        gateway.stop()
