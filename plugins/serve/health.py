@@ -56,7 +56,7 @@ async def readiness(gateway: Gateway, deep: bool = False) -> tuple[dict[str, Any
     from modelherd.plugins.observability.alerts import alert_hooks
 
     hooks = alert_hooks(herd)
-    breaker = hooks.breaker_status() if hooks is not None else {"enabled": False}
+    breaker: dict[str, Any] = hooks.breaker_status() if hooks else {"enabled": False}
     checks["breaker"] = breaker
     any_model = any(m.get("ok") for m in models.values())
     ok = bool(gateway.started and not gateway.draining and checks["keys"]["ok"] and any_model)

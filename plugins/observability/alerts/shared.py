@@ -296,7 +296,7 @@ class SharedBreaker:
     # ---- health ----------------------------------------------------------------
 
     def _up(self) -> None:
-        if self.ok:
+        if self.ok or self._stop.is_set():
             return
         was_down = self.error != "not connected yet"
         self.ok, self.error, self.down_since = True, None, None
@@ -310,7 +310,7 @@ class SharedBreaker:
 
     def _down(self, exc: BaseException) -> None:
         self._reconnect.set()
-        if not self.ok and self.error != "not connected yet":
+        if self._stop.is_set() or (not self.ok and self.error != "not connected yet"):
             return
         self.ok = False
         self.granted.clear()
@@ -353,15 +353,15 @@ class SharedBreaker:
             self._threads.append(thread)
 
     def stop(self) -> None:
+        """Send what is queued (an open circuit this process decided reaches the others
+        before it exits), then let go. The subscriber is not waited for: it leaves at
+        its next wake-up (<= 0.5 s), and a closing herd must not wait on that."""
         self._stop.set()
         self._outbox.put(None)
         for thread in self._threads:
-            thread.join(2.0)
+            if thread.name == "herd-breaker-pub":
+                thread.join(2 * TIMEOUT_S)
         self._threads.clear()
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
 
     def _connect(self) -> Any:
         import redis
@@ -409,6 +409,10 @@ class SharedBreaker:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         pubsub.close()
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def _writer(self) -> None:
         while True:
