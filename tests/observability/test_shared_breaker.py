@@ -233,8 +233,13 @@ def test_failures_on_both_replicas_add_up(
     assert up.count(PRIMARY) == before == 3
 
 
+@pytest.mark.parametrize(
+    "wait_s",
+    [0.65, 1.5],
+    ids=["after-cooldown", "record-expired-unprobed"],  # cool-down 0.6 s + lease 0.6 s
+)
 def test_half_open_probe_has_one_winner(
-    replicas: Callable[..., Herd], upstream: tuple[Upstream, LoopbackServer]
+    replicas: Callable[..., Herd], upstream: tuple[Upstream, LoopbackServer], wait_s: float
 ) -> None:
     up = upstream[0]
     a, b = replicas(), replicas()
@@ -242,7 +247,7 @@ def test_half_open_probe_has_one_winner(
     wait_for(lambda: state(b) == "open", "replica B to learn of the open circuit")
     up.sick.discard(PRIMARY)  # healthy again, but slow: the probe takes 0.8 s
     up.delay[PRIMARY] = 0.8
-    time.sleep(0.65)  # past the cool-down on both replicas
+    time.sleep(wait_s)  # past the cool-down on both replicas
     answered: dict[str, list[tuple[float, str]]] = {"a": [], "b": []}
 
     def hammer(name: str, herd: Herd) -> None:

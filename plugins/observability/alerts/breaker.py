@@ -142,7 +142,7 @@ class CircuitBreaker:
         now = self.clock()
         circuit = self.circuits.get(alias)
         if circuit is None:
-            if not self._allowed(alias):
+            if not self.allowed(alias):
                 return
             circuit = self.circuits.setdefault(alias, Circuit())
         if self.shared is not None and circuit.state == "closed":
@@ -169,7 +169,7 @@ class CircuitBreaker:
         """Open the circuit now (a KPI alert asked for recovery). True if it opened."""
         circuit = self.circuits.get(alias)
         if circuit is None:
-            if not self._allowed(alias):
+            if not self.allowed(alias):
                 return False
             circuit = self.circuits.setdefault(alias, Circuit())
         with self._lock:
@@ -187,7 +187,7 @@ class CircuitBreaker:
         True when the local circuit changed."""
         circuit = self.circuits.get(alias)
         if circuit is None:
-            if state == "closed" or not self._allowed(alias):
+            if state == "closed" or not self.allowed(alias):
                 return False
             circuit = self.circuits.setdefault(alias, Circuit())
         with self._lock:
@@ -208,7 +208,8 @@ class CircuitBreaker:
             circuit.why = why
             return True
 
-    def _allowed(self, alias: str) -> bool:
+    def allowed(self, alias: str) -> bool:
+        """Whether `alias` gets a breaker (`eligible`, asked once per alias)."""
         if self.eligible is None:
             return True
         allowed = self._eligible.get(alias)

@@ -105,13 +105,13 @@ return {1, tostring(now), tostring(untl), version, why, by}
 """
 
 # The half-open probe lock: {1} this replica probes; {0, pttl_ms} another one does;
-# {2} no open record (expired or closed: probe freely); {3, wait_s} still cooling.
+# {3, wait_s} the cool-down is not over by Redis's clock. With no open record (it
+# expired unprobed, or a close was missed) the lock still has one holder: one probe.
 CLAIM_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local untl = redis.call('HGET', KEYS[1], 'until')
-if not untl then return {2, '0'} end
-if tonumber(untl) > now then return {3, tostring(tonumber(untl) - now)} end
+if untl and tonumber(untl) > now then return {3, tostring(tonumber(untl) - now)} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, '0'} end
 return {0, tostring(redis.call('PTTL', KEYS[2]))}
 """
@@ -423,16 +423,16 @@ class SharedBreaker:
                 continue
             if item is None or self._stop.is_set():
                 return
-            kind, alias = item[0], item[1]
-            if kind == "claim":
-                self._claiming.discard(alias)
-            if not self.ok or self._client is None:
-                self.counters["dropped"] += 1  # re-published from local state on reconnect
-                continue
             try:
+                if not self.ok or self._client is None:
+                    self.counters["dropped"] += 1  # re-published from local state on reconnect
+                    continue
                 self._send(item)
             except Exception as exc:
                 self._down(exc)
+            finally:
+                if item[0] == "claim":
+                    self._claiming.discard(item[1])  # answered: the call path may ask again
 
     def _renew(self) -> None:
         """Keep the probe locks this replica holds while their probe is out."""
@@ -465,7 +465,7 @@ class SharedBreaker:
                 keys=keys[:2], args=[self.replica, int(self.lease_s * 1000)]
             )
             now = breaker.clock()
-            if int(code) in (1, 2):
+            if int(code) == 1:
                 self.granted[alias] = now + self.lease_s
             elif int(code) == 0:
                 self.denied_until[alias] = now + max(0.05, float(value) / 1000)
@@ -524,10 +524,10 @@ class SharedBreaker:
 
     def resync(self) -> None:
         """Read every watched circuit's record (one pipelined round trip) and apply it:
-        catches messages missed while (re)connecting, expired records, and re-publishes
-        local opens Redis has not heard of (published while it was down)."""
+        catches opens missed while (re)connecting, and re-publishes local opens Redis
+        has not heard of (decided while it was down)."""
         client = self._client
-        aliases = [a for a in self.aliases() if self.breaker._allowed(a)]
+        aliases = [a for a in self.aliases() if self.breaker.allowed(a)]
         pipe = client.pipeline(transaction=False)
         pipe.time()
         for alias in aliases:
@@ -549,10 +549,6 @@ class SharedBreaker:
                 remaining = self.breaker.cooldown_s - (self.breaker.clock() - circuit.opened_at)
                 if remaining > 0:
                     self._outbox.put(("open", alias, circuit.why, len(circuit.failures)))
-            elif (
-                circuit.origin is not None
-                and not record
-                and self.breaker.apply_remote(alias, "closed", 0.0, "record gone", "redis")
-            ):
-                # another replica's open whose record is gone (closed, or expired)
-                self.counters["applied"] += 1
+            # another replica's open whose record is gone (expired unprobed, or its close
+            # was missed) stays open here: after the cool-down this replica asks for the
+            # probe lock like any other, so one probe still decides, never a stampede
