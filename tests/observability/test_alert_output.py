@@ -55,6 +55,9 @@ def test_a_firing_alert_goes_to_stderr_not_into_the_output(tmp_path: Path) -> No
             f"""
             [plugins.alerts]
             memory_percent = 0.01
+            cpu_percent = false           # a busy test box must not fire a second alert
+            gpu_percent = false
+            gpu_memory_percent = false
             eval_interval_s = 0.1
             status_dir = "{tmp_path / "status"}"
 
