@@ -11,6 +11,8 @@ machine noise hits both alike): `local` (the alerts plugin, breaker per process)
   open      p50 of `herd.chat` on an alias whose circuit is open (the breaker refuses
             it, the call goes to its fallback)
   check     p50 of `CircuitBreaker.check` alone on the open circuit (raises)
+Then how long a circuit opened on one shared herd takes to be open on a second one
+(pub/sub through the same Redis), over 20 aliases: p50 and max.
 The shared herd's Redis work runs on its two background threads; the call path reads
 the local view only (target: no Redis round trip per call, added p50 <= 1 µs).
 """
@@ -61,7 +63,7 @@ def _redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
     sys.exit("redis-server did not start")
 
 
-def _herd(redis_url: str | None) -> Any:
+def _herd(redis_url: str | None, extra_sick: int = 0) -> Any:
     plugins: dict[str, Any] = {
         "alerts": {
             "status_file": False,
@@ -73,12 +75,37 @@ def _herd(redis_url: str | None) -> Any:
     }
     if redis_url:
         plugins["serve"] = {"redis_url": redis_url}
+    sick = ["sick", *(f"sick{i}" for i in range(extra_sick))]
+    models = {"ok": MockModel(), **{a: MockModel(default=ProviderError("down")) for a in sick}}
     return make_herd(
-        {"ok": MockModel(), "sick": MockModel(default=ProviderError("down"))},
+        models,
         config={"herd": {"retries": 0}, "plugins": plugins},
         plugins=(alerts,),
-        fallbacks={"sick": ["ok"]},
+        fallbacks={a: ["ok"] for a in sick},
     )
+
+
+async def propagation(url: str, rounds: int = 20) -> list[float]:
+    """Seconds from a circuit opening on herd A to it being open on herd B."""
+    a, b = _herd(url, rounds), _herd(url, rounds)
+    for herd in (a, b):
+        await herd.start()
+        shared = alerts.alert_hooks(herd).shared  # type: ignore[union-attr]
+        while not shared.ok:
+            await asyncio.sleep(0.01)
+    breaker_b = alerts.alert_hooks(b).breaker  # type: ignore[union-attr]
+    lags = []
+    for i in range(rounds):
+        for _ in range(5):
+            await a.chat(f"sick{i}", "x", cache="no-store")
+        opened = time.perf_counter()  # A's circuit is open now (5th failure)
+        deadline = opened + 5
+        while breaker_b.state(f"sick{i}") != "open" and time.perf_counter() < deadline:
+            time.sleep(0.0001)  # B's own threads do the work; this loop only looks
+        lags.append(time.perf_counter() - opened)
+    for herd in (a, b):
+        await herd.aclose()
+    return lags
 
 
 async def run(calls: int) -> dict[str, dict[str, float]]:
@@ -117,11 +144,13 @@ async def run(calls: int) -> dict[str, dict[str, float]]:
             redis_round_trips = shared.counters
             for herd in herds.values():
                 await herd.aclose()
+            lags = await propagation(url)
         finally:
             proc.kill()
             proc.wait(5)
     result = {name: {k: pct(v, 0.5) for k, v in figures.items()} for name, figures in out.items()}
     result["redis"] = {k: float(v) for k, v in redis_round_trips.items()}
+    result["propagation"] = {"p50": pct(lags, 0.5), "max": max(lags)}
     return result
 
 
@@ -140,6 +169,11 @@ def main() -> None:
         f"Redis work of the shared herd, all on its background threads: "
         f"{counters['published']:.0f} published, {counters['claims']:.0f} probe claims "
         f"(none on the call path)"
+    )
+    lag = result["propagation"]
+    print(
+        f"open on herd A -> open on herd B: p50 {lag['p50'] * 1000:.2f} ms, "
+        f"max {lag['max'] * 1000:.2f} ms (20 aliases)"
     )
 
 
