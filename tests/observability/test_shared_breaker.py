@@ -104,7 +104,14 @@ def replicas(
     made: list[Herd] = []
     url = upstream[1].url
 
-    def replica(redis_url: str | None = None, start: bool = True, **settings: Any) -> Herd:
+    def replica(
+        redis_url: str | None = None,
+        start: bool = True,
+        ready: bool = True,
+        serve: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> Herd:
         alert_settings = {
             "status_file": False,
             "eval_interval_s": 3600,
@@ -130,17 +137,20 @@ def replicas(
                     },
                 },
                 "plugins": {
-                    "serve": {"redis_url": redis_url or redis_server.url},
+                    "serve": {"redis_url": redis_url or redis_server.url, **(serve or {})},
                     "alerts": alert_settings,
                 },
             }
         )
         config.source = "test config"
-        herd = Herd(config, env={}, load_entry_points=False, plugins=(openai_provider, alerts))
+        herd = Herd(
+            config, env=env or {}, load_entry_points=False, plugins=(openai_provider, alerts)
+        )
         if start:
             made.append(herd)
             herd.chat_sync("backup", "warm up")  # starts the herd: its breaker subscribes
-            wait_for(lambda: shared(herd).ok, "the shared breaker to connect")
+            if ready:
+                wait_for(lambda: shared(herd).ok, "the shared breaker to connect")
         return herd
 
     yield replica
@@ -198,6 +208,10 @@ def test_breaker_opened_by_a_spares_b(
         answer = b.chat_sync("primary", f"b{i}")
         assert answer.alias == "backup"
     assert up.count(PRIMARY) == 3  # B never called the failing deployment
+    late = replicas()  # a replica started after the open reads it when it connects
+    assert state(late) == "open"
+    assert late.chat_sync("primary", "late").alias == "backup"
+    assert up.count(PRIMARY) == 3
     circuit = hooks(b).breaker_status()["circuits"]["primary"]
     assert circuit["by"] == shared(a).replica
     assert "3 failures in 30s" in circuit["why"] and "ProviderError" in circuit["why"]
@@ -279,6 +293,59 @@ def test_half_open_probe_has_one_winner(
     assert state(a) == "closed" and state(b) == "closed"  # the probe's success closed both
     up.delay.clear()
     assert a.chat_sync("primary", "x").alias == b.chat_sync("primary", "y").alias == "primary"
+
+
+def test_a_dead_prober_holds_the_others_back_one_lease_at_most(
+    replicas: Callable[..., Herd],
+    upstream: tuple[Upstream, LoopbackServer],
+    redis_server: RedisServer,
+) -> None:
+    """A replica that took the probe lock and died: the others keep failing over until
+    its lease runs out (0.6 s here), then one of them probes and closes the circuit."""
+    import redis
+
+    up = upstream[0]
+    a, b = replicas(), replicas()
+    open_on(a, up)
+    wait_for(lambda: state(b) == "open", "replica B to learn of the open circuit")
+    up.sick.discard(PRIMARY)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    probe_key = shared(a).keys("primary")[1]
+    time.sleep(0.65)  # the cool-down is over: a ghost replica takes the lock, then dies
+    assert client.set(probe_key, "ghost:1:dead", nx=True, px=600)
+    taken = time.monotonic()
+    answers = []
+    while time.monotonic() < taken + 2.0 and state(b) != "closed":
+        answers.append((time.monotonic() - taken, b.chat_sync("primary", "b").alias))
+        time.sleep(0.01)
+    assert state(b) == "closed", answers
+    first_primary = next(t for t, alias in answers if alias == "primary")
+    assert 0.5 <= first_primary <= 1.6, answers  # not before the lease ran out, soon after
+    assert up.count(PRIMARY) == 4  # the three failures, then B's one probe
+    wait_for(lambda: state(a) == "closed", "A to hear that B's probe closed it")
+    client.close()
+
+
+def test_redis_password_comes_from_the_env_and_never_shows(
+    replicas: Callable[..., Herd], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    secret = "s3cret-redis-pw-42"
+    (tmp_path / "pw").mkdir()
+    server = start_redis(tmp_path / "pw", "--requirepass", secret)
+    try:
+        serve = {"redis_password_env": "HERD_TEST_REDIS_PW"}
+        good = replicas(server.url, serve=serve, env={"HERD_TEST_REDIS_PW": secret})
+        assert shared(good).ok
+        bad = replicas(server.url, ready=False, serve=serve, env={"HERD_TEST_REDIS_PW": "nope"})
+        wait_for(lambda: shared(bad).error != "not connected yet", "the failed AUTH")
+        status = hooks(bad).breaker_status()["shared"]
+        assert status["ok"] is False and "Error" in status["error"]
+        shown = json.dumps([hooks(good).status(), hooks(bad).status()]) + caplog.text
+        assert secret not in shown and "nope" not in status["error"]
+    finally:
+        server.stop()
 
 
 def test_redis_down_local_breaker_works_and_says_so(
