@@ -18,6 +18,8 @@ Each figure is a ratio against a baseline measured in this same run:
   in steady state (prompts cached) and cold (a new question each run), with the CPU
   time ratio beside the wall one (the work, whatever the box's load) and the engine's
   token counts (decoded, prompt evaluated / cached) that explain them;
+- batch scaling: CPU ms per generated token with 1, 2, 5, 8 streams decoding together
+  on the same server (what batching saves per token here: the swarm ratio's floor);
 - RSS of the process with the model loaded.
 
 The box this runs on may be shared: the script prints the load average before and
@@ -282,6 +284,34 @@ def print_swarm(name: str, w: dict[str, Any]) -> None:
     )
 
 
+def batch_scaling(engine: Any, widths: tuple[int, ...] = (1, 2, 5, 8)) -> dict[int, float]:
+    """CPU ms per generated token with n streams decoding together on the loaded server
+    (48 tokens each, `ignore_eos`, the prompt cached in every slot by a first round):
+    what batching saves per token on this CPU and this GGUF's weight type."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(seed: int) -> int:
+        reply = engine.server.handle_chat_completions(
+            {
+                "messages": [{"role": "user", "content": SWARM_QUESTIONS[0]}],
+                "max_tokens": 48,
+                "temperature": 0.8,
+                "seed": seed,
+                "ignore_eos": True,
+            }
+        )
+        return int(reply["usage"]["completion_tokens"])
+
+    out: dict[int, float] = {}
+    with ThreadPoolExecutor(max(widths)) as pool:
+        list(pool.map(call, range(max(widths))))  # every slot caches the prompt
+        for width in widths:
+            cpu = time.process_time()
+            tokens = sum(pool.map(call, range(width)))
+            out[width] = (time.process_time() - cpu) * 1000 / tokens
+    return out
+
+
 def rss_mib() -> float:
     import psutil
 
@@ -319,6 +349,7 @@ async def inference(rounds: int) -> dict[str, Any]:
         results["parallel"] = await sequential_vs_concurrent(herd)
         results["rss_after_8_concurrent_mib"] = rss_mib()
         results["swarm"] = await swarm_ratio(herd)
+        results["scaling"] = await asyncio.to_thread(batch_scaling, herd.get_model("local").loaded)
     results["llama_cpp_python_serial_tps"] = await llama_cpp_python_serial()
     return results
 
@@ -372,6 +403,12 @@ def main() -> None:
         print("  llama-cpp-python: not installed (or not runnable here), no comparison")
     print_swarm("steady state (prompts cached)", w["steady"])
     print_swarm("cold (a new question each run)", w["cold"])
+    scaling = r["scaling"]
+    print(
+        "  CPU per generated token by streams decoding together: "
+        + ", ".join(f"{n}: {ms:.1f} ms" for n, ms in scaling.items())
+        + f" (5 streams cost {5 * scaling[5] / scaling[1]:.1f}x one: the swarm's floor)"
+    )
     print(
         f"RSS: {r['rss_before_load_mib']:.0f} MiB before the load, {r['rss_loaded_mib']:.0f} MiB "
         f"with SmolLM2 loaded (8 slots x n_ctx 1024), "
