@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from modelherd.errors import BadResponseError
 from modelherd.plugins.providers import llamacpp
 from modelherd.plugins.providers.llamacpp import smollm2_path
-from modelherd.plugins.providers.llamacpp.engine import ToolDelta
+from modelherd.plugins.providers.llamacpp.engine import Completion, ToolDelta
 from modelherd.plugins.providers.llamacpp.gguf_meta import read_meta
 from modelherd.plugins.providers.llamacpp.tool_messages import (
     engine_messages,
@@ -21,6 +22,7 @@ from modelherd.plugins.providers.llamacpp.tool_messages import (
     tool_deltas,
 )
 from modelherd.testing import MockModel, make_herd
+from modelherd.tool_stream import IncompleteToolCallError
 from modelherd.tools import ToolsUnsupportedError
 from modelherd.types import Message, TextPart, ToolCall
 
@@ -223,3 +225,53 @@ def test_the_template_is_read_once_per_file_version(tmp_path: Path) -> None:
     assert gguf_meta._read.cache_info().misses == before + 1
     write_gguf(path, "{{ tools }} {{ messages }}")  # rewritten: read again
     assert read_meta(path).has_tool_template
+
+
+def _completion(pieces: list[ToolDelta], finish: str) -> Completion:
+    return Completion(
+        content="",
+        prompt_tokens=10,
+        completion_tokens=20,
+        finish_reason=finish,
+        generation_s=0.1,
+        tool_deltas=pieces,
+    )
+
+
+TWO_CALLS = [
+    ToolDelta(0, "a", "get_price", '{"symbol": '),
+    ToolDelta(0, None, None, '"MSFT"}'),
+    ToolDelta(1, "b", "get_price", '{"symbol": "AAPL"}'),
+]
+
+
+def test_engine_pieces_become_the_response_s_calls(tmp_path: Path) -> None:
+    """What the engine hands back, put together the way a real answer is (the real
+    engine's answers: test_embedded_tools_run.py)."""
+    herd = herd_with({"path": str(write_gguf(tmp_path / "t.gguf", "{{ tools }}"))})
+    try:
+        model = herd.get_model("local")
+        request = herd.build_request("local", "x", tools=[get_price])
+        response = model._response(request, None, _completion(TWO_CALLS, "tool_calls"))
+        assert response.finish_reason == "tool_calls"
+        assert [(c.id, c.arguments) for c in response.tool_calls] == [
+            ("a", {"symbol": "MSFT"}),
+            ("b", {"symbol": "AAPL"}),
+        ]
+        with pytest.raises(IncompleteToolCallError) as cut:
+            model._response(request, None, _completion(TWO_CALLS[:1], "length"))
+        assert str(cut.value) == (
+            "llama.cpp stream for 'local' ended in the middle of the tool call 'get_price' "
+            "(arguments so far: '{\"symbol\": ') — the partial answer was not returned; the "
+            "call can be retried"
+        )
+        one = herd.build_request("local", "x", tools=[get_price], parallel_tool_calls=False)
+        with pytest.raises(BadResponseError) as two:
+            model._response(one, None, _completion(TWO_CALLS, "tool_calls"))
+        assert str(two.value) == (
+            "'local' (llamacpp) made 2 tool calls though parallel_tool_calls=False "
+            "(llama.cpp's grammar does not hold it to one) — run them all (drop "
+            "parallel_tool_calls=False), or retry"
+        )
+    finally:
+        herd.close()

@@ -19,7 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from modelherd.errors import BadRequestError, CallTimeoutError, ProviderUnavailableError
+from modelherd.errors import (
+    BadRequestError,
+    BadResponseError,
+    CallTimeoutError,
+    ProviderUnavailableError,
+)
 from modelherd.provider import Model
 from modelherd.tool_stream import ToolCallAssembler
 from modelherd.types import (
@@ -351,6 +356,15 @@ class LlamaCppModel(Model):
         if calls and done.finish_reason == "length":
             # max_tokens ran out inside a call: its JSON may be cut, never run it
             raise calls.incomplete("llama.cpp", request.alias)
+        made = calls.calls()
+        if len(made) > 1 and request.options.get("parallel_tool_calls") is False:
+            # the server narrows its grammar to one call per <tool_call> block but still
+            # allows a second block: say so rather than run calls that were not asked for
+            raise BadResponseError(
+                f"'{request.alias}' (llamacpp) made {len(made)} tool calls though "
+                f"parallel_tool_calls=False (llama.cpp's grammar does not hold it to one) — "
+                f"run them all (drop parallel_tool_calls=False), or retry"
+            )
         if self.herd.wants_metrics:
             attrs = {"herd.alias": request.alias, "herd.engine": engine.name}
             for metric in (
@@ -374,7 +388,7 @@ class LlamaCppModel(Model):
             usage=Usage(input_tokens=done.prompt_tokens, output_tokens=done.completion_tokens),
             finish_reason=_FINISH.get(done.finish_reason or "stop", "stop"),
             provider_metrics={"herd.local.generation_time": done.generation_s},
-            tool_calls=calls.calls(),
+            tool_calls=made,
         )
 
     async def prepare(self) -> None:
