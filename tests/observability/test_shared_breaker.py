@@ -502,3 +502,25 @@ def test_gateway_replica_shows_the_shared_state(
         assert "herd_breaker_shared 0.0" in text
     finally:
         gateway.stop()
+
+
+def test_missing_redis_package_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from modelherd.testing import make_herd
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "redis" else real(name, *a)
+    )
+    herd = make_herd(
+        config={"plugins": {"serve": {"redis_url": "redis://127.0.0.1:1/0"}}}, plugins=(alerts,)
+    )
+    with pytest.raises(ConfigError) as info:
+        herd.chat_sync("mock", "hi")
+    assert str(info.value) == (
+        "test config: [plugins.alerts] breaker_shared: sharing circuit state through "
+        '[plugins.serve] redis_url needs the redis package — pip install "modelherd[redis]", '
+        "or set breaker_shared = false"
+    )
+    herd.close()

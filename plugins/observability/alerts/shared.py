@@ -127,13 +127,13 @@ def shared_config(herd: Herd, settings: AlertSettings) -> SharedConfig | None:
                 f"circuit breaker shares its state through that Redis) — export {name}, or "
                 f"set [plugins.alerts] breaker_shared = false"
             )
-    try:
-        import redis  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:  # imported by the background thread
         raise ConfigError(
             f"{where}: sharing circuit state through [plugins.serve] redis_url needs the "
             f'redis package — pip install "modelherd[redis]", or set breaker_shared = false'
-        ) from None
+        )
     return SharedConfig(serve.redis_url, password, f"{serve.key_prefix}:breaker")
 
 
@@ -235,13 +235,13 @@ class SharedBreaker:
             return
         was_down = self.error != "not connected yet"
         self.ok, self.error, self.down_since = True, None, None
-        if was_down:
+        if self.on_health is not None:  # the alerts plugin: a `breaker_shared` alert
+            self.on_health(True, None)
+        elif was_down:
             log.warning(
                 "circuit breaker: Redis at %s answers again; sharing circuit state",
                 self.config.safe_url(),
             )
-        if self.on_health is not None:
-            self.on_health(True, None)
 
     def _down(self, exc: BaseException) -> None:
         self._reconnect.set()
@@ -251,14 +251,15 @@ class SharedBreaker:
         self.granted.clear()
         self.error = f"{type(exc).__name__}: {str(exc)[:160]}"
         self.down_since = time.time()
-        log.warning(
-            "circuit breaker: Redis at %s is unreachable (%s) — each replica decides its "
-            "circuits alone until it is back",
-            self.config.safe_url(),
-            self.error,
-        )
         if self.on_health is not None:
             self.on_health(False, self.error)
+        else:
+            log.warning(
+                "circuit breaker: Redis at %s is unreachable (%s) — each replica decides "
+                "its circuits alone until it is back",
+                self.config.safe_url(),
+                self.error,
+            )
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
