@@ -16,6 +16,7 @@ from aiohttp import web
 from modelherd.plugins.serve.auth import Principal, Refusal
 from modelherd.plugins.serve.errors import error_body, refusal_for
 from modelherd.plugins.serve.gateway import Gateway, open_stream
+from modelherd.plugins.serve.jsonio import dumps, json_response
 from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, REQUEST_ID, STREAM_STATUS
 from modelherd.plugins.serve.wire import anthropic_messages
 from modelherd.types import ChatResponse, Message
@@ -102,7 +103,7 @@ def _blocks(response: ChatResponse) -> list[dict[str, Any]]:
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return b"event: " + name.encode() + b"\ndata: " + dumps(data) + b"\n\n"
 
 
 async def messages(
@@ -114,7 +115,7 @@ async def messages(
     message_id = f"msg_{request[REQUEST_ID]}"
     if not body.get("stream"):
         response = await gateway.chat(principal, alias, msgs, options)
-        return web.json_response(
+        return json_response(
             message(response, message_id, alias),
             headers={"x-herd-cache": response.cache_tier or "miss"},
         )

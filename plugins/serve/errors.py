@@ -14,6 +14,7 @@ from typing import Literal
 from aiohttp import web
 from modelherd import errors as herd_errors
 from modelherd.plugins.serve.auth import Refusal
+from modelherd.plugins.serve.jsonio import json_response
 
 Dialect = Literal["openai", "anthropic", "ollama"]
 
@@ -96,6 +97,6 @@ def retry_headers(refusal: Refusal) -> dict[str, str]:
 
 
 def error_response(dialect: Dialect, refusal: Refusal) -> web.Response:
-    return web.json_response(
+    return json_response(
         error_body(dialect, refusal), status=refusal.status, headers=retry_headers(refusal)
     )

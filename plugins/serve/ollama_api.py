@@ -8,7 +8,6 @@ line is an `{"error": …}` line, which the client raises as ResponseError.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +16,7 @@ from aiohttp import web
 from modelherd.plugins.serve.auth import Principal, Refusal
 from modelherd.plugins.serve.errors import error_body, refusal_for
 from modelherd.plugins.serve.gateway import Gateway, open_stream
+from modelherd.plugins.serve.jsonio import dumps, json_response
 from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, STREAM_STATUS
 from modelherd.plugins.serve.wire import ollama_messages
 from modelherd.types import ChatResponse
@@ -81,7 +81,7 @@ def _final(alias: str, response: ChatResponse, content: str) -> dict[str, Any]:
 
 
 def _line(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+    return dumps(data) + b"\n"
 
 
 async def chat(
@@ -93,7 +93,7 @@ async def chat(
     options = parse_options(body)
     if body.get("stream") is False:
         response = await gateway.chat(principal, alias, messages, options)
-        return web.json_response(
+        return json_response(
             _final(alias, response, response.content),
             headers={"x-herd-cache": response.cache_tier or "miss"},
         )
@@ -157,4 +157,4 @@ async def tags(gateway: Gateway, principal: Principal) -> web.Response:
                 },
             }
         )
-    return web.json_response({"models": models})
+    return json_response({"models": models})

@@ -10,7 +10,6 @@ the SDK raises as an APIError (a stream that just stopped would look complete).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ from aiohttp import web
 from modelherd.plugins.serve.auth import Principal, Refusal
 from modelherd.plugins.serve.errors import error_body, refusal_for
 from modelherd.plugins.serve.gateway import Gateway, open_stream
+from modelherd.plugins.serve.jsonio import dumps, json_response
 from modelherd.plugins.serve.state import FIRST_CHUNK, MODEL, REQUEST_ID, STREAM_STATUS
 from modelherd.plugins.serve.wire import openai_messages, openai_tool_calls
 from modelherd.types import ChatResponse, TextDelta, ToolCallDelta, ToolCallStart
@@ -118,7 +118,7 @@ def _chunk(
         "model": alias,
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + dumps(body) + b"\n\n"
 
 
 def _delta(item: Any) -> dict[str, Any] | None:
@@ -145,7 +145,7 @@ async def chat_completions(
     completion_id = f"chatcmpl-{request[REQUEST_ID]}"
     if not body.get("stream"):
         response = await gateway.chat(principal, alias, messages, options)
-        return web.json_response(
+        return json_response(
             completion(response, completion_id, alias),
             headers={"x-herd-cache": response.cache_tier or "miss"},
         )
@@ -180,8 +180,7 @@ async def chat_completions(
     except Exception as exc:
         refusal = refusal_for(exc)
         request[STREAM_STATUS] = refusal.status
-        data = json.dumps(error_body("openai", refusal))
-        await out.write(f"data: {data}\n\n".encode())
+        await out.write(b"data: " + dumps(error_body("openai", refusal)) + b"\n\n")
         return out
     finally:
         await items.aclose()
@@ -201,7 +200,7 @@ async def chat_completions(
             "choices": [],
             "usage": _usage(final),
         }
-        await out.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+        await out.write(b"data: " + dumps(usage) + b"\n\n")
     await out.write(b"data: [DONE]\n\n")
     await out.write_eof()
     return out
@@ -213,7 +212,7 @@ async def list_models(gateway: Gateway, principal: Principal) -> web.Response:
         {"id": alias, "object": "model", "created": created, "owned_by": "modelherd"}
         for alias in gateway.aliases(principal)
     ]
-    return web.json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})
 
 
 _EMBED_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
@@ -258,7 +257,7 @@ async def embeddings(
         gateway.in_flight -= 1
         gateway.metrics.in_flight.dec()
     tokens = result.usage.input_tokens
-    return web.json_response(
+    return json_response(
         {
             "object": "list",
             "data": [
