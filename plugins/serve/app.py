@@ -9,11 +9,12 @@ the route's vendor error shape, and the request metrics.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,15 +45,28 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+#: routes that are not model calls: no metrics of their own, answered while draining
+_OPS_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+#: request ids need to be unique, not secret: a random prefix per process and a counter
+#: (uuid4 costs a getrandom() call per request)
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     gateway = request.app[GATEWAY_KEY]
-    given = request.headers.get("x-request-id", "")
-    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:24]
+    given = request.headers.get("x-request-id")
+    request_id = given if given and _REQUEST_ID.match(given) else new_request_id()
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     route = _route_name(request)
-    dialect = dialect_for(request.path)
+    if gateway.tracer is None:  # tracing off: no span, no attributes built
+        return await _answer(gateway, request, handler, route, started)
     from modelherd.plugins.serve.tracing import server_span
 
     attrs = {
@@ -61,48 +75,55 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         "url.path": request.path,
         "herd.request_id": request_id,
     }
+    with server_span(gateway.tracer, f"{request.method} {route}", request.headers, attrs) as span:
+        response = await _answer(gateway, request, handler, route, started)
+        span.set_attribute("http.response.status_code", response.status)
+        principal = request.get(PRINCIPAL)
+        if principal is not None:
+            span.set_attribute("herd.tenant", principal.tenant)
+    return response
+
+
+async def _answer(
+    gateway: Gateway, request: web.Request, handler: Handler, route: str, started: float
+) -> web.StreamResponse:
+    """The route's response, every error in the route's vendor shape, and the metrics."""
     response: web.StreamResponse | None = None
     status = 500
-    with server_span(gateway.tracer, f"{request.method} {route}", request.headers, attrs) as span:
-        try:
-            if gateway.draining and route not in ("/healthz", "/readyz", "/metrics"):
-                raise Refusal(503, "draining", "this replica is shutting down — retry", 1.0)
-            response = await handler(request)
-        except web.HTTPException as exc:
-            # aiohttp's own refusals (413 body too large, 404 no route, 405) in our shape
-            response = error_response(dialect, Refusal(exc.status, "http_error", exc.reason))
-        except (Refusal, HerdError) as exc:
-            refusal = refusal_for(exc)
-            response = error_response(dialect, refusal)
-        except asyncio.CancelledError:
-            status = 499  # the client went away
-            raise
-        except Exception as exc:
-            # a bug of ours: the type and message go to the log, never the traceback's
-            # locals (they may hold a key); the client gets a 500 without details
-            log.error("serve: %s %s failed: %s: %s", request.method, route, type(exc).__name__, exc)
-            response = error_response(dialect, refusal_for(exc))
-        finally:
-            if route not in ("/metrics", "/healthz", "/readyz"):
-                caller: Principal | None = request.get(PRINCIPAL)
-                tenant = caller.tenant if caller is not None else "-"
-                model = request.get(MODEL, "-")
-                final_status = request.get(STREAM_STATUS) or (
-                    response.status if response is not None else status
+    try:
+        if gateway.draining and route not in _OPS_ROUTES:
+            raise Refusal(503, "draining", "this replica is shutting down — retry", 1.0)
+        response = await handler(request)
+    except web.HTTPException as exc:
+        # aiohttp's own refusals (413 body too large, 404 no route, 405) in our shape
+        dialect = dialect_for(request.path)
+        response = error_response(dialect, Refusal(exc.status, "http_error", exc.reason))
+    except (Refusal, HerdError) as exc:
+        response = error_response(dialect_for(request.path), refusal_for(exc))
+    except asyncio.CancelledError:
+        status = 499  # the client went away
+        raise
+    except Exception as exc:
+        # a bug of ours: the type and message go to the log, never the traceback's
+        # locals (they may hold a key); the client gets a 500 without details
+        log.error("serve: %s %s failed: %s: %s", request.method, route, type(exc).__name__, exc)
+        response = error_response(dialect_for(request.path), refusal_for(exc))
+    finally:
+        if route not in _OPS_ROUTES:
+            caller: Principal | None = request.get(PRINCIPAL)
+            tenant = caller.tenant if caller is not None else "-"
+            model = request.get(MODEL, "-")
+            final_status = request.get(STREAM_STATUS) or (
+                response.status if response is not None else status
+            )
+            gateway.metrics.answered(
+                route, model, tenant, int(final_status), time.perf_counter() - started
+            )
+            first = request.get(FIRST_CHUNK)
+            if first is not None:
+                gateway.metrics.first_token.labels(route, gateway.metrics.models(model)).observe(
+                    first - started
                 )
-                gateway.metrics.answered(
-                    route, model, tenant, int(final_status), time.perf_counter() - started
-                )
-                first = request.get(FIRST_CHUNK)
-                if first is not None:
-                    gateway.metrics.first_token.labels(
-                        route, gateway.metrics.models(model)
-                    ).observe(first - started)
-        if span is not None and response is not None:
-            span.set_attribute("http.response.status_code", response.status)
-            principal = request.get(PRINCIPAL)
-            if principal is not None:
-                span.set_attribute("herd.tenant", principal.tenant)
     assert response is not None
     return response
 
@@ -126,8 +147,11 @@ async def _principal(request: web.Request) -> Principal:
 async def _body(request: web.Request) -> dict[str, Any]:
     gateway = request.app[GATEWAY_KEY]
     try:
-        async with asyncio.timeout(gateway.settings.client_timeout_s):
+        if request.content.is_eof():  # all of it arrived with the head: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(gateway.settings.client_timeout_s):
+                raw = await request.read()
     except TimeoutError:
         raise Refusal(
             408,
