@@ -24,7 +24,7 @@ from modelherd.plugins.providers.errors import unfinished
 from modelherd.plugins.providers.keys import key_fingerprint
 from modelherd.plugins.providers.openai_messages import (
     TOOL_OPTIONS,
-    calls_from_message,
+    calls_from_json,
     feed_stream_calls,
     wire_messages,
     wire_tools,
@@ -184,10 +184,18 @@ class OpenAIModel(StainlessModel):
 
     @staticmethod
     def _load_types() -> tuple[Any, Any]:
-        from openai import AsyncStream
-        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+        from openai import AsyncStream, BaseModel
+        from openai.types.chat import ChatCompletionChunk
 
-        return (ChatCompletion, AsyncStream[ChatCompletionChunk])
+        class RawCompletion(BaseModel):
+            """A chat completion kept as the JSON the server sent (`model_extra`).
+
+            Still the SDK's own model class, so the SDK attaches the request id; with no
+            declared fields its `construct` builds nothing field by field — the typed
+            ChatCompletion tree cost ~300 µs of CPU a call here (bench/gateway.py,
+            docs/performance.md) for objects the adapter read once and dropped."""
+
+        return (RawCompletion, AsyncStream[ChatCompletionChunk])
 
     # ---- request ---------------------------------------------------------------
 
@@ -229,21 +237,22 @@ class OpenAIModel(StainlessModel):
         if isinstance(completion, str):  # the SDK's answer to a non-JSON content type
             raise self._bad_body(request, f"a non-JSON body ({completion[:60]!r})")
         try:
-            choice = completion.choices[0]
-            message = choice.message
-            content, reasoning = split_think(message.content or "")
-            reasoning = getattr(message, "reasoning_content", None) or reasoning
-            finish = choice.finish_reason
+            data = completion.model_extra  # the JSON object (see RawCompletion)
+            choice = data["choices"][0]
+            message = choice["message"]
+            content, reasoning = split_think(message.get("content") or "")
+            reasoning = message.get("reasoning_content") or reasoning
+            finish = choice.get("finish_reason")
             response = ChatResponse(
                 content=content,
-                model=completion.model or params["model"],
+                model=data.get("model") or params["model"],
                 provider=self.provider,
                 alias=request.alias,
-                usage=_usage(completion.usage),
+                usage=_usage(data.get("usage")),
                 finish_reason=_FINISH.get(finish or "", "unknown"),
                 reasoning=reasoning,
                 request_id=getattr(completion, "_request_id", None),
-                tool_calls=calls_from_message(message),
+                tool_calls=calls_from_json(message),
             )
         except (AttributeError, IndexError, TypeError, KeyError, ValueError) as exc:
             what = f"a body without the expected fields ({type(exc).__name__}: {exc})"
@@ -380,15 +389,20 @@ def _detail(exc: Any) -> str:
     return str(getattr(exc, "message", "") or exc)
 
 
+def _field(obj: Any, name: str) -> Any:
+    """`obj.name` for the SDK's stream objects, `obj[name]` for a completion's JSON."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
 def _usage(raw: Any) -> Usage:
     if raw is None:
         return Usage()
-    details = getattr(raw, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) if details is not None else None
-    cached = cached or getattr(raw, "prompt_cache_hit_tokens", None) or 0  # DeepSeek's name
+    details = _field(raw, "prompt_tokens_details")
+    cached = _field(details, "cached_tokens") if details is not None else None
+    cached = cached or _field(raw, "prompt_cache_hit_tokens") or 0  # DeepSeek's name
     return Usage(
-        input_tokens=raw.prompt_tokens or 0,
-        output_tokens=raw.completion_tokens or 0,
+        input_tokens=_field(raw, "prompt_tokens") or 0,
+        output_tokens=_field(raw, "completion_tokens") or 0,
         cache_read_tokens=int(cached),
     )
 

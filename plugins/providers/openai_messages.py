@@ -102,13 +102,13 @@ def wire_tool(tool: Tool) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def calls_from_message(message: Any) -> list[ToolCall]:
-    """The calls in a ChatCompletionMessage (the SDK's object), arguments parsed."""
-    calls = getattr(message, "tool_calls", None) or []
+def calls_from_json(message: dict[str, Any]) -> list[ToolCall]:
+    """The calls in a completion's `message` object (JSON as sent), arguments parsed."""
+    calls = message.get("tool_calls") or []
     return [
-        wire_call(c.id or f"call_{i}", c.function.name, c.function.arguments)
+        wire_call(c.get("id") or f"call_{i}", c["function"]["name"], c["function"].get("arguments"))
         for i, c in enumerate(calls)
-        if getattr(c, "function", None) is not None
+        if isinstance(c, dict) and isinstance(c.get("function"), dict)
     ]
 
 
