@@ -55,7 +55,12 @@ def make_serve_command() -> click.Command:
         import asyncio
 
         from modelherd.errors import ConfigError
-        from modelherd.plugins.serve.server import run_worker, run_workers, ssl_context
+        from modelherd.plugins.serve.server import (
+            check_aiohttp,
+            run_worker,
+            run_workers,
+            ssl_context,
+        )
 
         root = ctx.find_root().params or {}
         try:
@@ -64,6 +69,7 @@ def make_serve_command() -> click.Command:
                 herd, host=host, port=port, workers=workers, certfile=certfile, keyfile=keyfile
             )
             ssl_context(settings)  # a bad certificate is a config error before any worker starts
+            check_aiohttp()  # so is a server that cannot drop a stalled client
             if settings.workers > 1 and settings.port == 0:
                 raise ConfigError(
                     "--workers needs a fixed --port (port 0 would give each worker its own)"

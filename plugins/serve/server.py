@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,16 +65,41 @@ def ssl_context(settings: ServeSettings) -> Any:
     return context
 
 
+#: the first aiohttp whose server closes a connection that stalls before its request
+#: head is complete (the keep-alive timer now runs from the moment a connection opens);
+#: older ones wait on such a client forever, whatever the timeouts say
+HEAD_TIMEOUT_AIOHTTP = (3, 14, 4)
+
+
+def check_aiohttp(version: str | None = None) -> None:
+    """A server that cannot time out a slow client is a config error, not a default."""
+    if version is None:
+        import aiohttp
+
+        version = aiohttp.__version__
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    if parts < HEAD_TIMEOUT_AIOHTTP:
+        need = ".".join(map(str, HEAD_TIMEOUT_AIOHTTP))
+        raise ConfigError(
+            f"herd serve needs aiohttp >= {need} (this is {version}: its server never drops "
+            f'a client that stalls mid-request-head) — pip install -U "aiohttp>={need}"'
+        )
+
+
 def make_runner(gateway: Gateway) -> web.AppRunner:
     from aiohttp import web
     from modelherd.plugins.serve.app import build_app
 
+    check_aiohttp()
     s = gateway.settings
     return web.AppRunner(
         build_app(gateway),
         handle_signals=False,
         access_log=None,
         shutdown_timeout=s.drain_s,
+        # idle keep-alive connections, and (aiohttp >= 3.14.4) connections whose request
+        # head has not fully arrived — even trickling a byte at a time — are closed
+        # this long after they opened or after their last response
         keepalive_timeout=s.client_timeout_s,
         max_line_size=s.max_header_bytes,
         max_field_size=s.max_header_bytes,

@@ -30,7 +30,9 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     #: the longest request line / header field, bytes (431 beyond)
     max_header_bytes: int = Field(16 * 1024, gt=0)
-    #: a client that does not finish sending its request within this many seconds is dropped
+    #: a client that does not finish sending its request within this many seconds is dropped:
+    #: the request head (counted from the connection's opening or its last response; an
+    #: idle keep-alive connection is closed then too), and the body (408)
     client_timeout_s: float = Field(30.0, gt=0)
     #: on SIGTERM, how long in-flight calls and streams may take to finish
     drain_s: float = Field(30.0, ge=0)

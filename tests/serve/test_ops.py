@@ -110,6 +110,97 @@ def test_a_slow_client_is_dropped_with_408(make_gateway: Callable[..., GatewaySe
     assert waited < 3
 
 
+def _closed_within(sock: socket.socket) -> float:
+    """Seconds until the server closes `sock` (recv returns b""); fails on any bytes."""
+    started = time.monotonic()
+    data = sock.recv(4096)
+    assert data == b"", data[:80]
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        b"",  # connects and says nothing
+        b"POST /v1/chat/comp",  # half a request line
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bear",  # half a head
+    ],
+)
+def test_a_client_that_stalls_before_its_request_head_ends_is_disconnected(
+    make_gateway: Callable[..., GatewayServer], partial: bytes
+) -> None:
+    model = MockModel()
+    server = make_gateway({"mock": model}, client_timeout_s=0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(partial)
+        waited = _closed_within(sock)
+    assert 0.4 <= waited < 3
+    assert model.history == []
+
+
+def test_a_client_trickling_its_head_is_disconnected_on_time(
+    make_gateway: Callable[..., GatewayServer],
+) -> None:
+    """Bytes that keep arriving do not extend the deadline (the slowloris attack)."""
+    server = make_gateway(client_timeout_s=0.5)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + b"x-pad: " + b"y" * 200
+    started = time.monotonic()
+    closed = False
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        for byte in head:  # 200+ bytes, 50 ms apart: ~10 s if the server never cut it
+            try:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.05)
+                closed = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                continue  # still open, nothing to read
+            except OSError:  # a broken pipe or a reset: the server closed it
+                closed = True
+            if closed:
+                break
+    assert closed
+    assert 0.4 <= time.monotonic() - started < 3
+
+
+def test_a_keepalive_connection_that_stalls_in_its_next_request_is_disconnected(
+    make_gateway: Callable[..., GatewayServer],
+) -> None:
+    server = make_gateway(client_timeout_s=0.5)
+    key = server.key()
+    body = b'{"model":"mock","messages":[{"role":"user","content":"hi"}]}'
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += sock.recv(4096)
+        head, _, rest = reply.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHo")
+        waited = _closed_within(sock)
+    assert waited < 3
+
+
+def test_an_aiohttp_that_cannot_drop_stalled_clients_is_refused() -> None:
+    from modelherd.errors import ConfigError
+    from modelherd.plugins.serve.server import check_aiohttp
+
+    check_aiohttp("3.14.4")
+    check_aiohttp("4.0.0a1")
+    with pytest.raises(ConfigError) as caught:
+        check_aiohttp("3.14.3")
+    message = str(caught.value)
+    assert "needs aiohttp >= 3.14.4 (this is 3.14.3" in message
+    assert 'pip install -U "aiohttp>=3.14.4"' in message
+    assert "\n" not in message
+
+
 def test_draining_lets_the_inflight_stream_finish_and_refuses_new_work(
     make_gateway: Callable[..., GatewayServer],
 ) -> None:
