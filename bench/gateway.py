@@ -120,6 +120,60 @@ async def throughput(session: Any, target: Target, total: int) -> float:
     return total / (time.perf_counter() - start)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (children not included)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def box_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used (all cores), from /proc/stat."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return float(times.user + times.nice + times.system + times.irq + times.softirq)
+
+
+async def measured_throughput(
+    session: Any, target: Target, total: int, upstream_pid: int
+) -> dict[str, float]:
+    """calls/s at concurrency 64, and the CPU each side spent per call meanwhile.
+
+    On a 2-core box the load generator (this process) and the upstream run on the same
+    cores as the gateway, so what they use is what the gateway cannot have; the rest
+    of the machine (other sessions' work) shows as `other`."""
+    mine = [os.getpid()]
+    upstream = [upstream_pid] if upstream_pid not in target.pids else []
+    before = (
+        cpu_seconds(mine),
+        cpu_seconds(upstream),
+        cpu_seconds(target.pids),
+        box_busy_seconds(),
+    )
+    start = time.perf_counter()
+    rate = await throughput(session, target, total)
+    wall = time.perf_counter() - start
+    after = (cpu_seconds(mine), cpu_seconds(upstream), cpu_seconds(target.pids), box_busy_seconds())
+    client, up, server, box = (b - a for a, b in zip(before, after, strict=True))
+    return {
+        "calls_per_s": rate,
+        "wall_s": wall,
+        "client_cpu_ms_per_call": client / total * 1e3,
+        "upstream_cpu_ms_per_call": up / total * 1e3,
+        "server_cpu_ms_per_call": server / total * 1e3,
+        "other_cpu_ms_per_call": max(0.0, box - client - up - server) / total * 1e3,
+        "client_cores": client / wall,
+        "upstream_cores": up / wall,
+        "server_cores": server / wall,
+        "other_cores": max(0.0, box - client - up - server) / wall,
+    }
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -196,6 +250,12 @@ def herd_config(tmp: Path, upstream: int) -> tuple[Path, str]:
             model = "bench-model"
             [plugins.serve]
             keys_path = "{keys}"
+            # the bench's own call log and disk cache, not the user's (other processes on
+            # this box write those); --workers 2 share these files as they would in use
+            [plugins.logs]
+            path = "{tmp / "logs.db"}"
+            [plugins.cache_disk]
+            path = "{tmp / "responses.sqlite3"}"
             """
         )
     )
@@ -353,14 +413,25 @@ async def measure(
             }
         }
         for target in [direct, *targets]:
-            rate = await throughput(session, target, total)
+            run = await measured_throughput(session, target, total, direct.pids[0])
             out[target.name] = {
-                "calls_per_s": rate,
+                **run,
                 "p50_us": pct(lat[target.name], 0.5) * 1e6,
                 "p99_us": pct(lat[target.name], 0.99) * 1e6,
                 "rss_mb": rss_mb(target.pids),
             }
     return out
+
+
+def workers_ceiling(one: dict[str, float], cores: float) -> float:
+    """The best --workers 2 vs 1 ratio `cores` allow, from the CPU each side used per
+    call at --workers 1: one worker is capped by one core, two workers by the cores
+    left after the load generator and the upstream took theirs."""
+    gateway = one["server_cpu_ms_per_call"]
+    shared = one["client_cpu_ms_per_call"] + one["upstream_cpu_ms_per_call"]
+    cap_one = min(1.0 / gateway, cores / (gateway + shared))
+    cap_two = min(2.0 / gateway, cores / (gateway + shared))
+    return cap_two / cap_one
 
 
 def report(results: dict[str, Any], servers: dict[str, Any]) -> None:
@@ -390,15 +461,33 @@ def report(results: dict[str, Any], servers: dict[str, Any]) -> None:
     print(
         f"  herd serve calls/s vs upstream directly: {one['calls_per_s'] / direct['calls_per_s']:.2f}x"
     )
+    cores = os.cpu_count() or 1
+    free = max(0.1, cores - one.get("other_cores", 0.0))
     if two is not None:
         print(
-            f"  --workers 2 vs 1: {two['calls_per_s'] / one['calls_per_s']:.2f}x calls/s (target >= 1.7x)"
+            f"  --workers 2 vs 1: {two['calls_per_s'] / one['calls_per_s']:.2f}x calls/s (target >= 1.7x); "
+            f"the ceiling from the CPU per call below: {workers_ceiling(one, cores):.2f}x "
+            f"with all {cores} cores, {workers_ceiling(one, free):.2f}x with the "
+            f"{free:.2f} cores the rest of the machine left free during the --workers 1 run"
         )
     lite = results.get("litellm proxy")
     if lite is not None:
         print(
             f"  herd serve vs litellm proxy: {one['calls_per_s'] / lite['calls_per_s']:.2f}x calls/s "
             f"(target >= 10x); litellm adds p50 {(lite['p50_us'] - direct['p50_us']) / 1000:.2f} ms"
+        )
+    print(
+        "\nCPU per call during the calls/s runs, ms (cores busy): load generator (this "
+        "process) | upstream | target | everything else on the machine"
+    )
+    for name, r in results.items():
+        if "client_cpu_ms_per_call" not in r:
+            continue
+        print(
+            f"  {name:<26} {r['client_cpu_ms_per_call']:6.2f} ({r['client_cores']:.2f}) | "
+            f"{r['upstream_cpu_ms_per_call']:6.2f} ({r['upstream_cores']:.2f}) | "
+            f"{r['server_cpu_ms_per_call']:6.2f} ({r['server_cores']:.2f}) | "
+            f"{r['other_cpu_ms_per_call']:6.2f} ({r['other_cores']:.2f})"
         )
     print("\nHTTP server choice (one tiny JSON app, same client)")
     base = servers.get("aiohttp", {})
@@ -423,6 +512,12 @@ def main() -> None:
     args = parser.parse_args()
     total, rounds = (600, 100) if args.quick else (3000, 400)
     started = time.perf_counter()
+    load_before = os.getloadavg()
+    print(
+        f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} "
+        f"({os.cpu_count()} cores)",
+        flush=True,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="herd-bench-gateway-"))
     try:
         with processes() as procs:
@@ -457,10 +552,11 @@ def main() -> None:
         )
     if args.json:
         print(json.dumps({"gateway": results, "servers": servers}, indent=2))
-    load = os.getloadavg()[0]
+    load = os.getloadavg()
     print(
         f"\ntotal {time.perf_counter() - started:.0f}s, python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} cores, load average {load:.1f} (the machine is shared)"
+        f"{os.cpu_count()} cores, load average before {load_before[0]:.2f}, after "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
 
 
