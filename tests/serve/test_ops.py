@@ -220,7 +220,10 @@ def test_draining_lets_the_inflight_stream_finish_and_refuses_new_work(
 
     thread = threading.Thread(target=stream)
     thread.start()
-    time.sleep(0.3)  # the stream is in flight, waiting on the model
+    deadline = time.monotonic() + 10
+    while server.gateway.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the stream is in flight, waiting on the model (not a guess)
+    assert server.gateway.in_flight == 1
     took = server.drain()
     thread.join(10)
     assert lines[-1] == "data: [DONE]"
