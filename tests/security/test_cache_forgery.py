@@ -209,6 +209,32 @@ def test_the_signing_key_is_made_once_private_to_the_user(tmp_path: Path) -> Non
     assert key.hex() not in repr(codec.HmacSeal(key))
 
 
+def test_a_process_reading_the_key_while_another_creates_it_never_sees_half_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`herd serve --workers 2` starts both workers at once: the second must find no key
+    file (and make or read one) or the whole key — an empty file read as "damaged"
+    stopped every worker."""
+    path = tmp_path / "cache.key"
+    codec._KEYS.clear()
+    seen: list[bytes | None] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:  # what a second process sees mid-creation
+        try:
+            seen.append(codec._read_key_file(path))
+        except FileNotFoundError:
+            seen.append(None)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(codec.os, "write", write)
+    key = codec.load_sign_key(path)
+    monkeypatch.undo()
+    assert seen == [None]
+    assert codec._read_key_file(path) == key
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.key"]  # no temporary file left
+
+
 def test_a_signing_key_others_can_read_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "cache.key"
     codec.load_sign_key(path)
