@@ -19,7 +19,8 @@ from typing import Any, Literal
 import anyio
 from modelherd import Agent
 from modelherd.errors import ConfigError
-from pydantic import BaseModel, Field, ValidationError
+from modelherd.lazy_model import LazyModel
+from pydantic import Field, ValidationError
 
 from . import features, storage
 from .caveats import model_note
@@ -41,13 +42,13 @@ SYSTEM = (
 )
 
 
-class TrackedPosition(BaseModel):
+class TrackedPosition(LazyModel):
     symbol: str
     side: Literal["long", "short"] = "long"
     weight: float = Field(default=0.0, ge=0, le=1)
 
 
-class TrackedPortfolio(BaseModel):
+class TrackedPortfolio(LazyModel):
     name: str = "tracked"
     note: str = ""
     positions: list[TrackedPosition]
@@ -65,7 +66,7 @@ class CopyBotSettings(DecisionSettings):
     portfolio: str = "copybot"
 
 
-class CopyDecision(BaseModel):
+class CopyDecision(LazyModel):
     symbol: str
     tracked_side: str
     tracked_weight: float
@@ -81,7 +82,7 @@ class CopyDecision(BaseModel):
     fill: Fill | None = None
 
 
-class CopyReport(BaseModel):
+class CopyReport(LazyModel):
     at: str
     mode: Literal["paper"] = "paper"
     tracked: str

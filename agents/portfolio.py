@@ -21,12 +21,13 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from modelherd.lazy_model import LazyModel
+from pydantic import Field, ValidationError
 
 from . import storage
 
 
-class Position(BaseModel):
+class Position(LazyModel):
     symbol: str
     qty: float
     entry_price: float
@@ -36,7 +37,7 @@ class Position(BaseModel):
     source: str = ""
 
 
-class Fill(BaseModel):
+class Fill(LazyModel):
     """One paper trade."""
 
     symbol: str
@@ -48,7 +49,7 @@ class Fill(BaseModel):
     pnl: float | None = None
 
 
-class JournalOutbox(BaseModel):
+class JournalOutbox(LazyModel):
     journal: str
     #: the journal's size when the lines were committed: they are after this offset
     offset: int
@@ -56,7 +57,7 @@ class JournalOutbox(BaseModel):
     lines: list[str]
 
 
-class Portfolio(BaseModel):
+class Portfolio(LazyModel):
     name: str = "paper"
     initial_cash: float = 10_000.0
     cash: float = 10_000.0

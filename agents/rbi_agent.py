@@ -25,7 +25,8 @@ from typing import Any, Literal
 import anyio
 from modelherd import Agent, AgentSettings
 from modelherd.errors import ConfigError, HerdError, MissingDependencyError
-from pydantic import BaseModel, Field
+from modelherd.lazy_model import LazyModel
+from pydantic import Field
 
 from . import jail, storage
 from .answers import json_object
@@ -122,7 +123,7 @@ class RBISettings(AgentSettings):
     data_dir: str | None = None
 
 
-class Round(BaseModel):
+class Round(LazyModel):
     round: int
     step: Literal["code", "debug"]
     model: str
@@ -133,7 +134,7 @@ class Round(BaseModel):
     code_file: str = ""
 
 
-class RBIResult(BaseModel):
+class RBIResult(LazyModel):
     idea_hash: str
     idea: str
     status: Literal["ok", "failed", "duplicate"]

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import anyio
 from modelherd import Agent, AgentSettings
 from modelherd.errors import HerdError
-from pydantic import BaseModel, Field
+from modelherd.lazy_model import LazyModel
+from pydantic import Field
 
 from . import storage
 from .answers import ParseError, parse_answer
@@ -43,7 +44,7 @@ class RiskSettings(AgentSettings):
     data_dir: str | None = None
 
 
-class RiskAlert(BaseModel):
+class RiskAlert(LazyModel):
     """What `on_alert` receives (notifiers read `state`, `name`, `severity`, `message`)."""
 
     name: str
@@ -56,7 +57,7 @@ class RiskAlert(BaseModel):
     at: str = Field(default_factory=storage.utc_now)
 
 
-class RiskReport(BaseModel):
+class RiskReport(LazyModel):
     portfolio: str
     equity: float
     loss_pct: float

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import anyio
 from modelherd import Agent, AgentSettings
 from modelherd.errors import CallTimeoutError, ConfigError, HerdError
+from modelherd.lazy_model import LazyModel
 from modelherd.plugins.observability.otel import agent_span
 from modelherd.types import Message
 from pydantic import BaseModel, Field, field_validator
@@ -71,13 +72,13 @@ class SwarmSettings(AgentSettings):
         return value
 
 
-class Member(BaseModel):
+class Member(LazyModel):
     name: str
     alias: str
     seed: int | None = None
 
 
-class MemberResult(BaseModel):
+class MemberResult(LazyModel):
     name: str
     alias: str
     seed: int | None = None
@@ -92,7 +93,7 @@ class MemberResult(BaseModel):
     error: str | None = None
 
 
-class JudgeResult(BaseModel):
+class JudgeResult(LazyModel):
     alias: str
     status: Status = "pending"
     label: str | None = None
@@ -102,7 +103,7 @@ class JudgeResult(BaseModel):
     error: str | None = None
 
 
-class Consensus(BaseModel):
+class Consensus(LazyModel):
     label: str | None
     confidence: float | None = None
     agreement: float = 0.0
@@ -112,7 +113,7 @@ class Consensus(BaseModel):
     reason: str = ""
 
 
-class SwarmResult(BaseModel):
+class SwarmResult(LazyModel):
     id: str
     question: str
     labels: list[str] | None

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import anyio
 from modelherd import Agent, AgentSettings
 from modelherd.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field
+from modelherd.lazy_model import LazyModel
+from pydantic import ConfigDict, Field
 
 from . import features, storage
 from .caveats import model_note
@@ -100,7 +101,7 @@ class TradingSettings(DecisionSettings):
     risk: bool = True
 
 
-class TradeAnswer(BaseModel):
+class TradeAnswer(LazyModel):
     """One model's decision as it must answer it: sent as the swarm members'
     `output_type` (native structured output), each answer validated before it votes.
     Confidence may come back null (the gate then says "came without a confidence");
@@ -114,7 +115,7 @@ class TradeAnswer(BaseModel):
     reasoning: str = Field(default="", max_length=160)
 
 
-class Decision(BaseModel):
+class Decision(LazyModel):
     symbol: str
     #: what the models said (None = no consensus)
     model_action: str | None
@@ -132,7 +133,7 @@ class Decision(BaseModel):
     fill: Fill | None = None
 
 
-class TradingReport(BaseModel):
+class TradingReport(LazyModel):
     at: str
     mode: Literal["paper"] = "paper"
     timeframe: str

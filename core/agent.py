@@ -10,16 +10,17 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from .config import validate_table
+from .lazy_model import LazyModel
 from .runs import run_scope
 
 if TYPE_CHECKING:
     from .kernel import Herd
 
 
-class AgentSettings(BaseModel):
+class AgentSettings(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
 

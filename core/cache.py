@@ -21,8 +21,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
+from .lazy_model import LazyModel
 from .types import ChatRequest, ChatResponse, Message, Metric, TextPart, Usage, trusted
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ def coalesce_key(request: ChatRequest) -> str | None:
     return request_key(request) if is_deterministic(request) else None
 
 
-class CachePolicy(BaseModel):
+class CachePolicy(LazyModel):
     """`[plugins.cache]`: what the response cache may keep, whichever tiers are on."""
 
     model_config = ConfigDict(extra="forbid")

@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+from .lazy_model import LazyModel
 from .trust import Skipped, TrustStore, skipped_line
 from .types import ModelSpec
 
@@ -58,7 +59,7 @@ def validate_table(model: type[_T], table: Mapping[str, Any], where: str, docs: 
 _SPEC_KEYS = {"provider", "model", "options", "fallbacks", "timeout", "retries", "price"}
 
 
-class HerdSection(BaseModel):
+class HerdSection(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
     default_model: str = "local"
@@ -74,14 +75,14 @@ class HerdSection(BaseModel):
     allow_plugins: list[str] | None = None
 
 
-class ProfileSection(BaseModel):
+class ProfileSection(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
     default_model: str | None = None
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
-class HerdConfig(BaseModel):
+class HerdConfig(LazyModel):
     """The validated configuration. `plugins` holds `disable` and per-plugin tables."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)

@@ -21,9 +21,10 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from .errors import BadRequestError, ConfigError
+from .lazy_model import LazyModel
 from .types import ChatRequest, ChatResponse, EmbedResponse, Message, Metric, Usage, trusted
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ KEY_KIND = "embed-v1"
 _CONCURRENT_BATCHES = 4
 
 
-class EmbedRequest(BaseModel):
+class EmbedRequest(LazyModel):
     """One upstream embeddings call (a batch), as a provider's `embed` receives it."""
 
     model_config = ConfigDict(extra="forbid")

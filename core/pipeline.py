@@ -42,7 +42,7 @@ from .provider import Model
 from .retry import retry_delay
 from .stash import Stash, StashKey
 from .tools import check_response, require_tool_support
-from .types import ChatRequest, ChatResponse, KeepAlive, Metric, ReasoningDelta
+from .types import ChatRequest, ChatResponse, KeepAlive, Metric, ReasoningDelta, assign
 
 if TYPE_CHECKING:
     from .kernel import Herd
@@ -101,7 +101,7 @@ async def _chat_admitted(
     except BaseException as exc:
         _fail(herd, request, exc)
         raise
-    response.latency_s = time.perf_counter() - started
+    assign(response, "latency_s", time.perf_counter() - started)
     check_response(request, response)  # tool calls vs the tools' schemas (docs/tools.md)
     valid = _validate(herd, request, response, validate) if validate is not None else None
     if led and cache is not None and answered_by:
@@ -126,7 +126,7 @@ async def _call_chain(
                 continue
             break
         if index > 0:
-            response.fallback_from = request.alias
+            assign(response, "fallback_from", request.alias)
         answered_by.append(attempt_request)
         return response
     raise _chain_error(request, errors)
@@ -153,9 +153,9 @@ async def _attempts(herd: Herd, request: ChatRequest) -> ChatResponse:
                 response = await model.chat(request)
             if response.finish_reason == "unknown":
                 _check_complete(request, response)
-            response.attempts = attempt + 1
+            assign(response, "attempts", attempt + 1)
             if not response.alias:
-                response.alias = request.alias
+                assign(response, "alias", request.alias)
             return response
         except Exception as exc:
             error = _attempt_error(herd, request, exc, timeout, streaming=False)
@@ -224,11 +224,11 @@ async def _stream_admitted(herd: Herd, request: ChatRequest, started: float) -> 
             _fail(herd, request, exc)
             raise
         if index > 0 and final is not None:
-            final.fallback_from = request.alias
+            assign(final, "fallback_from", request.alias)
         answered_by = attempt_request
         break
     assert final is not None and answered_by is not None
-    final.latency_s = time.perf_counter() - started
+    assign(final, "latency_s", time.perf_counter() - started)
     check_response(request, final)
     await _store(herd, request, answered_by, key, final, None)
     _finish(herd, request, final, None)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import validate_table
 from .errors import InvalidOptionError
+from .lazy_model import LazyModel
 from .types import (
     Availability,
     ChatRequest,
@@ -33,13 +34,13 @@ if TYPE_CHECKING:
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
-class ProviderSettings(BaseModel):
+class ProviderSettings(LazyModel):
     """Base for a provider's `[models.<alias>]` extra fields; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
 
 
-class SamplingOptions(BaseModel):
+class SamplingOptions(LazyModel):
     """Per-call sampling options local engines (llama.cpp, Ollama) share; a provider's
     own options model extends it. extra="forbid": a typo is an error, not ignored.
     Values are range-checked here, before anything is sent (`max_tokens = -5` means
@@ -59,7 +60,7 @@ class SamplingOptions(BaseModel):
     response_format: dict[str, Any] | type[BaseModel] | None = None
 
 
-class CommonOptionRanges(BaseModel):
+class CommonOptionRanges(LazyModel):
     """The ranges of the common options, for providers that pass options through as a
     dict (the OpenAI family, Anthropic): only these keys are checked here, the
     provider rejects the keys it does not know. A provider narrows a range by

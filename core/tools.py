@@ -34,6 +34,7 @@ from .errors import (
     HerdError,
     MissingDependencyError,
 )
+from .lazy_model import LazyModel
 from .types import (
     ChatRequest,
     ToolCall,
@@ -63,7 +64,7 @@ class ToolArgumentsError(HerdError):
         self.call = call
 
 
-class Tool(BaseModel):
+class Tool(LazyModel):
     """One function a model may call: its name, description and JSON-schema parameters.
 
     Build with `Tool.from_function(fn)`, `Tool.from_model(Model)` or

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from modelherd import hookimpl
 from modelherd.cache import CacheTier
+from modelherd.lazy_model import LazyModel
 from modelherd.plugins.cache.codec import (
     CorruptEntryError,
     FernetSeal,
@@ -43,7 +44,7 @@ from modelherd.plugins.cache.codec import (
     parse_size,
 )
 from modelherd.types import ChatResponse
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import ConfigDict, field_validator
 
 if TYPE_CHECKING:
     import click
@@ -73,7 +74,7 @@ def default_path() -> Path:
     return Path(platformdirs.user_cache_dir("modelherd")) / "responses.sqlite3"
 
 
-class DiskSettings(BaseModel):
+class DiskSettings(LazyModel):
     """`[plugins.cache_disk]`."""
 
     model_config = ConfigDict(extra="forbid")

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.cache import CacheTier
+from modelherd.lazy_model import LazyModel
 from modelherd.plugins.cache.codec import parse_size
 from modelherd.types import ChatResponse, Usage, trusted
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import ConfigDict, field_validator
 
 if TYPE_CHECKING:
     import click
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 _OVERHEAD_BYTES = 600
 
 
-class MemorySettings(BaseModel):
+class MemorySettings(LazyModel):
     """`[plugins.cache_memory]`."""
 
     model_config = ConfigDict(extra="forbid")

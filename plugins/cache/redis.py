@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from modelherd import hookimpl
 from modelherd.cache import CacheTier
 from modelherd.errors import ConfigError, MissingDependencyError
+from modelherd.lazy_model import LazyModel
 from modelherd.plugins.cache.codec import (
     CorruptEntryError,
     FernetSeal,
@@ -35,7 +36,7 @@ from modelherd.plugins.cache.codec import (
     make_seal,
 )
 from modelherd.types import ChatResponse
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import ConfigDict, field_validator
 
 if TYPE_CHECKING:
     import click
@@ -59,7 +60,7 @@ def _user_seal() -> Seal:
     return HmacSeal(load_sign_key())
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(LazyModel):
     """`[plugins.cache_redis]`."""
 
     model_config = ConfigDict(extra="forbid")

@@ -35,9 +35,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
+from modelherd.lazy_model import LazyModel
 from modelherd.plugins.cache.codec import parse_size
 from modelherd.types import ChatRequest, ChatResponse, Metric
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import ConfigDict, field_validator
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
@@ -48,7 +49,7 @@ log = logging.getLogger("modelherd.residency")
 _AUTO_SHARE = 0.6
 
 
-class ResidencySettings(BaseModel):
+class ResidencySettings(LazyModel):
     """`[plugins.residency]`."""
 
     model_config = ConfigDict(extra="forbid")

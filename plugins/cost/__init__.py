@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from modelherd import hookimpl
-from pydantic import BaseModel, ConfigDict
+from modelherd.lazy_model import LazyModel
+from pydantic import ConfigDict
 
 if TYPE_CHECKING:
     from modelherd import Herd
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 HOOKS_NAME = "cost-calls"
 
 
-class CostSettings(BaseModel):
+class CostSettings(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True

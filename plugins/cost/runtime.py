@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from modelherd import hookimpl
 from modelherd.plugins.cost.prices import PriceBook
-from modelherd.types import ChatRequest, ChatResponse, Metric
+from modelherd.types import ChatRequest, ChatResponse, Metric, assign
 
 if TYPE_CHECKING:
     from modelherd import Herd
@@ -23,8 +23,8 @@ class CostHooks:
     def after_call(self, request: ChatRequest, response: ChatResponse, herd: Herd) -> None:
         spec = herd.resolve(response.alias or request.alias)
         cost = self.book.cost(spec, response)
-        response.usage.cost = cost
-        if herd.wants_metrics and (cost.amount or cost.saved):
+        assign(response.usage, "cost", cost)
+        if (cost.amount or cost.saved) and herd.wants_metrics:
             attrs = {
                 "gen_ai.provider.name": response.provider,
                 "gen_ai.request.model": spec.model,

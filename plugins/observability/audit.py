@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 from modelherd import hookimpl
 from modelherd.config import validate_table
 from modelherd.errors import ConfigError, HerdError
+from modelherd.lazy_model import LazyModel
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 if TYPE_CHECKING:
     from modelherd import Herd
@@ -47,7 +48,7 @@ GUARD_NAME = "audit-guard"
 _T0 = StashKey[float]()
 
 
-class AuditSettings(BaseModel):
+class AuditSettings(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
     #: None = on when `path` is set

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.config import validate_table
-from pydantic import BaseModel, ConfigDict, Field
+from modelherd.lazy_model import LazyModel
+from pydantic import ConfigDict, Field
 
 if TYPE_CHECKING:
     from modelherd import Herd
@@ -42,7 +43,7 @@ GAUGES = {
 }
 
 
-class ResourceSettings(BaseModel):
+class ResourceSettings(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True

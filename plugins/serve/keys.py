@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from modelherd.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field
+from modelherd.lazy_model import LazyModel
+from pydantic import ConfigDict, Field
 
 TOKEN_PREFIX = "hk_"
 _TOKEN_RE = re.compile(r"^hk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$")
@@ -32,7 +33,7 @@ _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-class KeyRecord(BaseModel):
+class KeyRecord(LazyModel):
     """What is stored for one key (never the key itself)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -62,7 +63,7 @@ class KeyRecord(BaseModel):
         return {**self.model_dump(exclude={"sha256"}), "state": self.state()}
 
 
-class KeyFile(BaseModel):
+class KeyFile(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = 1

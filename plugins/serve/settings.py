@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from modelherd.lazy_model import LazyModel
+from pydantic import ConfigDict, Field, field_validator
 
 DOCS = "docs/serve.md"
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(LazyModel):
     """`[plugins.serve]` (every field is also a `herd serve` option where it makes sense)."""
 
     model_config = ConfigDict(extra="forbid")

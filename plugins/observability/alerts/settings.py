@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from modelherd.config import validate_table
-from pydantic import BaseModel, ConfigDict, Field
+from modelherd.lazy_model import LazyModel
+from pydantic import ConfigDict, Field
 
 RecoverKpi = Literal["latency_mean", "error_rate", "quality"]
 
@@ -21,7 +22,7 @@ def _default_recover_on() -> list[RecoverKpi]:
     return ["latency_mean", "error_rate"]
 
 
-class AlertSettings(BaseModel):
+class AlertSettings(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
     #: KPI tracking, alerts, the circuit breaker and the `herd top` status file

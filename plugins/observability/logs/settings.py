@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from modelherd.lazy_model import LazyModel
+from pydantic import ConfigDict, Field
 
 DOCS = "docs/logs.md"
 
 
-class LogSettings(BaseModel):
+class LogSettings(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True

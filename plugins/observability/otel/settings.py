@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from modelherd.config import validate_table
 from modelherd.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field
+from modelherd.lazy_model import LazyModel
+from pydantic import ConfigDict, Field
 
 DEFAULT_ENDPOINT = "http://localhost:4318"
 _ENDPOINT_VARS = (
@@ -23,7 +24,7 @@ _ENDPOINT_VARS = (
 )
 
 
-class OtelSettings(BaseModel):
+class OtelSettings(LazyModel):
     """What `[plugins.otel]` may hold (unknown keys are errors)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -46,7 +47,7 @@ class OtelSettings(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
-class ResolvedOtel(BaseModel):
+class ResolvedOtel(LazyModel):
     """Settings after the environment has been applied: what the exporter will use."""
 
     enabled: bool

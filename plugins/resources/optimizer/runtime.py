@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from modelherd import hookimpl
 from modelherd.errors import ConfigError
+from modelherd.lazy_model import LazyModel
 from modelherd.plugins.resources.optimizer import RUNTIME
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, ModelSpec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -54,7 +55,7 @@ KvType = Literal["f16", "q8_0", "q4_0"]
 _KV_DEFAULT: tuple[KvType, ...] = ("f16", "q8_0", "q4_0")
 
 
-class OptimizerSettings(BaseModel):
+class OptimizerSettings(LazyModel):
     """`[plugins.optimizer]` in plugins.toml."""
 
     model_config = ConfigDict(extra="forbid")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from modelherd import hookimpl
 from modelherd.errors import HerdError, OverloadedError
+from modelherd.lazy_model import LazyModel
 from modelherd.plugins.resources.optimizer.runtime import unload_local
 from modelherd.plugins.resources.scheduler import RUNTIME
 from modelherd.plugins.resources.scheduler.load_state import (
@@ -41,7 +42,7 @@ from modelherd.plugins.resources.scheduler.load_state import (
 )
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse, Metric
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
@@ -68,7 +69,7 @@ _ALLOWED: dict[str, set[str]] = {
 }
 
 
-class SchedulerSettings(BaseModel):
+class SchedulerSettings(LazyModel):
     """`[plugins.scheduler]`."""
 
     model_config = ConfigDict(extra="forbid")

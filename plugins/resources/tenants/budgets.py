@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from modelherd import hookimpl
 from modelherd.errors import BudgetExceededError, ConfigError, QuotaExceededError
+from modelherd.lazy_model import LazyModel
 from modelherd.plugins.resources.tenants.budget_store import (
     BUSY,
     NANO,
@@ -47,7 +48,7 @@ from modelherd.plugins.resources.tenants.budget_store import (
 )
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
@@ -61,14 +62,14 @@ Period = Literal["daily", "monthly"]
 _GATE = StashKey["_Gate"]()
 
 
-class BudgetLimits(BaseModel):
+class BudgetLimits(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
     daily: float | None = Field(None, gt=0)
     monthly: float | None = Field(None, gt=0)
 
 
-class BudgetSettings(BaseModel):
+class BudgetSettings(LazyModel):
     """`[plugins.budgets]`."""
 
     model_config = ConfigDict(extra="forbid")

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from modelherd.config import validate_table
 from modelherd.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from modelherd.lazy_model import LazyModel
+from pydantic import ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from modelherd.config import HerdConfig
@@ -32,7 +33,7 @@ SHARED_UNKNOWN = "~unknown"
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
 
 
-class TierLimits(BaseModel):
+class TierLimits(LazyModel):
     """One tier's limits (0 or absent = no limit). Every field may be set per tenant too."""
 
     model_config = ConfigDict(extra="forbid")
@@ -99,7 +100,7 @@ DEFAULT_TIERS: dict[str, dict[str, Any]] = {
 }
 
 
-class TenantsSettings(BaseModel):
+class TenantsSettings(LazyModel):
     """`[plugins.tenants]`."""
 
     model_config = ConfigDict(extra="forbid")
