@@ -107,7 +107,7 @@ def resolve(settings: OtelSettings, env: Mapping[str, str]) -> ResolvedOtel:
         enabled=bool(enabled),
         traces_endpoint=traces,
         metrics_endpoint=metrics,
-        protocol=protocol,  # type: ignore[arg-type]
+        protocol=protocol,
         traces=settings.traces and env.get("OTEL_TRACES_EXPORTER", "").lower() != "none",
         metrics=settings.metrics and env.get("OTEL_METRICS_EXPORTER", "").lower() != "none",
         capture_content=capture,
