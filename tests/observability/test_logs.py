@@ -429,3 +429,42 @@ async def test_a_budget_refusal_is_logged_as_an_error(tmp_path: Path) -> None:
     assert ok["outcome"] == "ok" and ok["cost"] == pytest.approx(0.1)
     assert (refused["outcome"], refused["error_type"]) == ("error", "BudgetExceededError")
     assert refused["latency_s"] is not None  # timed from the call's start in the pipeline
+
+
+def _open_when_all_ready(path: str, barrier: Any, results: Any) -> None:
+    from modelherd.plugins.observability.logs.store import open_db
+
+    barrier.wait()  # every process opens the new file at the same moment
+    try:
+        db = open_db(Path(path), create=True)
+        results.put(db.execute("PRAGMA user_version").fetchone()[0])
+    except Exception as exc:
+        results.put(repr(exc))
+
+
+def test_processes_creating_one_new_log_at_once_all_open_it(tmp_path: Path) -> None:
+    # herd serve --workers 2 (or replicas on one disk) open a new logs.db together: each
+    # used to read version 0 and all but one failed on "table calls already exists"
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        barrier, results = context.Barrier(4), context.Queue()
+        path = str(tmp_path / f"logs{round_}.db")
+        procs = [
+            context.Process(target=_open_when_all_ready, args=(path, barrier, results))
+            for _ in range(4)
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [results.get(timeout=5) for _ in procs] == [VERSION] * 4
+
+
+def test_a_new_log_uses_incremental_auto_vacuum(tmp_path: Path) -> None:
+    # pruning gives pages back only in this mode, and it can be chosen only before
+    # the first write (switching to WAL is one)
+    store = LogStore(tmp_path / "logs.db")
+    assert store.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+    store.close()

@@ -65,24 +65,53 @@ class SchemaError(Exception):
 
 def migrate(db: sqlite3.Connection) -> int:
     """Bring `db` to VERSION; return the version it had (0 for a new file)."""
+    found = _version(db)
+    if found == VERSION:  # the common case: no write lock, so a reader needs no write access
+        return found
+    # The write lock is taken before the version is read again: two processes opening
+    # a new file at once (`herd serve --workers 2`, replicas on one disk) would otherwise
+    # both see version 0 and the second would fail on "table calls already exists".
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = _version(db)
+        if found == 0:
+            tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()
+            if tables[0]:
+                raise SchemaError("it is an SQLite file but not a modelherd call log")
+            # incremental auto-vacuum lets pruning give pages back to the filesystem; it
+            # can only be chosen before the first table exists
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            _run(db, V1)
+        for version in range(max(found, 1), VERSION):
+            _run(db, MIGRATIONS[version])
+        db.execute(f"PRAGMA user_version = {max(found, VERSION)}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _version(db: sqlite3.Connection) -> int:
     found = int(db.execute("PRAGMA user_version").fetchone()[0])
     if found > VERSION:
         raise SchemaError(
             f"it has schema version {found}, newer than this modelherd's {VERSION} — "
             f"upgrade modelherd, or point [plugins.logs] path at another file"
         )
-    if found == 0:
-        tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()
-        if tables[0]:
-            raise SchemaError("it is an SQLite file but not a modelherd call log")
-        # incremental auto-vacuum lets pruning give pages back to the filesystem; it
-        # can only be chosen before the first table exists
-        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        db.executescript(f"BEGIN; {V1} PRAGMA user_version = 1; COMMIT;")
-    version = max(found, 1)
-    while version < VERSION:
-        db.executescript(
-            f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;"
-        )
-        version += 1
     return found
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    """Each statement of `script` inside the caller's transaction (`executescript`
+    would commit it first and give the lock away)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        if not statement and line.lstrip().startswith("--"):
+            continue
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise SchemaError(f"an incomplete statement in the schema: {statement[:60]!r}")

@@ -82,6 +82,10 @@ def open_db(path: Path, *, create: bool) -> sqlite3.Connection:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     try:
         db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        if path.stat().st_size == 0:
+            # before anything writes the header: switching to WAL writes it, and from
+            # then on the auto-vacuum mode is fixed (it stayed "none" when this came later)
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         # the -wal file is truncated back to this after a checkpoint: the bound on the
