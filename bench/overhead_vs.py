@@ -2,6 +2,7 @@
 
     python bench/overhead_vs.py --baseline-python ../before/.venv/bin/python
     python bench/overhead_vs.py --baseline-python ../before/.venv/bin/python --rounds 5
+    python bench/overhead_vs.py --baseline-python ../before/.venv/bin/python --disable logs,cost
 
 The baseline is any other checkout installed in its own virtualenv (for example the
 commit a round started from):
@@ -54,7 +55,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _child_overhead(calls: int) -> dict[str, float]:
+async def _child_overhead(calls: int, disable: list[str]) -> dict[str, float]:
     from modelherd import Herd
     from modelherd.config import load_config
     from modelherd.testing import MockModel, MockProvider
@@ -62,6 +63,7 @@ async def _child_overhead(calls: int) -> dict[str, float]:
 
     config = load_config()
     config.models["bench"] = {"provider": "mock", "model": "mock-1"}
+    config.plugins["disable"] = disable
     provider = MockProvider()
     model = provider.add("bench", MockModel())
     herd = Herd(config, env={}, plugins=(provider,))
@@ -98,8 +100,10 @@ def _run(python: str, *args: str, cwd: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def _measure(python: str, calls: int, import_runs: int, cwd: str) -> dict[str, float]:
-    result = json.loads(_run(python, __file__, "--child", str(calls), cwd=cwd))
+def _measure(python: str, calls: int, import_runs: int, cwd: str, disable: str) -> dict[str, float]:
+    result = json.loads(
+        _run(python, __file__, "--child", str(calls), "--disable", disable, cwd=cwd)
+    )
     own = [
         (
             float(_run(python, "-c", IMPORT_CODE, cwd=cwd))
@@ -120,10 +124,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=10000)
     parser.add_argument("--import-runs", type=int, default=3, help="per round and side")
+    parser.add_argument(
+        "--disable",
+        default="",
+        help="plugins to leave out of the per-call figure, comma-separated (e.g. logs,cost): "
+        "what one plugin costs is the difference between two runs",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(asyncio.run(_child_overhead(args.child))))
+        disable = [name for name in args.disable.split(",") if name]
+        print(json.dumps(asyncio.run(_child_overhead(args.child, disable))))
         return
     if not args.baseline_python:
         parser.error("--baseline-python is required: the python of the checkout to compare with")
@@ -135,7 +146,9 @@ def main() -> None:
             _run(python, "-c", IMPORT_CODE, cwd=empty)
         for _ in range(args.rounds):
             for name, python in sides.items():
-                runs[name].append(_measure(python, args.calls, args.import_runs, empty))
+                runs[name].append(
+                    _measure(python, args.calls, args.import_runs, empty, args.disable)
+                )
     load = os.getloadavg()[0]
 
     def median(name: str, key: str) -> float:
@@ -145,6 +158,8 @@ def main() -> None:
         f"kernel cost, this checkout vs baseline ({args.rounds} interleaved rounds, load {load:.1f})"
     )
     print(f"  baseline: {args.baseline_python}")
+    if args.disable:
+        print(f"  plugins disabled for the per-call figure: {args.disable}")
     for key, label, unit in (
         ("overhead_us", "per-call overhead p50", "µs"),
         ("import_own_ms", "import + plugin load, own share", "ms"),
