@@ -42,23 +42,25 @@ COMMON_OPTIONS = frozenset(
         "tool_choice",
     }
 )
-#: the classes `trusted` has checked are complete (their validator built)
-_COMPLETE: set[type] = set()
-#: per class: (field -> plain default, field -> default factory), for `trusted`
-_DEFAULTS: dict[type, tuple[dict[str, Any], dict[str, Any]]] = {}
+#: per class `trusted` has built: (field -> plain default, field -> default factory,
+#: the number of fields); present only once the class is complete
+_SHAPES: dict[type, tuple[dict[str, Any], dict[str, Any], int]] = {}
 
 
-def _defaults(cls: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
-    found = _DEFAULTS.get(cls)
-    if found is None:
-        plain: dict[str, Any] = {}
-        factories: dict[str, Any] = {}
-        for name, info in cls.__pydantic_fields__.items():
-            if info.default_factory is not None:
-                factories[name] = info.default_factory
-            elif info.default is not PydanticUndefined:
-                plain[name] = info.default
-        found = _DEFAULTS[cls] = (plain, factories)
+def _shape(cls: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any], int]:
+    # A LazyModel never validated yet is incomplete, and pydantic retries its build on
+    # every `__new__` (~13 µs): complete it here, once per class.
+    if not cls.__pydantic_complete__:
+        cls.model_rebuild()
+    plain: dict[str, Any] = {}
+    factories: dict[str, Any] = {}
+    fields = cls.__pydantic_fields__  # not model_fields: a slow class property (~5 µs)
+    for name, info in fields.items():
+        if info.default_factory is not None:
+            factories[name] = info.default_factory
+        elif info.default is not PydanticUndefined:
+            plain[name] = info.default
+    found = _SHAPES[cls] = (plain, factories, len(fields))
     return found
 
 
@@ -70,16 +72,8 @@ def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
     caller supplies with the right type — never for user input. Fields the caller
     leaves out get their declared default (a field added later cannot break callers).
     """
-    if cls not in _COMPLETE:
-        # a LazyModel never validated yet is incomplete, and pydantic retries its build
-        # on every `__new__` (~13 µs): complete it once. A set lookup, because reading
-        # `cls.__pydantic_complete__` costs more than the rest of this function.
-        if not cls.__pydantic_complete__:
-            cls.model_rebuild()
-        _COMPLETE.add(cls)
-    # __pydantic_fields__, not model_fields: the latter is a slow class property (~5 µs)
-    if len(values) != len(cls.__pydantic_fields__):
-        plain, factories = _defaults(cls)
+    plain, factories, size = _SHAPES.get(cls) or _shape(cls)
+    if len(values) != size:
         values = {**plain, **values}
         for name, factory in factories.items():
             if name not in values:
