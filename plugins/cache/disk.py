@@ -13,20 +13,31 @@ answer":
 - a full disk or a locked file skips the store; the call already has its answer.
 
 Reads run on the event loop (a primary-key lookup in a WAL database is a few
-microseconds and never waits for a lock); writes run in a worker thread on their
-own connection. Hits record their access time in memory and it is written with
-the next store, so a hit costs no write.
+microseconds and never waits for a lock). Writes are write-behind: a store seals the
+answer into bytes on the event loop (so a caller changing the response afterwards
+changes nothing stored) and returns; the tier's own writer thread commits whatever
+has piled up in one transaction, on its own connection. Until then a get for that
+key is served from the pending buffer. The buffer is bounded (`write_behind_max`
+answers): past it a store waits for the disk, as every store did before. `aclose()`
+— and, for a process that never closes its herd, interpreter exit — writes what is
+pending. A failed batch counts one error per answer it held and warns once, as a
+failed store always did. Hits record their access time in memory and it is written
+with the next batch, so a hit costs no write.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +77,11 @@ CREATE INDEX IF NOT EXISTS entries_accessed ON entries(accessed);
 _TOUCH_FLUSH = 256
 #: eviction brings the database down to this share of the cap (room for new stores)
 _LOW_WATER = 0.9
+_INSERT = (
+    "INSERT OR REPLACE INTO entries (key, value, expires, accessed, size) VALUES (?, ?, ?, ?, ?)"
+)
+#: the most bytes of answers the write-behind buffer holds before a store waits
+_PENDING_MAX_BYTES = 64 * 1024**2
 
 
 def default_path() -> Path:
@@ -91,13 +107,16 @@ class DiskSettings(LazyModel):
     sign_key_env: str | None = None
     #: how long a store waits for another process's write lock, milliseconds
     busy_timeout_ms: int = 200
+    #: answers a store may leave to the background writer (write-behind); past it a
+    #: store waits for the disk; 0 = every store waits for its own write
+    write_behind_max: int = 1024
 
     @field_validator("max_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)
 
-    @field_validator("ttl", "busy_timeout_ms")
+    @field_validator("ttl", "busy_timeout_ms", "write_behind_max")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:
@@ -110,6 +129,45 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     # connection closed under us (ProgrammingError) must not move a fresh file aside
     name = getattr(exc, "sqlite_errorname", None) or ""
     return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+@dataclass(slots=True, frozen=True)
+class _Pending:
+    """One sealed answer waiting for the writer."""
+
+    blob: bytes
+    expires: float | None
+    stored_at: float
+
+
+@dataclass(slots=True)
+class _BatchResult:
+    """What one batch did, counted on the event loop (metrics are emitted there)."""
+
+    stored: int = 0
+    bytes: int = 0
+    evicted: int = 0
+    failed: int = 0
+
+
+#: tiers with a writer: interpreter exit writes what they still hold
+_LIVE: weakref.WeakSet[DiskTier] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # a script that never closes its herd used to have every answer on disk when
+    # chat() returned; write-behind keeps that promise at exit
+    for tier in list(_LIVE):
+        with contextlib.suppress(Exception):
+            tier._stop_writer()
+            tier._drain()
+
+
+def _for_want_of_room(exc: sqlite3.DatabaseError) -> bool:
+    # a full disk or the file-size limit (EFBIG shows as an I/O error)
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return name.startswith(("SQLITE_FULL", "SQLITE_IOERR"))
 
 
 class DiskTier(CacheTier):
@@ -127,7 +185,18 @@ class DiskTier(CacheTier):
         self._touched: dict[str, float] = {}
         self._warned: set[str] = set()
         self._disabled = False
+        # the write-behind buffer: key -> sealed answer, until committed (guarded by
+        # _pending_lock; the writer thread waits on _wake)
+        self._pending: dict[str, _Pending] = {}
+        self._pending_bytes = 0
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Condition(self._pending_lock)
+        self._writer_thread: threading.Thread | None = None
+        self._stopping = False
+        #: the loop the last store came from: batch results are counted there
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._open()
+        _LIVE.add(self)
 
     # ---- connections -------------------------------------------------------------
 
@@ -263,6 +332,9 @@ class DiskTier(CacheTier):
         return response, (expires - time.time() if expires is not None else None)
 
     async def _read(self, key: str) -> tuple[ChatResponse | None, float | None]:
+        pending = self._pending.get(key) if self._pending else None
+        if pending is not None:
+            return self._read_pending(key, pending)
         reader = self._reader
         if reader is None:
             return None, None
@@ -301,7 +373,23 @@ class DiskTier(CacheTier):
             await anyio.to_thread.run_sync(self._flush_touches_locked)
         return response, row[1]
 
-    # ---- writes (worker thread) -------------------------------------------------------
+    def _read_pending(
+        self, key: str, pending: _Pending
+    ) -> tuple[ChatResponse | None, float | None]:
+        """A hit on an answer the writer has not committed yet: the same bytes a read
+        from the file would give back, checked the same way."""
+        now = time.time()
+        if pending.expires is not None and pending.expires <= now:
+            return None, None
+        try:
+            response = decode(key, pending.blob, self._seal)
+        except CorruptEntryError:  # our own bytes: cannot happen short of a bug
+            self.count("errors")
+            return None, None
+        self._touched[key] = now
+        return response, pending.expires
+
+    # ---- writes (write-behind: the writer thread) --------------------------------------
 
     async def set(self, key: str, response: ChatResponse, ttl: float | None) -> None:
         if self._writer is None:
@@ -313,60 +401,182 @@ class DiskTier(CacheTier):
             return
         else:
             expires = now + ttl
+        # sealed now: what is stored is the answer as it was returned
         blob = encode(key, response, self._seal)
         if len(blob) > self.settings.max_bytes:
             return
-        stored, evicted, failed = await anyio.to_thread.run_sync(
-            self._write, key, blob, expires, now
-        )
-        if failed:
-            self.count("errors")
-        if stored:
-            self.count("stores")
-            self.count("bytes", len(blob))
-        if evicted:
-            self.count("evictions", evicted)
+        self._loop = asyncio.get_running_loop()
+        entry = _Pending(blob, expires, now)
+        limit = self.settings.write_behind_max
+        with self._pending_lock:
+            old = self._pending.get(key)
+            if old is not None:
+                self._pending_bytes -= len(old.blob)
+            self._pending[key] = entry
+            self._pending_bytes += len(blob)
+            full = len(self._pending) > limit or self._pending_bytes > _PENDING_MAX_BYTES
+            if not full:
+                if self._writer_thread is None:
+                    self._start_writer()
+                self._wake.notify()
+        if full:
+            # the writer is behind (or write-behind is off): this call waits for the disk
+            # rather than the buffer growing without bound
+            await self.flush()
 
-    def _write(
-        self, key: str, blob: bytes, expires: float | None, now: float
-    ) -> tuple[bool, int, bool]:
-        """(stored, evicted, failed) — counted by the caller, on the event loop."""
-        with self._write_lock:
-            writer = self._writer
-            if writer is None:
-                return False, 0, False
+    async def flush(self) -> None:
+        """Write every answer pending now; returns once they are committed (or failed)."""
+        if self._pending:
+            await anyio.to_thread.run_sync(self._drain)
+        else:
+            # the writer counts a batch (call_soon_threadsafe) before it leaves the
+            # buffer: one turn of the loop and those counts are in
+            await asyncio.sleep(0)
+
+    def _start_writer(self) -> None:
+        # under _pending_lock
+        self._stopping = False
+        thread = threading.Thread(
+            target=self._writer_main, name=f"herd-cache-disk-writer:{self.path.name}", daemon=True
+        )
+        self._writer_thread = thread
+        thread.start()
+
+    def _writer_main(self) -> None:
+        while True:
+            with self._pending_lock:
+                while not self._pending and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return  # whoever stopped the writer drains what is left
+            self._drain()
+
+    def _stop_writer(self) -> None:
+        with self._pending_lock:
+            thread, self._writer_thread = self._writer_thread, None
+            self._stopping = True
+            self._wake.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        _LIVE.discard(self)
+
+    def _drain(self) -> None:
+        """Commit what is pending, batch after batch, until nothing is (any thread)."""
+        while self._pending:
+            with self._write_lock:
+                with self._pending_lock:
+                    batch = list(self._pending.items())
+                if not batch:
+                    return
+                # counted before the entries leave the buffer: whoever sees the buffer
+                # empty (flush) finds the counters scheduled ahead of it on the loop
+                self._account_soon(self._write_batch(batch))
+                with self._pending_lock:
+                    for key, entry in batch:
+                        # a newer answer stored for the key meanwhile stays pending
+                        if self._pending.get(key) is entry:
+                            del self._pending[key]
+                            self._pending_bytes -= len(entry.blob)
+
+    def _account_soon(self, result: _BatchResult) -> None:
+        """Count a batch on the loop of the stores (the tier's metrics are emitted from
+        there); with that loop gone, only the counters move."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                if loop is asyncio.get_running_loop():
+                    self._account(result)
+                    return
+            except RuntimeError:
+                pass  # not on a loop: the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._account, result)
+                return
+        counters = self.counters
+        counters.stores += result.stored
+        counters.bytes += result.bytes
+        counters.evictions += result.evicted
+        counters.errors += result.failed
+
+    def _account(self, result: _BatchResult) -> None:
+        if result.failed:
+            self.count("errors", result.failed)
+        if result.stored:
+            self.count("stores", result.stored)
+            self.count("bytes", result.bytes)
+        if result.evicted:
+            self.count("evictions", result.evicted)
+
+    def _write_batch(self, batch: list[tuple[str, _Pending]]) -> _BatchResult:
+        """Commit the batch, then evict; under _write_lock.
+
+        One transaction for the lot (one WAL commit instead of one per answer). If it
+        fails for want of room, the answers go one at a time, as stores did before
+        batching: each that fits is kept, and each failure makes room for the next.
+        Any other failure (a lock held past busy_timeout_ms) loses the batch."""
+        result = _BatchResult()
+        writer = self._writer
+        if writer is None:
+            return result
+        rows = [(k, e.blob, e.expires, e.stored_at, len(e.blob)) for k, e in batch]
+        try:
+            writer.execute("BEGIN IMMEDIATE")
             try:
                 self._flush_touches(writer)
-                writer.execute(
-                    "INSERT OR REPLACE INTO entries (key, value, expires, accessed, size) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (key, blob, expires, now, len(blob)),
-                )
-                return True, self._evict(writer, now), False
-            except sqlite3.DatabaseError as exc:
-                if _is_corruption(exc):
-                    self._move_aside(exc)
-                    try:
-                        self._open_once()
-                    except (sqlite3.Error, OSError) as exc2:
-                        self._step_aside(exc2)
-                    return False, 0, True
-                # full disk, file-size limit, I/O error, lock held too long: skip this store
-                self._warn_once(
-                    "write",
-                    "disk cache %s could not store an answer (%s); calls go on "
-                    "uncached until there is room — free disk space or lower max_bytes",
-                    self.path,
-                    exc,
-                )
-                evicted = 0
-                code = getattr(exc, "sqlite_errorname", "")
-                if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
-                    # make room for the next stores: shrink the WAL, drop the oldest quarter
-                    with contextlib.suppress(sqlite3.Error):
-                        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                    evicted = self._drop_oldest(writer, fraction=0.25)
-                return False, evicted, True
+                writer.executemany(_INSERT, rows)
+                writer.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    writer.execute("ROLLBACK")
+                raise
+            result.stored, result.bytes = len(rows), sum(row[4] for row in rows)
+        except sqlite3.DatabaseError as exc:
+            replaced = self._write_failed(writer, exc, result)
+            if replaced or len(rows) == 1 or not _for_want_of_room(exc):
+                result.failed += len(rows)
+                return result
+            for row in rows:
+                try:
+                    writer.execute(_INSERT, row)
+                except sqlite3.DatabaseError as exc_one:
+                    result.failed += 1
+                    if self._write_failed(writer, exc_one, result):
+                        return result
+                    continue
+                result.stored += 1
+                result.bytes += row[4]
+        try:
+            result.evicted += self._evict(writer, time.time())
+        except sqlite3.DatabaseError as exc:
+            result.failed += 1  # no answer lost: the commit is done
+            self._write_failed(writer, exc, result)
+        return result
+
+    def _write_failed(
+        self, writer: sqlite3.Connection, exc: sqlite3.DatabaseError, result: _BatchResult
+    ) -> bool:
+        """Handle a failed write; True when the file was replaced (nothing more to try)."""
+        if _is_corruption(exc):
+            self._move_aside(exc)
+            try:
+                self._open_once()
+            except (sqlite3.Error, OSError) as exc2:
+                self._step_aside(exc2)
+            return True
+        # full disk, file-size limit, I/O error, lock held too long: skip this store
+        self._warn_once(
+            "write",
+            "disk cache %s could not store an answer (%s); calls go on "
+            "uncached until there is room — free disk space or lower max_bytes",
+            self.path,
+            exc,
+        )
+        if _for_want_of_room(exc):
+            # make room for the next stores: shrink the WAL, drop the oldest quarter
+            with contextlib.suppress(sqlite3.Error):
+                writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            result.evicted += self._drop_oldest(writer, fraction=0.25)
+        return False
 
     def _used_bytes(self, writer: sqlite3.Connection) -> int:
         page_size = writer.execute("PRAGMA page_size").fetchone()[0]
@@ -431,10 +641,14 @@ class DiskTier(CacheTier):
     async def clear(self) -> int:
         def run() -> int:
             with self._write_lock:
+                with self._pending_lock:
+                    dropped = len(self._pending)
+                    self._pending.clear()
+                    self._pending_bytes = 0
                 if self._writer is None:
-                    return 0
+                    return dropped
                 self._touched.clear()
-                return max(self._writer.execute("DELETE FROM entries").rowcount, 0)
+                return max(self._writer.execute("DELETE FROM entries").rowcount, 0) + dropped
 
         return await anyio.to_thread.run_sync(run)
 
@@ -445,6 +659,8 @@ class DiskTier(CacheTier):
             "max_bytes": self.settings.max_bytes,
             "ttl_s": self.settings.ttl,
             "encrypted": isinstance(self._seal, FernetSeal),
+            # answers the writer thread has not committed yet (write-behind)
+            "pending": len(self._pending),
         }
         if self._reader is None:
             out["state"] = "stepped aside"
@@ -478,6 +694,8 @@ class DiskTier(CacheTier):
 
     async def aclose(self) -> None:
         def run() -> None:
+            self._stop_writer()
+            self._drain()  # what the writer had not reached yet
             with self._write_lock:
                 if self._writer is not None:
                     with contextlib.suppress(sqlite3.Error):

@@ -102,8 +102,11 @@ def test_size_cap_evicts_least_recently_used(tmp_path: Path) -> None:
                 await herd.chat("mock", f"filler {i}")
                 # "keep" is used all along, so it stays the most recently used
                 assert (await herd.chat("mock", "keep")).cache_tier == "disk"
+            assert herd.cache is not None
+            disk_tier = next(t for t in herd.cache.tiers if t.name == "disk")
+            await disk_tier.flush()  # type: ignore[attr-defined]  # write-behind
             first = await herd.chat("mock", "filler 0")
-            stats = herd.cache.stats()["disk"] if herd.cache else {}
+            stats = herd.cache.stats()["disk"]
             assert stats["evictions"] > 0
             assert stats["size_bytes"] <= 150_000
             return [first.cache_tier]
@@ -188,10 +191,14 @@ def test_full_disk_skips_stores_and_answers_right(tmp_path: Path) -> None:
         async def main():
             wrong = 0
             async with herd:
+                tier = [t for t in herd.cache.tiers if t.name == "disk"][0]
                 # 120 answers of 5 kB overflow the 300 kB limit; then the latest ten again
                 for i in [*range(120), *range(110, 120)]:
+                    if i == 110:
+                        await tier.flush()  # write-behind: the file is full by now
                     r = await herd.chat("mock", f"p{{i}}")
                     wrong += not r.content.startswith(f"p{{i}} ")
+                await tier.flush()
                 stats = herd.cache.stats()["disk"]
             print(json.dumps({{"wrong": wrong, "warnings": warnings, "errors": stats["errors"],
                                "hits": stats["hits"], "upstream": len(model.history)}}))
