@@ -80,6 +80,10 @@ _LOW_WATER = 0.9
 _INSERT = (
     "INSERT OR REPLACE INTO entries (key, value, expires, accessed, size) VALUES (?, ?, ?, ?, ?)"
 )
+#: how long the writer lets answers gather before it commits them (group commit)
+_GROUP_COMMIT_S = 0.05
+#: a batch this big is committed at once
+_GROUP_MAX = 256
 #: the most bytes of answers the write-behind buffer holds before a store waits
 _PENDING_MAX_BYTES = 64 * 1024**2
 
@@ -414,11 +418,15 @@ class DiskTier(CacheTier):
                 self._pending_bytes -= len(old.blob)
             self._pending[key] = entry
             self._pending_bytes += len(blob)
-            full = len(self._pending) > limit or self._pending_bytes > _PENDING_MAX_BYTES
+            count = len(self._pending)
+            full = count > limit or self._pending_bytes > _PENDING_MAX_BYTES
             if not full:
                 if self._writer_thread is None:
                     self._start_writer()
-                self._wake.notify()
+                if count == 1 or count == _GROUP_MAX:
+                    # the writer waits for a first answer, then for a batch: wake it
+                    # only then, not once per store
+                    self._wake.notify()
         if full:
             # the writer is behind (or write-behind is off): this call waits for the disk
             # rather than the buffer growing without bound
@@ -447,6 +455,14 @@ class DiskTier(CacheTier):
             with self._pending_lock:
                 while not self._pending and not self._stopping:
                     self._wake.wait()
+                # group commit: the answers finishing in the next moment join this
+                # batch (a commit and a wake-up per batch, not per answer)
+                deadline = time.monotonic() + _GROUP_COMMIT_S
+                while not self._stopping and len(self._pending) < _GROUP_MAX:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
                 if self._stopping:
                     return  # whoever stopped the writer drains what is left
             self._drain()
