@@ -264,3 +264,28 @@ def test_many_concurrent_stores_all_land(tmp_path: Path) -> None:
     counters = asyncio.run(go())
     assert counters["stores"] == 300 and counters["errors"] == 0
     assert rows(db) == 300
+
+
+def test_answers_finishing_close_together_share_one_commit(tmp_path: Path) -> None:
+    db = tmp_path / "c.sqlite3"
+    herd, _ = cached_herd(echo_model(), plugins=disk(db))
+    batches: list[int] = []
+
+    async def go() -> None:
+        async with herd:
+            tier = tier_of(herd)
+            write_batch = tier._write_batch
+
+            def recording(batch: Any) -> Any:
+                batches.append(len(batch))
+                return write_batch(batch)
+
+            tier._write_batch = recording  # type: ignore[method-assign]
+            for i in range(50):
+                await herd.chat("mock", f"q{i}")
+            await tier.flush()
+
+    asyncio.run(go())
+    assert sum(batches) == 50 and rows(db) == 50
+    # one call after another, each a fraction of a millisecond: a handful of commits
+    assert len(batches) <= 10, batches
