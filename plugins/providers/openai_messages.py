@@ -113,15 +113,19 @@ def calls_from_json(message: dict[str, Any]) -> list[ToolCall]:
 
 
 def feed_stream_calls(assembler: ToolCallAssembler, deltas: Any) -> list[StreamEvent]:
-    """Events for one chunk's `delta.tool_calls` list."""
+    """Events for one chunk's `delta.tool_calls` list (JSON as sent)."""
     events: list[StreamEvent] = []
     for position, delta in enumerate(deltas):
-        function = getattr(delta, "function", None)
-        index = delta.index if getattr(delta, "index", None) is not None else position
+        if not isinstance(delta, dict):
+            continue  # not a tool-call delta: nothing to assemble
+        function = delta.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        index = delta.get("index")
         events += assembler.feed(
-            index,
-            getattr(delta, "id", None),
-            getattr(function, "name", None),
-            getattr(function, "arguments", None),
+            index if isinstance(index, int) else position,
+            delta.get("id"),
+            function.get("name"),
+            function.get("arguments"),
         )
     return events

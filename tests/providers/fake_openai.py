@@ -6,7 +6,8 @@ OK), `err-500`, `slow` (answers after 3 s), `malformed` (bad JSON, JSON content 
 `html` (200 text/html), `truncated` (a stream that stops without finish_reason or
 [DONE]), `midstream-error` (an error object inside the stream), `reason` (a <think>
 block), `unfinished` (a 200 with finish_reason null), `reset` (TCP RST, no response),
-`cut-body` (a 200 whose body stops short of its Content-Length), `echo-key` (a 400
+`cut-body` (a 200 whose body stops short of its Content-Length), `stream-not-object`
+(a stream event that is JSON but not an object), `echo-key` (a 400
 that echoes the Authorization header), `slow-think` / `slow-tags` (streams that reason
 for ~0.9 s — reasoning_content deltas / `<think>` text — before answering). Any other model answers "echo: <last user message>" (images as
 `[image/png]`).
@@ -247,6 +248,9 @@ def make_app(recorder: Recorder) -> web.Application:
                 ],
             }
         )
+        if model == "stream-not-object":  # valid JSON, but not a chunk object
+            await send("[1, 2]")
+            return response
         calls = tool_calls_for(body)
         if calls:
             return await _stream_calls(response, send, base, body, calls)

@@ -241,6 +241,16 @@ def test_stream_without_finish_reason_is_a_bad_response(openai_server, herds):
         stream_all(make(openai_server, herds, model="truncated"))
 
 
+def test_a_stream_event_that_is_not_an_object_is_a_bad_response(openai_server, herds):
+    # chunks are read as the JSON the server sent: anything but an object is refused
+    with pytest.raises(
+        BadResponseError,
+        match=r"OpenAI at .* answered 'm' with a stream event that is not a JSON object — "
+        r"check base_url",
+    ):
+        stream_all(make(openai_server, herds, model="stream-not-object"))
+
+
 def test_error_event_inside_a_stream(openai_server, herds):
     with pytest.raises(ProviderError, match="failed mid-answer"):
         stream_all(make(openai_server, herds, model="midstream-error"))
