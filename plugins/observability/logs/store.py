@@ -171,6 +171,20 @@ class LogStore:
             raise
         return count
 
+    def append_metadata(self, rows: list[tuple[Any, ...]]) -> int:
+        """Insert call rows without content in one transaction: `executemany` loops in C,
+        where `append` pays a Python-level `execute` (and a cursor) per row — the writer
+        thread holds the GIL for that part, so it slows the calls it logs."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany(_INSERT, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(rows)
+
     def file_pages_bytes(self) -> int:
         """The database's size in pages (free ones included), without a stat call."""
         page_size = self.db.execute("PRAGMA page_size").fetchone()[0]

@@ -214,15 +214,17 @@ class LogWriter:
             log.warning("call log: cannot read a call's fields (%s)", exc)
             return
         content = self.content
+        # map(record.get, ...) builds each row in C (a generator costs ~3x as much)
         try:
-            self.written += self.store.append(
-                (
-                    tuple(record.get(name) for name in COLUMNS),
-                    text if content else None,
-                    answer if content else None,
+            if content:
+                self.written += self.store.append(
+                    (tuple(map(record.get, COLUMNS)), text, answer)
+                    for record, text, answer in records
                 )
-                for record, text, answer in records
-            )
+            else:
+                self.written += self.store.append_metadata(
+                    [tuple(map(record.get, COLUMNS)) for record, _text, _answer in records]
+                )
         except Exception as exc:
             self.failed += len(records)
             log.warning("call log %s: cannot write (%s)", self.store.path, exc)
