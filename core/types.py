@@ -13,7 +13,6 @@ answers.
 from __future__ import annotations
 
 import base64
-import mimetypes
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -78,12 +77,21 @@ def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
         for name, factory in factories.items():
             if name not in values:
                 values[name] = factory()
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    obj = _new(cls)
+    _set_dict(obj, values)
+    _set_fields_set(obj, set(values))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
+
+
+# BaseModel's own slot descriptors, called directly: `object.__setattr__(obj, name, v)`
+# looks each one up by name on every call, and `trusted` runs several times per call
+_new = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def assign(obj: BaseModel, name: str, value: Any) -> None:
@@ -156,6 +164,8 @@ class ImagePart(LazyModel):
                     "the bytes are not PNG, JPEG, GIF or WebP"
                 )
         if media_type is None and self.path is not None:
+            import mimetypes  # here, not at import: only images given by path need it
+
             media_type = mimetypes.guess_type(self.path)[0]
             if media_type is None:
                 raise ValueError(
