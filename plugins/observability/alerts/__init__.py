@@ -36,9 +36,15 @@ def alert_hooks(herd: Herd) -> AlertHooks | None:
 
 @hookimpl
 def register_settings(register: Callable[..., None]) -> None:
+    register("alerts", _check_settings, "docs/observability.md")
+
+
+def _check_settings(table: dict[str, Any], source: str) -> object:
+    # settings.py (a pydantic model) is imported only when there is a table to check:
+    # loading the plugins (every command) does not pay for it
     from modelherd.plugins.observability.alerts.settings import parse_settings
 
-    register("alerts", parse_settings, "docs/observability.md")
+    return parse_settings(table, source)
 
 
 @hookimpl

@@ -66,9 +66,15 @@ def _quick_off(herd: Herd) -> bool:
 
 @hookimpl
 def register_settings(register: Callable[..., None]) -> None:
+    register("otel", _check_settings, "docs/observability.md")
+
+
+def _check_settings(table: dict[str, Any], source: str) -> object:
+    # settings.py (pydantic models) is imported only when there is a table to check:
+    # loading the plugins (every command) does not pay for it
     from modelherd.plugins.observability.otel.settings import parse_settings
 
-    register("otel", parse_settings, "docs/observability.md")
+    return parse_settings(table, source)
 
 
 @hookimpl
