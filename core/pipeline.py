@@ -143,9 +143,9 @@ async def _attempts(herd: Herd, request: ChatRequest) -> ChatResponse:
     attempt = 0
     while True:
         if has_before_call:
-            answered = herd.hook.before_call(request=request, herd=herd)
+            answered = herd.call_before_call(request)
             if answered is not None:
-                return answered  # type: ignore[no-any-return]
+                return answered
         try:
             # asyncio.timeout costs a few µs; anyio's cancel scope costs ~4x that,
             # and this runs on every call (bench/overhead.py)
@@ -473,8 +473,7 @@ def _deadline_error(request: ChatRequest, deadline: float) -> HerdError:
 
 def _before_call(herd: Herd, request: ChatRequest) -> ChatResponse | None:
     if herd._has.get("before_call"):
-        answered: ChatResponse | None = herd.hook.before_call(request=request, herd=herd)
-        return answered
+        return herd.call_before_call(request)
     return None
 
 
