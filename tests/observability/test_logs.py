@@ -216,6 +216,34 @@ def test_retention_deletes_old_rows(tmp_path: Path) -> None:
     store.close()
 
 
+def test_metadata_rows_are_inserted_in_order_across_multi_row_statements(
+    tmp_path: Path,
+) -> None:
+    """append_metadata packs many rows into each INSERT: every row lands, in order,
+    with each column in its place, whatever the batch size."""
+    from modelherd.plugins.observability.logs.store import COLUMNS
+
+    store = LogStore(tmp_path / "logs.db")
+    base = {c: None for c in COLUMNS} | {"outcome": "ok", "saved": 0.0, "stream": 0}
+    base |= {"input_tokens": 1, "output_tokens": 2, "cache_read_tokens": 0}
+    rows = [
+        tuple(
+            (base | {"ts": 1000.0 + i, "alias": f"m{i}", "tenant": f"t{i % 3}"})[c] for c in COLUMNS
+        )
+        for i in range(457)  # two full statements and a shorter one
+    ]
+    assert store.append_metadata(rows) == 457
+    assert store.append_metadata(rows[:1]) == 1
+    found = store.query(Filters(), 1000)
+    assert len(found) == 458
+    oldest_first = sorted(found, key=lambda r: r["id"])
+    assert [r["alias"] for r in oldest_first[:457]] == [f"m{i}" for i in range(457)]
+    assert [r["ts"] for r in oldest_first[:3]] == [1000.0, 1001.0, 1002.0]
+    assert oldest_first[5]["tenant"] == "t2" and oldest_first[5]["output_tokens"] == 2
+    assert oldest_first[-1]["alias"] == "m0"
+    store.close()
+
+
 def test_size_stays_bounded(tmp_path: Path) -> None:
     path = tmp_path / "logs.db"
     store = LogStore(path)

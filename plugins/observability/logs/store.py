@@ -8,12 +8,14 @@ ordered by `id`, which grows with time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,20 @@ COLUMNS = (
     "stream",
 )
 _INSERT = f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+#: rows per multi-row INSERT: 25 columns x 200 rows stays far below SQLite's limit on
+#: bound parameters (32766 since 3.32; 999 before, hence the check in _insert_rows)
+_ROWS_PER_INSERT = 200 if sqlite3.sqlite_version_info >= (3, 32) else 999 // len(COLUMNS)
+_ROW_PLACEHOLDERS = f"({', '.join('?' * len(COLUMNS))})"
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_rows(count: int) -> str:
+    """INSERT of `count` rows at once (the full chunk's text is built once)."""
+    return f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES " + ", ".join(
+        [_ROW_PLACEHOLDERS] * count
+    )
+
+
 _LIST_COLUMNS = (
     "id, ts, outcome, tenant, agent, run_id, alias, provider, model, answered_by, "
     "fallback_from, cache_tier, input_tokens, output_tokens, latency_s, cost, currency, "
@@ -172,13 +188,19 @@ class LogStore:
         return count
 
     def append_metadata(self, rows: list[tuple[Any, ...]]) -> int:
-        """Insert call rows without content in one transaction: `executemany` loops in C,
-        where `append` pays a Python-level `execute` (and a cursor) per row — the writer
-        thread holds the GIL for that part, so it slows the calls it logs."""
+        """Insert call rows without content in one transaction, many rows per statement.
+
+        The writer thread needs the GIL between SQLite steps, and each time it takes it
+        back from a busy event loop the calls being logged wait: one multi-row INSERT
+        per `_ROWS_PER_INSERT` rows is one step (and one hand-over) where `executemany`
+        would make one per row.
+        """
         db = self.db
         db.execute("BEGIN")
         try:
-            db.executemany(_INSERT, rows)
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                db.execute(_insert_rows(len(chunk)), list(chain.from_iterable(chunk)))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
