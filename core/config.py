@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -59,6 +59,15 @@ def validate_table(model: type[_T], table: Mapping[str, Any], where: str, docs: 
 _SPEC_KEYS = {"provider", "model", "options", "fallbacks", "timeout", "retries", "price"}
 
 
+if TYPE_CHECKING:
+    _SkippedList = list[Skipped]
+else:
+    # load_config sets `skipped` after validation (it never comes from a file), so
+    # pydantic checks it as a plain list: a stdlib dataclass in the annotation would make
+    # every process build a dataclass schema (~1 ms) on its first load_config
+    _SkippedList = list
+
+
 class HerdSection(LazyModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,7 +108,7 @@ class HerdConfig(LazyModel):
     source: str = "built-in defaults"
     active_profile: str | None = None
     #: files found but not used (an untrusted ./plugins.toml); see core/trust.py
-    skipped: list[Skipped] = Field(default_factory=list)
+    skipped: _SkippedList = Field(default_factory=list)
 
     @property
     def disabled_plugins(self) -> set[str]:
