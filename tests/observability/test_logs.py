@@ -496,3 +496,38 @@ def test_a_new_log_uses_incremental_auto_vacuum(tmp_path: Path) -> None:
     store = LogStore(tmp_path / "logs.db")
     assert store.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
     store.close()
+
+
+def test_the_direct_row_of_an_answered_call_matches_its_fields() -> None:
+    """ok_row (the writer's fast path) and fields() (sinks, errors) give the same columns."""
+    from modelherd.plugins.observability.logs.store import COLUMNS
+    from modelherd.plugins.observability.logs.writer import fields, ok_row
+    from modelherd.types import ChatResponse, Cost, Message, Usage
+
+    request = ChatRequest(
+        alias="a",
+        provider="mock",
+        model="m",
+        messages=[Message(role="user", content="hi")],
+        tenant="t",
+        agent="g",
+        stream=True,
+    )
+    priced = Usage(input_tokens=3, output_tokens=4, cache_read_tokens=1, cost=Cost(amount=0.5))
+    responses = [
+        ChatResponse(content="x", model="m2", provider="mock", alias="b", usage=priced),
+        ChatResponse(
+            content="x",
+            model="m",
+            provider="mock",
+            cache_tier="memory",
+            fallback_from="z",
+            attempts=2,
+            request_id="r1",
+            finish_reason="length",
+            latency_s=0.25,
+        ),
+    ]
+    for response in responses:
+        event = (123.0, "run-1", request, response, None, True, None)
+        assert ok_row(event) == tuple(fields(event).get(name) for name in COLUMNS)

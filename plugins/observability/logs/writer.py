@@ -127,6 +127,43 @@ def fields(event: Event) -> dict[str, Any]:
     }
 
 
+def ok_row(event: Event) -> tuple[Any, ...]:
+    """The COLUMNS of an answered call, built straight into a tuple: what `fields` gives
+    for it, without the dict (the writer thread holds the GIL while it builds rows, and a
+    test checks the two agree)."""
+    ts, run_id, request, response, _error, _valid, _failed_after = event
+    assert response is not None
+    usage = response.usage
+    cost = usage.cost
+    return (
+        ts,
+        "ok",
+        request.tenant,
+        request.agent,
+        run_id,
+        request.alias,
+        response.provider,
+        response.model,
+        response.alias or request.alias,
+        response.fallback_from,
+        response.cache_tier,
+        response.attempts,
+        response.finish_reason,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        response.latency_s,
+        cost.amount if cost is not None else None,
+        cost.currency if cost is not None else None,
+        cost.saved if cost is not None else 0.0,
+        cost.source if cost is not None else None,
+        None,
+        None,
+        response.request_id,
+        request.stream,
+    )
+
+
 class LogWriter:
     """Owns the queue, the thread, and the store. One per herd."""
 
@@ -207,6 +244,9 @@ class LogWriter:
                 return
 
     def _write(self, events: list[Event]) -> None:
+        if not self.sinks and not self.content:
+            self._write_metadata(events)
+            return
         try:
             records = [self._record(event) for event in events]
         except Exception as exc:  # a field that cannot be read: say so, never crash
@@ -234,6 +274,26 @@ class LogWriter:
                     sink(record, text, answer)
                 except Exception as exc:
                     log.warning("call log sink %s failed: %s", type(sink).__name__, exc)
+
+    def _write_metadata(self, events: list[Event]) -> None:
+        """The common case (no content kept, no sink): rows only, answered calls without
+        the per-call dict."""
+        try:
+            rows = [
+                ok_row(event)
+                if event[3] is not None
+                else tuple(map(self._record(event)[0].get, COLUMNS))
+                for event in events
+            ]
+        except Exception as exc:  # a field that cannot be read: say so, never crash
+            self.failed += len(events)
+            log.warning("call log: cannot read a call's fields (%s)", exc)
+            return
+        try:
+            self.written += self.store.append_metadata(rows)
+        except Exception as exc:
+            self.failed += len(rows)
+            log.warning("call log %s: cannot write (%s)", self.store.path, exc)
 
     def _too_big(self) -> bool:
         try:
