@@ -465,7 +465,20 @@ class DiskTier(CacheTier):
                     self._wake.wait(left)
                 if self._stopping:
                     return  # whoever stopped the writer drains what is left
-            self._drain()
+            try:
+                self._drain()
+            except Exception as exc:  # a bug, not a disk fault (those are handled)
+                # the writer must outlive it: a dead writer would leave every later
+                # store waiting on a full buffer
+                self.counters.errors += 1
+                self._warn_once(
+                    "writer",
+                    "disk cache %s: the writer hit %s (%s); it goes on",
+                    self.path,
+                    type(exc).__name__,
+                    exc,
+                )
+                time.sleep(0.1)  # no busy loop if it keeps happening
 
     def _stop_writer(self) -> None:
         with self._pending_lock:
@@ -634,10 +647,12 @@ class DiskTier(CacheTier):
         if not self._touched:
             return
         touched, self._touched = self._touched, {}
-        writer.executemany(
-            "UPDATE entries SET accessed = ? WHERE key = ?",
-            [(when, key) for key, when in touched.items()],
-        )
+        # the event loop may still be adding to the old dict (it read the attribute
+        # just before the swap): copy it in one step (atomic under the GIL) rather than
+        # iterate a dict that can change size; a time added after the copy is a lost
+        # hint for eviction, nothing more
+        rows = [(when, key) for key, when in touched.copy().items()]
+        writer.executemany("UPDATE entries SET accessed = ? WHERE key = ?", rows)
 
     def _flush_touches_locked(self) -> None:
         with self._write_lock:

@@ -289,3 +289,33 @@ def test_answers_finishing_close_together_share_one_commit(tmp_path: Path) -> No
     assert sum(batches) == 50 and rows(db) == 50
     # one call after another, each a fraction of a millisecond: a handful of commits
     assert len(batches) <= 10, batches
+
+
+def test_the_writer_survives_a_bug_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "c.sqlite3"
+    herd, _ = cached_herd(echo_model(), plugins=disk(db))
+    failures = [RuntimeError("boom")]
+
+    async def go() -> None:
+        async with herd:
+            tier = tier_of(herd)
+            write_batch = tier._write_batch
+
+            def sometimes(batch: Any) -> Any:
+                if failures:
+                    raise failures.pop()
+                return write_batch(batch)
+
+            tier._write_batch = sometimes  # type: ignore[method-assign]
+            await herd.chat("mock", "q0")
+            for _ in range(100):  # the writer's next round, after its pause, stores it
+                await asyncio.sleep(0.02)
+                if rows(db) == 1:
+                    break
+            assert rows(db) == 1 and tier.counters.errors == 1
+
+    asyncio.run(go())
+    warnings = [r.getMessage() for r in caplog.records if r.name == "modelherd.cache.disk"]
+    assert len(warnings) == 1 and "the writer hit RuntimeError (boom); it goes on" in warnings[0]
