@@ -102,7 +102,8 @@ async def _chat_admitted(
         _fail(herd, request, exc)
         raise
     assign(response, "latency_s", time.perf_counter() - started)
-    check_response(request, response)  # tool calls vs the tools' schemas (docs/tools.md)
+    if response.tool_calls:  # checked against the tools' schemas (docs/tools.md)
+        check_response(request, response)
     valid = _validate(herd, request, response, validate) if validate is not None else None
     if led and cache is not None and answered_by:
         await _store(herd, request, answered_by[0], key, response, valid)
@@ -117,7 +118,7 @@ async def _call_chain(
     candidates = _candidates(herd, request)
     errors: list[tuple[str, HerdError]] = []
     for index, alias in enumerate(candidates):
-        attempt_request = _request_for(herd, request, alias)
+        attempt_request = request if index == 0 else _request_for(herd, request, alias)
         try:
             response = await _attempts(herd, attempt_request)
         except HerdError as exc:
@@ -135,7 +136,10 @@ async def _call_chain(
 async def _attempts(herd: Herd, request: ChatRequest) -> ChatResponse:
     """One model: before_call, then attempts under the timeout until one succeeds."""
     model = herd.get_model(request.alias)
-    require_tool_support(model, request)  # else skipped, with the reason, for a fallback
+    # the guards below keep the common call (no tools, prepared model) free of a function
+    # call each: this runs on every call (bench/overhead.py)
+    if request.options.get("tools"):  # else skipped, with the reason, for a fallback
+        require_tool_support(model, request)
     if not model.prepared:
         await _prepare(model)
     retries, timeout = _limits(herd, model, request)
@@ -491,8 +495,11 @@ def _limits(herd: Herd, model: Model, request: ChatRequest) -> tuple[int, float]
 
 
 def _candidates(herd: Herd, request: ChatRequest) -> list[str]:
+    """The alias first, then its fallbacks (each once)."""
     spec = herd.resolve(request.alias)
     seen = [request.alias]
+    if not spec.fallbacks:
+        return seen
     for name in spec.fallbacks:
         if name not in seen:
             seen.append(name)
