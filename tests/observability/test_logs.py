@@ -490,6 +490,58 @@ def test_processes_creating_one_new_log_at_once_all_open_it(tmp_path: Path) -> N
         assert [results.get(timeout=5) for _ in procs] == [VERSION] * 4
 
 
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another process that has written the new file's header and holds its write lock
+    (the moment the race hit: a second opener saw a non-empty file, still in rollback
+    mode, and asked for WAL)."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    holder.execute("PRAGMA user_version = 0")  # writes the header, no table yet
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_opening_a_new_log_waits_while_another_process_holds_its_lock(tmp_path: Path) -> None:
+    # SQLite runs no busy handler for the switch to WAL: with another connection holding
+    # the write lock it said "database is locked" at once (1 open in ~240 with four
+    # processes opening one new file), where it should wait for the lock like any write
+    import threading
+
+    path = tmp_path / "logs.db"
+    holder = _hold_write_lock(path)
+    release = threading.Timer(0.3, holder.execute, ("COMMIT",))
+    release.start()
+    started = time.monotonic()
+    try:
+        store = LogStore(path)
+    finally:
+        release.join()
+        holder.close()
+    assert time.monotonic() - started >= 0.25  # it waited for the lock, then opened
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == VERSION
+    store.close()
+
+
+def test_a_log_locked_past_the_wait_is_one_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelherd.plugins.observability.logs import store as store_module
+
+    monkeypatch.setattr(store_module, "_WAL_SWITCH_WAIT_S", 0.2)
+    path = tmp_path / "logs.db"
+    holder = _hold_write_lock(path)
+    try:
+        with pytest.raises(LogFileError) as caught:
+            LogStore(path)
+    finally:
+        holder.close()
+    assert str(caught.value) == (
+        f"{path}: cannot use it as a call log (database is locked) — move it away or set "
+        f"[plugins.logs] path to another file"
+    )
+
+
 def test_a_new_log_uses_incremental_auto_vacuum(tmp_path: Path) -> None:
     # pruning gives pages back only in this mode, and it can be chosen only before
     # the first write (switching to WAL is one)

@@ -84,6 +84,30 @@ class LogFileError(Exception):
     """The log file cannot be opened or used; the message says why and what to do."""
 
 
+#: how long opening a log waits for other processes switching the same new file to WAL
+_WAL_SWITCH_WAIT_S = 5.0
+
+
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """`PRAGMA journal_mode = WAL`, retried while another process holds the lock.
+
+    SQLite does not run the busy handler for this switch: when processes open one new
+    file at once (`herd serve --workers 2`, replicas on one disk) all but the first can
+    get "database is locked" at once — about 1 open in 240 with four processes here."""
+    deadline = time.monotonic() + _WAL_SWITCH_WAIT_S
+    pause = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 def open_db(path: Path, *, create: bool) -> sqlite3.Connection:
     """A connection to the log at `path`, migrated to the current schema."""
     if not path.exists():
@@ -102,7 +126,7 @@ def open_db(path: Path, *, create: bool) -> sqlite3.Connection:
             # before anything writes the header: switching to WAL writes it, and from
             # then on the auto-vacuum mode is fixed (it stayed "none" when this came later)
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        db.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(db)
         db.execute("PRAGMA synchronous = NORMAL")
         # the -wal file is truncated back to this after a checkpoint: the bound on the
         # database holds for what sits beside it too
