@@ -94,6 +94,10 @@ async def _child_overhead(calls: int, disable: list[str]) -> dict[str, float]:
 def _run(python: str, *args: str, cwd: str) -> str:
     # bytecode caches on: an installed package runs with them (some shells turn them off)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    # the call log, disk cache and trust store go under the run's empty directory, not
+    # the user's data dir (the children used to append to the real logs.db)
+    env["XDG_DATA_HOME"] = env["XDG_CACHE_HOME"] = os.path.join(cwd, "data")
+    env["HERD_DATA_DIR"] = os.path.join(cwd, "data", "modelherd")
     out = subprocess.run(
         [python, *args], check=True, capture_output=True, text=True, env=env, cwd=cwd
     )
