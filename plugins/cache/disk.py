@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from modelherd import hookimpl
-from modelherd.cache import CacheTier
+from modelherd.cache import CacheTier, TierCounters
 from modelherd.lazy_model import LazyModel
 from modelherd.plugins.cache.codec import (
     CorruptEntryError,
@@ -142,16 +142,6 @@ class _Pending:
     blob: bytes
     expires: float | None
     stored_at: float
-
-
-@dataclass(slots=True)
-class _BatchResult:
-    """What one batch did, counted on the event loop (metrics are emitted there)."""
-
-    stored: int = 0
-    bytes: int = 0
-    evicted: int = 0
-    failed: int = 0
 
 
 #: tiers with a writer: interpreter exit writes what they still hold
@@ -507,7 +497,7 @@ class DiskTier(CacheTier):
                             del self._pending[key]
                             self._pending_bytes -= len(entry.blob)
 
-    def _account_soon(self, result: _BatchResult) -> None:
+    def _account_soon(self, result: TierCounters) -> None:
         """Count a batch on the loop of the stores (the tier's metrics are emitted from
         there); with that loop gone, only the counters move."""
         loop = self._loop
@@ -521,29 +511,25 @@ class DiskTier(CacheTier):
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(self._account, result)
                 return
-        counters = self.counters
-        counters.stores += result.stored
-        counters.bytes += result.bytes
-        counters.evictions += result.evicted
-        counters.errors += result.failed
+        self._account(result, emit=False)
 
-    def _account(self, result: _BatchResult) -> None:
-        if result.failed:
-            self.count("errors", result.failed)
-        if result.stored:
-            self.count("stores", result.stored)
-            self.count("bytes", result.bytes)
-        if result.evicted:
-            self.count("evictions", result.evicted)
+    def _account(self, result: TierCounters, emit: bool = True) -> None:
+        """Add a batch's counts (stores, bytes, evictions, errors) to the tier's."""
+        for event, value in result.as_dict().items():
+            if value:
+                if emit:
+                    self.count(event, value)
+                else:
+                    setattr(self.counters, event, getattr(self.counters, event) + value)
 
-    def _write_batch(self, batch: list[tuple[str, _Pending]]) -> _BatchResult:
+    def _write_batch(self, batch: list[tuple[str, _Pending]]) -> TierCounters:
         """Commit the batch, then evict; under _write_lock.
 
         One transaction for the lot (one WAL commit instead of one per answer). If it
         fails for want of room, the answers go one at a time, as stores did before
         batching: each that fits is kept, and each failure makes room for the next.
         Any other failure (a lock held past busy_timeout_ms) loses the batch."""
-        result = _BatchResult()
+        result = TierCounters()
         writer = self._writer
         if writer is None:
             return result
@@ -558,31 +544,31 @@ class DiskTier(CacheTier):
                 with contextlib.suppress(sqlite3.Error):
                     writer.execute("ROLLBACK")
                 raise
-            result.stored, result.bytes = len(rows), sum(row[4] for row in rows)
+            result.stores, result.bytes = len(rows), sum(row[4] for row in rows)
         except sqlite3.DatabaseError as exc:
             replaced = self._write_failed(writer, exc, result)
             if replaced or len(rows) == 1 or not _for_want_of_room(exc):
-                result.failed += len(rows)
+                result.errors += len(rows)
                 return result
             for row in rows:
                 try:
                     writer.execute(_INSERT, row)
                 except sqlite3.DatabaseError as exc_one:
-                    result.failed += 1
+                    result.errors += 1
                     if self._write_failed(writer, exc_one, result):
                         return result
                     continue
-                result.stored += 1
+                result.stores += 1
                 result.bytes += row[4]
         try:
-            result.evicted += self._evict(writer, time.time())
+            result.evictions += self._evict(writer, time.time())
         except sqlite3.DatabaseError as exc:
-            result.failed += 1  # no answer lost: the commit is done
+            result.errors += 1  # no answer lost: the commit is done
             self._write_failed(writer, exc, result)
         return result
 
     def _write_failed(
-        self, writer: sqlite3.Connection, exc: sqlite3.DatabaseError, result: _BatchResult
+        self, writer: sqlite3.Connection, exc: sqlite3.DatabaseError, result: TierCounters
     ) -> bool:
         """Handle a failed write; True when the file was replaced (nothing more to try)."""
         if _is_corruption(exc):
@@ -604,7 +590,7 @@ class DiskTier(CacheTier):
             # make room for the next stores: shrink the WAL, drop the oldest quarter
             with contextlib.suppress(sqlite3.Error):
                 writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            result.evicted += self._drop_oldest(writer, fraction=0.25)
+            result.evictions += self._drop_oldest(writer, fraction=0.25)
         return False
 
     def _used_bytes(self, writer: sqlite3.Connection) -> int:
