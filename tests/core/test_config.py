@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 from modelherd import ConfigError, Herd
-from modelherd.config import load_config, load_env, user_config_path
+from modelherd.config import (
+    HerdConfig,
+    builtin_defaults,
+    load_config,
+    load_env,
+    user_config_path,
+)
 from modelherd.testing import MockModel, make_herd
 
 
@@ -23,6 +29,47 @@ def test_builtin_defaults_serve_the_embedded_model(
     assert config.source == "built-in defaults"
     assert config.herd.default_model == "local"
     assert config.spec("local").provider == "llamacpp"
+
+
+def test_builtin_defaults_load_exactly_as_validating_them_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with no config file, load_config builds the defaults without validating them
+    # (config.py `_trusted_defaults`); this is the validation it skips: the shipped
+    # defaults.toml must be valid and give the same config, field for field and type for
+    # type (an int where the schema says float would differ in repr), nested sections
+    # and which fields count as set included
+    monkeypatch.chdir(tmp_path)
+    fast = load_config()
+    validated = HerdConfig.model_validate(builtin_defaults())
+    validated.source, validated.skipped = fast.source, fast.skipped  # as load_config sets them
+    assert fast == validated
+    assert repr(fast) == repr(validated)
+    assert fast.model_fields_set == validated.model_fields_set
+    assert fast.herd.model_fields_set == validated.herd.model_fields_set
+    assert fast.profiles.keys() == validated.profiles.keys()
+    for name, profile in fast.profiles.items():
+        assert type(profile) is type(validated.profiles[name])
+        assert profile.model_fields_set == validated.profiles[name].model_fields_set
+    assert fast.model_dump() == validated.model_dump()
+    # every built-in alias is a valid ModelSpec (load_config checks a user's tables)
+    assert fast.models
+    for alias in fast.models:
+        assert fast.spec(alias) == validated.spec(alias)
+
+
+def test_a_user_file_merged_over_the_defaults_is_still_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    user = user_config_path()
+    user.parent.mkdir(parents=True)
+    write(user, '[herd]\ntimeout = "soon"\n')
+    with pytest.raises(ConfigError, match=r"herd.timeout: .*fix that value"):
+        load_config()
+    write(user, '[models.local]\nprovider = "llamacpp"\ntimeout = "soon"\n')
+    with pytest.raises(ConfigError, match=r"\[models.local\] timeout"):
+        load_config()
 
 
 def test_lookup_order_explicit_then_env_then_cwd_then_user(
