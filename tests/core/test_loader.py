@@ -176,3 +176,54 @@ def test_a_plugin_family_adds_its_own_hookspecs() -> None:
     from modelherd import hookspecs as kernel_specs
 
     assert not hasattr(kernel_specs, "provide_market_data")  # the agents bring their own
+
+
+def test_the_plugin_manager_finds_exactly_the_hooks_pluggy_would() -> None:
+    # HerdPluginManager skips a module's non-hooks before pluggy's getattr_static
+    # lookup (core/loader.py); on every installed entry module, and on one holding
+    # each kind of name, it must register the same hooks as pluggy's own manager
+    import types
+    from importlib.metadata import entry_points
+
+    import pluggy
+    from modelherd import hookimpl, hookspecs
+    from modelherd.loader import GROUP, HerdPluginManager
+
+    odd = types.ModuleType("odd_plugin")
+
+    @hookimpl
+    def on_metric(metric: object, herd: object) -> None:
+        pass
+
+    def startup(herd: object) -> None:  # unmarked: no hook
+        pass
+
+    class Holder:
+        @staticmethod
+        @hookimpl
+        def shutdown(herd: object) -> None:
+            pass
+
+    odd.on_metric = on_metric  # type: ignore[attr-defined]
+    odd.startup = startup  # type: ignore[attr-defined]
+    odd.shutdown = Holder.__dict__["shutdown"]  # type: ignore[attr-defined]  # a staticmethod
+    odd.register_providers = 3  # type: ignore[attr-defined]  # a hook's name, not a function
+    odd.Holder = Holder  # type: ignore[attr-defined]
+    plugins = [odd, *(ep.load() for ep in entry_points(group=GROUP))]
+
+    def hooks(manager: pluggy.PluginManager) -> list[tuple[str, str]]:
+        manager.add_hookspecs(hookspecs)
+        for index, plugin in enumerate(plugins):
+            manager.register(plugin, name=str(index))
+        return sorted(
+            (caller.name, impl.plugin_name)
+            for caller in manager.hook.__dict__.values()
+            if isinstance(caller, pluggy.HookCaller)
+            for impl in caller.get_hookimpls()
+        )
+
+    ours = hooks(HerdPluginManager(GROUP))
+    assert ours == hooks(pluggy.PluginManager(GROUP))
+    assert ("on_metric", "0") in ours and ("shutdown", "0") in ours
+    assert ("startup", "0") not in ours and ("register_providers", "0") not in ours
+    assert len(ours) > 40  # the entry modules' hooks were found at all
