@@ -103,9 +103,8 @@ async def embed(
     )
     async with AsyncExitStack() as stack:
         if herd._has.get("acquire_admission"):
-            for gate in herd.hook.acquire_admission(request=admission, herd=herd):
-                if gate is not None:
-                    await stack.enter_async_context(gate)
+            for gate in herd.call_admission(admission):
+                await stack.enter_async_context(gate)
         return await _embed_admitted(
             herd, provider, spec.alias, texts, tenant, cache, timeout, batch_size, options, started
         )

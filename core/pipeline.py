@@ -72,9 +72,11 @@ async def chat(herd: Herd, request: ChatRequest, validate: Validator | None) -> 
         await herd.start()
     started = request.stash[STARTED] = time.perf_counter()
     if herd._has.get("acquire_admission"):
-        async with AsyncExitStack() as stack:
-            await _admit(herd, request, stack)
-            return await _chat_admitted(herd, request, validate, started)
+        gates = _gates(herd, request)
+        if gates:  # else no exit stack to build: most calls have no gate to enter
+            async with AsyncExitStack() as stack:
+                await _admit(herd, request, gates, stack)
+                return await _chat_admitted(herd, request, validate, started)
     return await _chat_admitted(herd, request, validate, started)
 
 
@@ -180,7 +182,7 @@ async def stream(herd: Herd, request: ChatRequest) -> AsyncIterator[Any]:
     started = request.stash[STARTED] = time.perf_counter()
     async with AsyncExitStack() as stack:
         if herd._has.get("acquire_admission"):
-            await _admit(herd, request, stack)
+            await _admit(herd, request, _gates(herd, request), stack)
         async for item in _stream_admitted(herd, request, started):
             yield item
 
@@ -302,12 +304,21 @@ async def _stream_attempts(
 # ---- the steps both roads share ---------------------------------------------------
 
 
-async def _admit(herd: Herd, request: ChatRequest, stack: AsyncExitStack) -> None:
-    """Enter every admission gate (quotas, scheduler); a refusal is a reported failure."""
+def _gates(herd: Herd, request: ChatRequest) -> list[Any]:
+    """The admission gates this call must enter (quotas, scheduler, residency); a
+    refusal while asking for them is a reported failure."""
     try:
-        for gate in herd.hook.acquire_admission(request=request, herd=herd):
-            if gate is not None:
-                await stack.enter_async_context(gate)
+        return herd.call_admission(request)
+    except BaseException as exc:
+        _fail(herd, request, exc)
+        raise
+
+
+async def _admit(herd: Herd, request: ChatRequest, gates: list[Any], stack: AsyncExitStack) -> None:
+    """Enter every gate in order; a refusal (a quota, a full queue) is a reported failure."""
+    try:
+        for gate in gates:
+            await stack.enter_async_context(gate)
     except BaseException as exc:
         _fail(herd, request, exc)
         raise

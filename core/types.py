@@ -312,7 +312,12 @@ class Cost(LazyModel):
     `amount` is None when no price is known (a cloud model genai-prices does not
     list and plugins.toml does not price): unknown is never shown as free. On a cache
     hit `amount` is 0 and `saved` is what the call would have cost upstream.
+
+    Frozen: calls priced alike (every call to a free local model, every call to a model
+    with no known price) share one Cost object, so pricing them allocates nothing.
     """
+
+    model_config = ConfigDict(frozen=True)
 
     amount: float | None = 0.0
     currency: str = "USD"

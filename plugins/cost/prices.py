@@ -201,6 +201,15 @@ class PriceBook:
             known=False,
         )
 
+    def fixed_cost(self, rates: Rates) -> Cost | None:
+        """The one Cost every call at `rates` has, whatever its tokens, latency or cache
+        tier (unknown: no amount; free: 0 spent, 0 saved); None when it depends on them."""
+        if not rates.known:
+            return _cost(None, rates, 0.0)
+        if rates.free:
+            return _cost(0.0, rates, 0.0)
+        return None
+
     def cost(self, spec: ModelSpec, response: ChatResponse) -> Cost:
         """The response's cost; on a cache hit, 0 spent and the upstream cost saved."""
         rates = self.rates(spec, response.model)

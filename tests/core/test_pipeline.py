@@ -317,6 +317,91 @@ def test_admission_refusal_reaches_the_caller_and_skips_the_model(
     assert info.value.retry_after == 12 and mock_model.history == []
 
 
+def _gate(events: list[str], name: str) -> Any:
+    @asynccontextmanager
+    async def gate() -> Any:
+        events.append(f"enter:{name}")
+        try:
+            yield
+        finally:
+            events.append(f"exit:{name}")
+
+    return gate()
+
+
+def test_admission_gates_are_entered_in_pluggy_order_and_none_is_no_gate(
+    mock_herd: Herd, mock_model: MockModel, with_plugin: Any
+) -> None:
+    # the kernel calls acquire_admission from a prepared list: it must keep pluggy's order
+    # (tryfirst first, then the last registered) and skip the Nones
+    events: list[str] = []
+
+    class First:
+        __name__ = "first"
+
+        @hookimpl(tryfirst=True)
+        def acquire_admission(self, request: Any, herd: Herd) -> Any:
+            return _gate(events, "first")
+
+    class Nothing:
+        __name__ = "nothing"
+
+        @hookimpl
+        def acquire_admission(self, request: Any, herd: Herd) -> Any:
+            events.append("asked:nothing")
+            return None
+
+    class Last:
+        __name__ = "last"
+
+        @hookimpl
+        def acquire_admission(self, request: Any, herd: Herd) -> Any:
+            return _gate(events, "last")
+
+    with_plugin(First())
+    with_plugin(Nothing())
+    with_plugin(Last())
+    assert mock_herd.chat_sync("mock", "hi").content == "ok"
+    assert events == ["asked:nothing", "enter:first", "enter:last", "exit:last", "exit:first"]
+    events.clear()
+    chunks = anyio.run(_collect_stream, mock_herd)
+    assert chunks[-1].content == "ok"
+    assert events == ["asked:nothing", "enter:first", "enter:last", "exit:last", "exit:first"]
+
+
+async def _collect_stream(herd: Herd) -> list[Any]:
+    return [item async for item in herd.stream("mock", "hi")]
+
+
+def test_an_admission_wrapper_is_run_by_pluggy(
+    mock_herd: Herd, mock_model: MockModel, with_plugin: Any
+) -> None:
+    # a wrapper cannot be called from the prepared list: pluggy runs the hook then
+    events: list[str] = []
+
+    class Gate:
+        __name__ = "gate"
+
+        @hookimpl
+        def acquire_admission(self, request: Any, herd: Herd) -> Any:
+            return _gate(events, "gate")
+
+    class Wrapper:
+        __name__ = "wrapper"
+
+        @hookimpl(wrapper=True)
+        def acquire_admission(self, request: Any, herd: Herd) -> Any:
+            events.append("wrapped:before")
+            gates = yield
+            events.append(f"wrapped:{len(gates)}")
+            return gates
+
+    with_plugin(Gate())
+    with_plugin(Wrapper())
+    assert mock_herd.chat_sync("mock", "hi").content == "ok"
+    assert events == ["wrapped:before", "wrapped:1", "enter:gate", "exit:gate"]
+
+
 def test_before_call_may_answer_or_open_a_circuit() -> None:
     primary, backup = MockModel(), MockModel()
     herd = make_herd({"main": primary, "backup": backup}, fallbacks={"main": ["backup"]})

@@ -183,6 +183,47 @@ async def test_herd_chat_sets_usage_cost_and_emits_the_cost_counter() -> None:
     assert counters[0].attributes["gen_ai.request.model"] == "mock-1"
 
 
+async def test_free_and_unpriced_calls_share_one_frozen_cost_and_emit_nothing() -> None:
+    # a local model is free whatever its tokens, an unpriced model unknown: the plugin
+    # learns that once per (alias, model) and every call gets the same immutable Cost;
+    # a priced alias in the same herd is still priced call by call
+    import pydantic
+
+    seen: list[Metric] = []
+
+    class Sink:
+        def on_metric(self, metric: Metric, herd: Any) -> None:
+            seen.append(metric)
+
+    from modelherd import hookimpl
+
+    Sink.on_metric = hookimpl(Sink.on_metric)  # type: ignore[method-assign]
+    herd = make_herd(
+        {"free": MockModel(), "dark": MockModel(), "paid": MockModel()},
+        config={
+            "models": {
+                "free": {"provider": "mock", "model": "m", "price": {}},
+                "dark": {"provider": "mock", "model": "m"},
+                "paid": {"provider": "mock", "model": "m", "price": {"input_per_mtok": 1.0}},
+            }
+        },
+        plugins=(cost_plugin, Sink()),
+    )
+    async with herd:
+        free = [await herd.chat("free", f"q {i} " * i) for i in range(1, 4)]
+        dark = [await herd.chat("dark", f"q {i} " * i) for i in range(1, 3)]
+        paid = [await herd.chat("paid", f"q {i} " * i) for i in range(1, 3)]
+    free_costs = [r.usage.cost for r in free]
+    assert all(c is free_costs[0] for c in free_costs)
+    assert free_costs[0] is not None and free_costs[0].amount == 0.0
+    assert dark[0].usage.cost is dark[1].usage.cost
+    assert dark[0].usage.cost is not None and dark[0].usage.cost.amount is None
+    assert [r.usage.cost.amount for r in paid if r.usage.cost] == pytest.approx([2e-6, 4e-6])
+    assert [m.name for m in seen if m.name.startswith("herd.cost")] == ["herd.cost"] * 2
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        free_costs[0].amount = 1.0  # type: ignore[misc]
+
+
 def test_a_bad_price_key_is_one_line_naming_the_table(tmp_path: Any) -> None:
     from modelherd.config import load_config
 
