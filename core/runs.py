@@ -9,16 +9,16 @@ outer id. `Agent.run` opens a scope by itself; scripts may open their own.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 _RUN_ID: ContextVar[str | None] = ContextVar("herd_run_id", default=None)
 
 
-def current_run() -> str | None:
-    """The id of the run the current task belongs to, or None outside any run."""
-    return _RUN_ID.get()
+#: the id of the run the current task belongs to, or None outside any run — the
+#: ContextVar's own `get` (C), as the call log asks it on every call
+current_run: Callable[[], str | None] = _RUN_ID.get
 
 
 @contextmanager
