@@ -5,6 +5,10 @@ the event loop stays responsive. On xllamacpp, calls to one loaded model run
 together in its slots; on llama-cpp-python they take turns. A cancelled caller (a
 timeout, a swarm straggler) returns at once and its generation stops at the next
 token, so an abandoned call does not hold a slot.
+
+Every start imports this module (the entry registers the class, and `herd models`,
+`herd doctor` read its attributes); the engine layer (engine.py, tool_messages.py, the
+thread pool: ~17 M instructions) is imported by the methods that use it, on first use.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import importlib.util
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,16 +44,6 @@ from modelherd.types import (
     trusted,
 )
 
-from .engine import (
-    REGISTRY,
-    CallCancelled,
-    Completion,
-    Engine,
-    EngineLoad,
-    EngineRequestError,
-    TextSink,
-    ToolDelta,
-)
 from .settings import (
     DEFAULT_MODEL,
     ENGINE_INSTALL,
@@ -62,10 +55,13 @@ from .settings import (
     planned_slots,
     resolve_path,
 )
-from .tool_messages import engine_messages, engine_tools
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from modelherd.embed import EmbedRequest
+
+    from .engine import Completion, Engine, EngineLoad, TextSink
 
 T = TypeVar("T")
 #: slots of an embedding load: one. With two, xllamacpp pooled the first text of a batch
@@ -100,6 +96,8 @@ def _executor() -> ThreadPoolExecutor:
     global _EXECUTOR
     with _EXECUTOR_LOCK:
         if _EXECUTOR is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             _EXECUTOR = ThreadPoolExecutor(max_workers=64, thread_name_prefix="herd-llama")
         return _EXECUTOR
 
@@ -243,6 +241,7 @@ class LlamaCppModel(Model):
         return self._engine
 
     def _load(self, opts: LlamaCppOptions, embedding: bool = False) -> Engine:
+        from .engine import REGISTRY, EngineLoad, EngineRequestError
         from .preflight import check_fits, free_memory, read_plan
 
         alias = self.spec.alias
@@ -296,6 +295,8 @@ class LlamaCppModel(Model):
             ) from None
 
     def _body(self, request: ChatRequest, opts: LlamaCppOptions) -> dict[str, Any]:
+        from .tool_messages import engine_messages, engine_tools
+
         if any(m.images for m in request.messages):
             raise BadRequestError(
                 f"'{request.alias}' (llamacpp) takes text only: this provider loads no "
@@ -326,6 +327,8 @@ class LlamaCppModel(Model):
         cancel: threading.Event,
     ) -> tuple[Engine, Completion]:
         """Blocking: load if needed, then run one generation (in a worker thread)."""
+        from .engine import CallCancelled, EngineRequestError
+
         engine = self._ensure_loaded(opts)
         try:
             return engine, engine.generate(self._body(request, opts), on_text, cancel)
@@ -424,6 +427,8 @@ class LlamaCppModel(Model):
             except BaseException as exc:
                 deliver(exc)
 
+        from .engine import ToolDelta
+
         future = loop.run_in_executor(_executor(), work)
         calls = ToolCallAssembler()
         try:
@@ -484,6 +489,8 @@ class LlamaCppModel(Model):
         return self._embed_engine
 
     def _embed(self, request: EmbedRequest) -> tuple[list[list[float]], int]:
+        from .engine import EngineRequestError
+
         engine = self._ensure_embed_loaded()
         try:
             return engine.embed(request.texts)
@@ -538,6 +545,8 @@ class LlamaCppModel(Model):
         return f"no tools: {reason}" if reason else "tools: its chat template takes them"
 
     async def aclose(self) -> None:
+        from .engine import REGISTRY
+
         engine, self._engine = self._engine, None
         embedder, self._embed_engine = self._embed_engine, None
         for loaded in (engine, embedder):
