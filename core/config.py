@@ -22,8 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 from .lazy_model import LazyModel
-from .trust import Skipped, TrustStore, skipped_line
 from .types import ModelSpec
+
+if TYPE_CHECKING:
+    # trust.py is needed only when there is a ./plugins.toml or ./.env to check (or one
+    # was skipped): it is imported there, not by every process that loads the config
+    from .trust import Skipped
 
 _T = TypeVar("_T", bound=BaseModel)
 
@@ -266,6 +270,8 @@ def load_config(
     found = find_config_file(explicit)
     raw: bytes | None = None
     if found is not None and found[1] == "local":
+        from .trust import Skipped, TrustStore
+
         raw = _read_bytes(found[0])
         store = TrustStore()
         verdict = store.verdict(found[0], raw)
@@ -298,6 +304,8 @@ def load_config(
     config.source = source
     config.skipped = skipped
     if announce and skipped:
+        from .trust import skipped_line
+
         _log_once(skipped_line(skipped))
     if found is not None:
         for alias, table in config.models.items():
@@ -402,6 +410,8 @@ def load_env_checked(
     else:
         local = Path(".env")
         if local.is_file():
+            from .trust import Skipped, TrustStore
+
             store = TrustStore()
             verdict = store.verdict(local, _read_bytes(local))
             if verdict == "trusted":
@@ -423,5 +433,7 @@ def load_env(dotenv_path: str | os.PathLike[str] | None = None) -> dict[str, str
     untrusted `./.env` is logged as a warning once."""
     env, skipped = load_env_checked(dotenv_path)
     if skipped:
+        from .trust import skipped_line
+
         _log_once(skipped_line(skipped))
     return env
