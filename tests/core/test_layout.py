@@ -79,6 +79,7 @@ def test_an_entry_module_imports_nothing_heavy() -> None:
         # what runs a call, imported on the first call (every start imports the entries)
         "modelherd.plugins.providers.llamacpp.engine",
         "modelherd.plugins.providers.llamacpp.tool_messages",
+        "modelherd.plugins.resources.tenants.budget_settings",
         "concurrent.futures.thread",
     ]
     script = (

@@ -9,7 +9,7 @@ from typing import Any
 
 from modelherd.config import validate_table
 from modelherd.plugins.observability.logs.settings import LogSettings
-from modelherd.plugins.resources.tenants.budgets import BudgetSettings
+from modelherd.plugins.resources.tenants.budget_settings import BudgetSettings
 from modelherd.types import ModelSpec
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -14,7 +14,7 @@ from modelherd import hookimpl
 from modelherd.errors import BudgetExceededError, ConfigError, QuotaExceededError
 from modelherd.plugins import cost
 from modelherd.plugins.resources.tenants import budgets
-from modelherd.plugins.resources.tenants.budgets import resets_at
+from modelherd.plugins.resources.tenants.budget_settings import resets_at
 from modelherd.testing import MockModel, make_herd
 
 pytestmark = pytest.mark.anyio

@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.errors import BudgetExceededError, ConfigError, QuotaExceededError
+from modelherd.plugins.resources.tenants.budget_settings import (
+    Period,
+    period_key,
+    resets_at,
+)
 from modelherd.plugins.resources.tenants.budget_store import (
     BUSY,
     NANO,
@@ -21,18 +26,13 @@ from modelherd.plugins.resources.tenants.budget_store import (
     Window,
     to_nano,
 )
-from modelherd.plugins.resources.tenants.budgets import (
-    Period,
-    period_key,
-    resets_at,
-)
 from modelherd.stash import StashKey
 from modelherd.types import ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
     from modelherd.plugins.cost.prices import PriceBook
-    from modelherd.plugins.resources.tenants.budgets import BudgetSettings
+    from modelherd.plugins.resources.tenants.budget_settings import BudgetSettings
 
 log = logging.getLogger("modelherd.budgets")
 #: the call's budget gate, for after_call to hand it the cost

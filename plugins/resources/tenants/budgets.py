@@ -23,97 +23,29 @@ is shared by every process (one Lua script checks and reserves at once); if Redi
 cannot be reached, calls under a budget are refused — a budget never silently lapses.
 A model without a known price cannot be called under a budget (set its price).
 
-This module is the thin entry (settings, hooks); budget_runtime.py holds the per-call
-gate and the alerts, budget_store.py the counters (in process or Redis). Both are
-imported only when a budget is configured.
+This module is the thin entry (hooks); budget_settings.py holds the settings and the
+periods, budget_runtime.py the per-call gate and the alerts, budget_store.py the counters
+(in process or Redis). They are imported only when a budget is configured.
 """
 
 from __future__ import annotations
 
-import calendar
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from modelherd import hookimpl
 from modelherd.errors import ConfigError
-from modelherd.lazy_model import LazyModel
-from modelherd.types import ChatRequest
-from pydantic import ConfigDict, Field
 
 if TYPE_CHECKING:
     from modelherd.kernel import Herd
     from modelherd.plugins.resources.tenants.budget_runtime import Budgets
+    from modelherd.plugins.resources.tenants.budget_settings import BudgetSettings
+    from modelherd.types import ChatRequest
 
 log = logging.getLogger("modelherd.budgets")
 HOOKS_NAME = "budgets-calls"
 DOCS = "docs/cost.md"
-Period = Literal["daily", "monthly"]
-
-
-class BudgetLimits(LazyModel):
-    model_config = ConfigDict(extra="forbid")
-
-    daily: float | None = Field(None, gt=0)
-    monthly: float | None = Field(None, gt=0)
-
-
-class BudgetSettings(LazyModel):
-    """`[plugins.budgets]`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    currency: str = "USD"
-    #: fraction of a budget at which the soft alert fires (once per period)
-    alert_at: float | None = Field(0.8, gt=0, lt=1)
-    webhook_url: str | None = None
-    webhook_timeout_s: float = Field(3.0, gt=0)
-    redis_url: str | None = None
-    key_prefix: str = "herd:budgets"
-    tenants: dict[str, BudgetLimits] = Field(default_factory=dict)
-    agents: dict[str, BudgetLimits] = Field(default_factory=dict)
-
-
-def period_key(period: Period, at: float) -> str:
-    moment = datetime.fromtimestamp(at, UTC)
-    return moment.strftime("%Y%m%d" if period == "daily" else "%Y%m")
-
-
-def resets_at(period: Period, at: float) -> float:
-    """The epoch second the period that contains `at` ends (UTC)."""
-    moment = datetime.fromtimestamp(at, UTC)
-    if period == "daily":
-        start = datetime(moment.year, moment.month, moment.day, tzinfo=UTC).timestamp()
-        return start + 86400
-    days = calendar.monthrange(moment.year, moment.month)[1]
-    return datetime(moment.year, moment.month, 1, tzinfo=UTC).timestamp() + days * 86400
-
-
-def load_settings(herd: Herd) -> BudgetSettings:
-    table = dict(herd.plugin_settings("budgets"))
-    if "redis_url" not in table:
-        shared = herd.plugin_settings("tenants").get("redis_url")
-        if shared:
-            table["redis_url"] = shared
-    return check_budgets_table(table, herd.config.source)
-
-
-def check_budgets_table(table: dict[str, Any], source: str) -> BudgetSettings:
-    """`[plugins.budgets]` and each budget table below it (also register_settings)."""
-    from modelherd.config import validate_table
-
-    for scope in ("tenants", "agents"):
-        names = table.get(scope)
-        if not isinstance(names, dict):
-            continue
-        for name, limits in names.items():
-            # each budget table on its own, so a typo is named where it is
-            where = f"{source}: [plugins.budgets.{scope}.{name}]"
-            if not isinstance(limits, dict):
-                raise ConfigError(f"{where} must be a table like {{ daily = 5.0 }} (see {DOCS})")
-            validate_table(BudgetLimits, limits, where, DOCS)
-    return validate_table(BudgetSettings, table, f"{source}: [plugins.budgets]", DOCS)
 
 
 class _Misconfigured:
@@ -132,9 +64,15 @@ class _Misconfigured:
         raise ConfigError(self.error.message)
 
 
+def _check_table(table: dict[str, Any], source: str) -> BudgetSettings:
+    from modelherd.plugins.resources.tenants.budget_settings import check_budgets_table
+
+    return check_budgets_table(table, source)
+
+
 @hookimpl
 def register_settings(register: Callable[..., None]) -> None:
-    register("budgets", check_budgets_table, DOCS)
+    register("budgets", _check_table, DOCS)
 
 
 @hookimpl
@@ -150,6 +88,8 @@ def startup(herd: Herd) -> Awaitable[None] | None:
 
 
 def _start(herd: Herd) -> Awaitable[None] | None:
+    from modelherd.plugins.resources.tenants.budget_settings import load_settings
+
     settings = load_settings(herd)
     if not settings.tenants and not settings.agents:
         return None
