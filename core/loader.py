@@ -62,7 +62,7 @@ class HerdPluginManager(pluggy.PluginManager):
 
     pluggy looks at every name in a plugin module (`dir(plugin)`) with
     `inspect.getattr_static`, ~50 k instructions a name; the entry modules hold ~800
-    names, ~40 M instructions at every start. A module's names are its `__dict__`, and
+    names, ~35 M instructions at every start. A module's names are its `__dict__`, and
     pluggy takes a hook only from a function, method, staticmethod or classmethod there
     that carries its marker (`modelherd_impl`, `modelherd_spec`), so a constant, class,
     imported module or unmarked function is skipped before that lookup; anything else

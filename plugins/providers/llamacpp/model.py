@@ -8,7 +8,7 @@ token, so an abandoned call does not hold a slot.
 
 Every start imports this module (the entry registers the class, and `herd models`,
 `herd doctor` read its attributes); the engine layer (engine.py, tool_messages.py, the
-thread pool: ~17 M instructions) is imported by the methods that use it, on first use.
+thread pool: ~15 M instructions) is imported by the methods that use it, on first use.
 """
 
 from __future__ import annotations

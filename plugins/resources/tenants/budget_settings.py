@@ -1,7 +1,7 @@
 """`[plugins.budgets]`: the settings, their check, and the budget periods.
 
 Imported when there is a `[plugins.budgets]` table to check or a budget to run, not by
-every start (its pydantic models and `calendar` cost ~5 M instructions); budgets.py is
+every start (building its classes costs ~4 M instructions); budgets.py is
 the thin entry.
 """
 
