@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from cache_helpers import cached_herd
 from modelherd.kernel import Herd
-from modelherd.plugins.cache.disk import DiskTier
+from modelherd.plugins.cache.disk_tier import DiskTier
 from modelherd.testing import MockModel
 
 
@@ -121,8 +121,9 @@ def test_a_script_that_never_closes_its_herd_still_stores_at_exit(tmp_path: Path
         import asyncio
         from modelherd.testing import MockModel, make_herd
         from modelherd.plugins.cache import disk as cache_disk
+        from modelherd.plugins.cache.disk_tier import DiskTier
         # no background writer at all: only the exit handler can write these
-        cache_disk.DiskTier._start_writer = lambda self: None
+        DiskTier._start_writer = lambda self: None
         model = MockModel()
         model.enqueue(*[lambda r: "answer to " + r.messages[-1].content] * 10)
         herd = make_herd({{"mock": model}}, plugins=(cache_disk,),

@@ -80,6 +80,8 @@ def test_an_entry_module_imports_nothing_heavy() -> None:
         "modelherd.plugins.providers.llamacpp.engine",
         "modelherd.plugins.providers.llamacpp.tool_messages",
         "modelherd.plugins.resources.tenants.budget_settings",
+        "modelherd.plugins.cache.disk_tier",
+        "sqlite3",
         "concurrent.futures.thread",
     ]
     script = (
