@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from types import FunctionType, MethodType, ModuleType
+from types import FunctionType, ModuleType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pluggy
@@ -88,7 +89,8 @@ def _never_a_hook(namespace: Any, name: str, marker: str) -> bool:
         return False
     if isinstance(value, FunctionType):  # pluggy reads the marker off the function itself
         return not hasattr(value, marker)
-    return not isinstance(value, (MethodType, staticmethod, classmethod))
+    # pluggy takes any routine (a compiled extension's function too): those get its check
+    return not (inspect.isroutine(value) or isinstance(value, (staticmethod, classmethod)))
 
 
 def new_plugin_manager() -> pluggy.PluginManager:
