@@ -16,7 +16,8 @@ interpreters (a noisy neighbour slows both sides alike):
 1. per-call overhead: `herd.chat` on a zero-latency MockModel with every installed
    default plugin, minus calling the MockModel directly (p50 over `--calls` calls);
 2. `import modelherd` + loading every plugin, minus the dependencies' own import
-   cost (pydantic with one model built, asyncio, anyio, pluggy, entry points).
+   cost (pydantic with one model built, asyncio, anyio, pluggy, entry points) imported
+   first in the same fresh process; `--import-runs` per round, the sides alternating.
 
 Both children run this file with `--child`, so they measure the same way whatever
 the baseline's own bench/ says; they use only the public API both versions share,
@@ -36,17 +37,19 @@ import sys
 import tempfile
 import time
 
-IMPORT_CODE = (
-    "import time; t=time.perf_counter(); import modelherd; h=modelherd.Herd(env={}); "
-    "h.pm; h.providers; h.agents; print(time.perf_counter()-t)"
-)
-FLOOR_CODE = (
-    "import time; t=time.perf_counter()\n"
+#: the dependencies' own import (the floor), then modelherd's import and plugin load in
+#: the same process: the second interval is modelherd's own share. One process per
+#: measurement: subtracting a floor timed in another process added that process's
+#: noise, which on this VM was larger than the figure (-20 to +120 ms a pair)
+OWN_CODE = (
+    "import time\n"
     "from pydantic import BaseModel\n"
     "class A(BaseModel):\n    x: int\n"
     "import asyncio, anyio, pluggy, importlib.metadata, tomllib, json, hashlib\n"
     "importlib.metadata.entry_points(group='modelherd')\n"
-    "print(time.perf_counter()-t)"
+    "t = time.perf_counter()\n"
+    "import modelherd; h = modelherd.Herd(env={}); h.pm; h.providers; h.agents\n"
+    "print(time.perf_counter() - t)"
 )
 
 
@@ -104,19 +107,14 @@ def _run(python: str, *args: str, cwd: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def _measure(python: str, calls: int, import_runs: int, cwd: str, disable: str) -> dict[str, float]:
-    result = json.loads(
+def _own_import_ms(python: str, cwd: str) -> float:
+    return float(_run(python, "-c", OWN_CODE, cwd=cwd)) * 1000
+
+
+def _per_call(python: str, calls: int, cwd: str, disable: str) -> dict[str, float]:
+    result: dict[str, float] = json.loads(
         _run(python, __file__, "--child", str(calls), "--disable", disable, cwd=cwd)
     )
-    own = [
-        (
-            float(_run(python, "-c", IMPORT_CODE, cwd=cwd))
-            - float(_run(python, "-c", FLOOR_CODE, cwd=cwd))
-        )
-        * 1000
-        for _ in range(import_runs)
-    ]
-    result["import_own_ms"] = statistics.median(own)
     return result
 
 
@@ -127,7 +125,12 @@ def main() -> None:
     parser.add_argument("--baseline-python", help="the other checkout's python (required)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=10000)
-    parser.add_argument("--import-runs", type=int, default=3, help="per round and side")
+    parser.add_argument(
+        "--import-runs",
+        type=int,
+        default=5,
+        help="import runs per round and side, alternating; each round keeps their median",
+    )
     parser.add_argument(
         "--disable",
         default="",
@@ -147,12 +150,18 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
     with tempfile.TemporaryDirectory() as empty:
         for python in sides.values():  # warm: bytecode caches, page cache
-            _run(python, "-c", IMPORT_CODE, cwd=empty)
+            _own_import_ms(python, empty)
         for _ in range(args.rounds):
+            # the two sides alternate at every step: this VM's speed drifts 2-3x within
+            # minutes, and what runs side by side sees the same speed
             for name, python in sides.items():
-                runs[name].append(
-                    _measure(python, args.calls, args.import_runs, empty, args.disable)
-                )
+                runs[name].append(_per_call(python, args.calls, empty, args.disable))
+            imports: dict[str, list[float]] = {name: [] for name in sides}
+            for _ in range(args.import_runs):
+                for name, python in sides.items():
+                    imports[name].append(_own_import_ms(python, empty))
+            for name in sides:
+                runs[name][-1]["import_own_ms"] = statistics.median(imports[name])
     load = os.getloadavg()[0]
 
     def median(name: str, key: str) -> float:
@@ -171,10 +180,15 @@ def main() -> None:
         this, base = median("this", key), median("baseline", key)
         each = " / ".join(f"{r[key]:.1f}" for r in runs["this"])
         each_base = " / ".join(f"{r[key]:.1f}" for r in runs["baseline"])
+        # each round's two sides ran back to back: their ratio is the steadier figure
+        paired = statistics.median(
+            t[key] / b[key] for t, b in zip(runs["this"], runs["baseline"], strict=True)
+        )
         verdict = "not worse" if this <= base * 1.0 else "WORSE"
         print(
             f"  {label:32s} this {this:7.1f} {unit} ({each})  baseline {base:7.1f} {unit} "
-            f"({each_base})  ratio {this / base:.2f}x  {verdict}"
+            f"({each_base})  ratio {this / base:.2f}x  {verdict}; "
+            f"median of the rounds' ratios {paired:.2f}x"
         )
     print(
         f"  plugins loaded: this {int(median('this', 'plugins'))}, "

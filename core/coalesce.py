@@ -39,9 +39,25 @@ def _own_copy(result: Any) -> Any:
     return copy(deep=True)
 
 
+class _Flight:
+    """One call in flight. Its future is made only when a follower joins: most calls
+    have none, and a future made, resolved and dropped on each of them costs ~1 µs
+    (bench/overhead.py)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] | None = None
+
+    def joined(self) -> asyncio.Future[Any]:
+        if self.future is None:
+            self.future = asyncio.get_running_loop().create_future()
+        return self.future
+
+
 class Coalescer:
     def __init__(self, copy: Callable[[Any], Any] = _own_copy) -> None:
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._inflight: dict[str, _Flight] = {}
         self._copy = copy
         #: how many calls joined an existing flight (a metric and a test hook)
         self.joined = 0
@@ -55,10 +71,11 @@ class Coalescer:
     async def run_led(self, key: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Like `run`, and say whether this caller led (ran the call) or followed."""
         while True:
-            existing = self._inflight.get(key)
-            if existing is None:
+            flight = self._inflight.get(key)
+            if flight is None:
                 break
             self.joined += 1
+            existing = flight.joined()
             try:
                 # shield: one waiter being cancelled must not cancel the shared call
                 return cast(T, self._copy(await asyncio.shield(existing))), False
@@ -67,24 +84,26 @@ class Coalescer:
                 if existing.cancelled() and task is not None and not task.cancelling():
                     continue  # the leader was cancelled, not us: run (or join) afresh
                 raise
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        mine = self._inflight[key] = _Flight()
         self.led += 1
         try:
             result = await call()
         except asyncio.CancelledError:
-            future.cancel()
+            if mine.future is not None:
+                mine.future.cancel()
             raise
         except BaseException as exc:
-            future.set_exception(exc)
-            # mark retrieved: if nobody joined, asyncio must not warn
-            future.exception()
+            if mine.future is not None:
+                mine.future.set_exception(exc)
+                # mark retrieved: if every follower left, asyncio must not warn
+                mine.future.exception()
             raise
         else:
-            future.set_result(result)
+            if mine.future is not None:
+                mine.future.set_result(result)
             return result, True
         finally:
-            if self._inflight.get(key) is future:
+            if self._inflight.get(key) is mine:
                 del self._inflight[key]
 
     def __len__(self) -> int:
