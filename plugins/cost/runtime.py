@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from modelherd import hookimpl
-from modelherd.plugins.cost.prices import PriceBook, Rates
+from modelherd.plugins.cost.prices import PriceBook
 from modelherd.types import ChatRequest, ChatResponse, Cost, Metric, ModelSpec, assign
 
 if TYPE_CHECKING:
     from modelherd import Herd
 
 #: what pricing one (alias, answering model) needs, learnt on its first call: the spec,
-#: the rates, and the Cost every call there has when it does not depend on the call
-_Pricing = tuple[ModelSpec, Rates, Cost | None]
+#: and the Cost every call there has when it does not depend on the call
+_Pricing = tuple[ModelSpec, Cost | None]
 
 
 class CostHooks:
@@ -30,7 +30,7 @@ class CostHooks:
         pricing = self._pricing.get((alias, response.model))
         if pricing is None:
             pricing = self._learn(herd, alias, response.model)
-        spec, _rates, fixed = pricing
+        spec, fixed = pricing
         if fixed is not None:
             # a free local model or an unpriced one: nothing to compute, nothing to emit
             assign(response.usage, "cost", fixed)
@@ -55,10 +55,8 @@ class CostHooks:
 
     def _learn(self, herd: Herd, alias: str | None, model: str) -> _Pricing:
         spec = herd.resolve(alias)
-        rates = self.book.rates(spec, model)
         pricing = self._pricing[(alias, model)] = (
             spec,
-            rates,
-            self.book.fixed_cost(rates),
+            self.book.fixed_cost(self.book.rates(spec, model)),
         )
         return pricing

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from modelherd import hookimpl
 from modelherd.errors import ConfigError
 from modelherd.plugins import cost as cost_plugin
 from modelherd.plugins.cost.prices import PriceBook, rates_from_genai, token_cost
@@ -148,16 +149,20 @@ def test_prices_never_touch_the_network(monkeypatch: pytest.MonkeyPatch) -> None
     assert data_snapshot._custom_snapshot is None  # nobody installed a fetched snapshot
 
 
+class _MetricSink:
+    """A plugin that keeps every metric the herd emits."""
+
+    def __init__(self, seen: list[Metric]) -> None:
+        self.seen = seen
+
+    @hookimpl
+    def on_metric(self, metric: Metric, herd: Any) -> None:
+        self.seen.append(metric)
+
+
 async def test_herd_chat_sets_usage_cost_and_emits_the_cost_counter() -> None:
     seen: list[Metric] = []
-
-    class Sink:
-        def on_metric(self, metric: Metric, herd: Any) -> None:
-            seen.append(metric)
-
-    from modelherd import hookimpl
-
-    Sink.on_metric = hookimpl(Sink.on_metric)  # type: ignore[method-assign]
+    sink = _MetricSink(seen)
     herd = make_herd(
         {"m": MockModel()},
         config={
@@ -169,7 +174,7 @@ async def test_herd_chat_sets_usage_cost_and_emits_the_cost_counter() -> None:
                 }
             }
         },
-        plugins=(cost_plugin, Sink()),
+        plugins=(cost_plugin, sink),
     )
     async with herd:
         response = await herd.chat("m", "one two three", tenant=None, agent="bot")
@@ -190,14 +195,7 @@ async def test_free_and_unpriced_calls_share_one_frozen_cost_and_emit_nothing() 
     import pydantic
 
     seen: list[Metric] = []
-
-    class Sink:
-        def on_metric(self, metric: Metric, herd: Any) -> None:
-            seen.append(metric)
-
-    from modelherd import hookimpl
-
-    Sink.on_metric = hookimpl(Sink.on_metric)  # type: ignore[method-assign]
+    sink = _MetricSink(seen)
     herd = make_herd(
         {"free": MockModel(), "dark": MockModel(), "paid": MockModel()},
         config={
@@ -207,7 +205,7 @@ async def test_free_and_unpriced_calls_share_one_frozen_cost_and_emit_nothing() 
                 "paid": {"provider": "mock", "model": "m", "price": {"input_per_mtok": 1.0}},
             }
         },
-        plugins=(cost_plugin, Sink()),
+        plugins=(cost_plugin, sink),
     )
     async with herd:
         free = [await herd.chat("free", f"q {i} " * i) for i in range(1, 4)]
